@@ -1,0 +1,150 @@
+"""The exceptions kvmlab raises, rooted at :class:`KvmlabError`.
+
+Everything kvmlab raises on purpose derives from one root, so a caller (the CLI,
+a notebook, a user's test suite) can catch one class and still tell the cases
+apart by type::
+
+    KvmlabError
+     +-- InvalidInputError            bad user input: exit code 2 in the CLI
+     |    +-- InstanceError           an instance file or model is invalid
+     |    +-- RuntimeFormatError      a saved runtime cannot be read or upgraded
+     |    +-- CapabilityError         a QEMU --help text cannot be understood
+     |    +-- UnknownInstanceError    no such instance in the state directory
+     |    +-- LayoutError             a state-directory path is unusable
+     +-- OperationError               the operation failed: exit code 1
+          +-- StateError              wrong life-cycle state for the request
+          |    +-- AlreadyRunningError
+          |    +-- NotRunningError
+          +-- LockedError             another kvmlab process holds the instance
+          +-- LaunchError             the hypervisor binary failed to start
+          +-- StopError               the process would not go away
+          +-- ProbeError              running a binary for its capabilities failed
+
+This module imports nothing but the standard library: the fake kvm program
+shares it and must start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AlreadyRunningError",
+    "CapabilityError",
+    "InstanceError",
+    "InvalidInputError",
+    "KvmlabError",
+    "LaunchError",
+    "LayoutError",
+    "LockedError",
+    "NotRunningError",
+    "OperationError",
+    "ProbeError",
+    "RuntimeFormatError",
+    "StateError",
+    "StopError",
+    "UnknownInstanceError",
+]
+
+
+class KvmlabError(Exception):
+    """Root of every error kvmlab raises on purpose."""
+
+    #: Exit code the CLI uses for this family of errors.
+    exit_code: int = 1
+
+
+class InvalidInputError(KvmlabError, ValueError):
+    """The input was wrong; nothing was written or changed."""
+
+    exit_code = 2
+
+
+class InstanceError(InvalidInputError):
+    """An instance description is invalid.
+
+    :ivar field: dotted path of the offending field (``nics.1.mac``), or ``""``.
+    :ivar value: the offending value, as given.
+    """
+
+    def __init__(self, message: str, *, field: str = "", value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class RuntimeFormatError(InvalidInputError):
+    """A saved runtime is malformed, of an unknown shape or from a newer kvmlab."""
+
+
+class CapabilityError(InvalidInputError):
+    """A QEMU help text could not be understood (no version line, say)."""
+
+
+class UnknownInstanceError(InvalidInputError):
+    """The state directory knows no instance of that name."""
+
+
+class LayoutError(InvalidInputError):
+    """A state-directory path cannot be used (relative, too long for a socket...)."""
+
+
+class OperationError(KvmlabError):
+    """The request was valid but the operation failed."""
+
+    exit_code = 1
+
+
+class StateError(OperationError):
+    """The instance is not in a state that allows the operation.
+
+    :ivar name: the instance name.
+    :ivar state: the state it is in (``"running"``, ``"stopped"``).
+    """
+
+    def __init__(self, message: str, *, name: str = "", state: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.state = state
+
+
+class AlreadyRunningError(StateError):
+    """Start refused: the instance's process is alive."""
+
+
+class NotRunningError(StateError):
+    """Stop, reboot or console refused: the instance has no live process."""
+
+
+class LockedError(OperationError):
+    """Another kvmlab process is operating on the same instance right now."""
+
+
+class LaunchError(OperationError):
+    """The hypervisor binary failed to start the instance.
+
+    :ivar argv: the command that was run.
+    :ivar exitcode: its exit status, or ``None`` when it did not exit (timeout).
+    :ivar output: what it printed (stdout and stderr together).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        exitcode: int | None = None,
+        output: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.exitcode = exitcode
+        self.output = output
+
+
+class StopError(OperationError):
+    """The instance's process could not be stopped."""
+
+
+class ProbeError(OperationError):
+    """A QEMU binary could not be run to read its capabilities."""

@@ -1,0 +1,303 @@
+"""The pure half of starting a VM: an :class:`Instance` becomes a :class:`KVMRuntime`.
+
+``generate_runtime`` follows the order of Ganeti's ``_GenerateKVMRuntime``
+(identity, memory and CPUs, pidfile, daemon flags, machine, boot media, kernel,
+control sockets, display, clock, confinement, CPU model, extras) and asks the
+:class:`QemuCapabilities` for every spelling that depends on the QEMU version.
+
+It is pure: no file is read or written, no clock, no randomness, no environment.
+The paths it puts in the argv come from the :class:`StateLayout` it is given and
+are stable for the instance. NICs are not expanded: they are kept as data and
+turned into arguments at start time by :func:`kvmlab.plan.plan_execution`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Literal
+
+from kvmlab.capabilities import QemuCapabilities
+from kvmlab.errors import InstanceError
+from kvmlab.layout import DEFAULT_STATE_DIR, StateLayout
+from kvmlab.models import INSTANCE_UUID_NAMESPACE, BootOrder, HvParams, Instance, KvmFlag
+from kvmlab.runtime import KVMRuntime
+
+__all__ = ["Accel", "generate_runtime", "qemu_opt"]
+
+Accel = Literal["kvm", "tcg"]
+
+_DEFAULT_LAYOUT = StateLayout(DEFAULT_STATE_DIR)
+_VNC_BASE_PORT = 5900
+_ANY_ADDRESS = "0.0.0.0"
+
+
+def qemu_opt(value: str) -> str:
+    """Escape a value for QEMU's ``key=value,...`` syntax: a comma is written twice."""
+    return value.replace(",", ",,")
+
+
+def _switches(caps: QemuCapabilities) -> tuple[str, str]:
+    """``server=on,wait=off`` on QEMU >= 6.0, the short form before."""
+    return ("server=on", "wait=off") if caps.uses_long_booleans else ("server", "nowait")
+
+
+def _accel(hv: HvParams, accel: Accel | None) -> Accel | None:
+    if hv.kvm_flag is KvmFlag.ENABLED:
+        return "kvm"
+    if hv.kvm_flag is KvmFlag.DISABLED:
+        return "tcg"
+    return accel
+
+
+def generate_runtime(
+    instance: Instance,
+    caps: QemuCapabilities | None = None,
+    *,
+    layout: StateLayout | None = None,
+    accel: Accel | None = None,
+    binary: str | None = None,
+) -> KVMRuntime:
+    """Generate the runtime that starts ``instance`` on a QEMU with ``caps``.
+
+    :param instance: the VM; it is captured, later changes to it change nothing.
+    :param caps: the binary's capabilities; QEMU 7.2's when omitted.
+    :param layout: where pidfile, sockets and logs live; ``/var/lib/kvmlab`` when omitted.
+    :param accel: the accelerator to use when ``kvm_flag`` is unset (the lifecycle
+        probes it); ``None`` leaves QEMU's default.
+    :param binary: the program for ``argv[0]``; ``hvparams.kvm_path`` when omitted.
+    :return: a frozen runtime; NICs kept as data, not in the argv.
+    :raise InstanceError: a combination this QEMU cannot express.
+    :raise LayoutError: a socket path is too long for the layout's directory.
+    """
+    caps = caps or QemuCapabilities.default()
+    layout = layout or _DEFAULT_LAYOUT
+    hv = instance.hvparams
+    name = instance.name
+    server, nowait = _switches(caps)
+    paths = layout.instance_paths(name)
+    argv: list[str] = [binary or hv.kvm_path, "-name", name, "-m", str(instance.memory)]
+
+    smp = [str(instance.vcpus)]
+    for key, value in (("cores", hv.cpu_cores), ("threads", hv.cpu_threads)):
+        if value:
+            smp.append(f"{key}={value}")
+    if hv.cpu_sockets:
+        smp.append(f"sockets={hv.cpu_sockets}")
+    argv += ["-smp", ",".join(smp), "-pidfile", paths.pidfile]
+
+    if caps.has_device:
+        argv += ["-device", "virtio-balloon"]
+    elif caps.has_balloon_option:
+        argv += ["-balloon", "virtio"]
+    argv.append("-daemonize")
+
+    machine_opts: list[str] = []
+    if not hv.acpi:
+        if caps.has_no_acpi:
+            argv.append("-no-acpi")
+        elif caps.has_machine:
+            machine_opts.append("acpi=off")
+        else:
+            raise InstanceError(
+                f"acpi=False cannot be expressed on QEMU {caps.version_string}",
+                field="hvparams.acpi",
+                value=False,
+            )
+    if hv.reboot_behavior == "exit":
+        argv.append("-no-reboot")
+    argv += _machine_args(hv, caps, _accel(hv, accel), machine_opts)
+
+    argv += _boot_args(instance, caps)
+    if hv.kernel_path:
+        argv += ["-kernel", hv.kernel_path]
+        if hv.initrd_path:
+            argv += ["-initrd", hv.initrd_path]
+        append = [f"root={hv.root_path}"]
+        if hv.kernel_args:
+            append.append(hv.kernel_args)
+        if hv.serial_console:
+            append.append(f"console=ttyS0,{hv.serial_speed}")
+        argv += ["-append", " ".join(append)]
+    if hv.mem_path:
+        argv += ["-mem-path", hv.mem_path]
+        if caps.has_mem_prealloc:
+            argv.append("-mem-prealloc")
+
+    argv += ["-monitor", f"unix:{paths.monitor},{server},{nowait}"]
+    if not hv.serial_console:
+        argv += ["-serial", "none"]
+    elif caps.has_chardev and caps.has_chardev_logfile:
+        argv += [
+            "-chardev",
+            f"socket,id=serial0,path={paths.serial},{server},{nowait},"
+            f"logfile={paths.serial_log},logappend=off",
+            "-serial",
+            "chardev:serial0",
+        ]
+    else:
+        argv += ["-serial", f"unix:{paths.serial},{server},{nowait}"]
+
+    argv += _display_args(instance, caps)
+    if hv.use_localtime:
+        argv += ["-rtc", "base=localtime"] if caps.has_rtc else ["-localtime"]
+    argv += _confinement_args(instance, caps, paths.chroot)
+    if hv.keymap:
+        argv += ["-k", hv.keymap]
+    if hv.cpu_type:
+        argv += ["-cpu", hv.cpu_type]
+    if hv.vga:
+        argv += ["-vga", hv.vga]
+    if hv.soundhw:
+        argv += ["-soundhw", hv.soundhw] if caps.has_soundhw else ["-device", hv.soundhw]
+    for device in filter(None, hv.usb_devices.split(",")):
+        argv += _usb_device(device.strip(), caps)
+    if caps.has_uuid:
+        argv += ["-uuid", _uuid_text(instance)]
+    argv += hv.kvm_extra_args
+
+    # Every part is already validated (the instance by its model, the argv built
+    # from it here), so skip a second validation pass: generation is a hot path.
+    return KVMRuntime.model_construct(
+        name=name,
+        argv=tuple(argv),
+        nics=instance.nics,
+        hvparams=hv,
+        disks=instance.disks,
+    )
+
+
+def _uuid_text(instance: Instance) -> str:
+    return str(instance.uuid) if instance.uuid else _derived_uuid(instance.name)
+
+
+@lru_cache(maxsize=4096)
+def _derived_uuid(name: str) -> str:
+    return str(uuid.uuid5(INSTANCE_UUID_NAMESPACE, name))
+
+
+def _machine_args(
+    hv: HvParams, caps: QemuCapabilities, accel: Accel | None, opts: list[str]
+) -> list[str]:
+    machine = hv.machine_version or caps.default_machine
+    if caps.has_machine:
+        if accel:
+            opts = [f"accel={accel}", *opts]
+        if not machine and not opts:
+            return []
+        head = [machine] if machine else []
+        return ["-machine", ",".join(head + opts)]
+    args = ["-M", machine] if machine else []
+    if accel == "kvm" and caps.has_enable_kvm:
+        args.append("-enable-kvm")
+    elif accel == "tcg" and caps.has_no_kvm:
+        args.append("-no-kvm")
+    return args
+
+
+def _interface(disk_type: str) -> str:
+    if disk_type == "paravirtual":
+        return "virtio"
+    return "ide" if disk_type in {"ioemu", ""} else disk_type
+
+
+def _boot_args(instance: Instance, caps: QemuCapabilities) -> list[str]:
+    hv = instance.hvparams
+    order = None if hv.kernel_path else hv.boot_order
+    args: list[str] = []
+    boot_flag = {BootOrder.NETWORK: "n", BootOrder.CDROM: "d", BootOrder.FLOPPY: "a"}
+    if order in boot_flag:
+        args += ["-boot", boot_flag[order]]
+    interface = _interface(hv.disk_type)
+    for index, disk in enumerate(instance.disks):
+        drive = f"file={qemu_opt(disk.path)},format=raw,if={interface}"
+        if hv.disk_cache != "default":
+            drive += f",cache={hv.disk_cache}"
+        if hv.disk_aio != "threads" and caps.has_drive_aio:
+            drive += f",aio={hv.disk_aio}"
+        if disk.mode == "ro" and caps.has_drive_readonly:
+            drive += ",readonly=on"
+        if index == 0 and order is BootOrder.DISK and caps.has_drive_boot and interface == "virtio":
+            drive += ",boot=on"
+        args += ["-drive", drive]
+    cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
+    for image in (hv.cdrom_image_path, hv.cdrom2_image_path):
+        if image:
+            args += [
+                "-drive",
+                f"file={qemu_opt(image)},format=raw,media=cdrom,if={cdrom_interface}",
+            ]
+    if hv.floppy_image_path:
+        args += ["-drive", f"file={qemu_opt(hv.floppy_image_path)},format=raw,if=floppy"]
+    return args
+
+
+def _usb_device(device: str, caps: QemuCapabilities) -> list[str]:
+    if caps.has_device:
+        return ["-device", f"usb-{device}"]
+    return ["-usbdevice", device]
+
+
+def _display_args(instance: Instance, caps: QemuCapabilities) -> list[str]:
+    hv = instance.hvparams
+    args: list[str] = []
+    if hv.usb_mouse:
+        args += ["-usb", *_usb_device(hv.usb_mouse, caps)]
+    elif hv.vnc_bind_address:
+        args += ["-usb", *_usb_device("tablet", caps)]
+    if not hv.vnc_bind_address:
+        return [*args, *(["-display", "none"] if caps.has_display else ["-nographic"])]
+    if hv.vnc_bind_address.startswith("/"):
+        vnc = f"unix:{qemu_opt(hv.vnc_bind_address)}/{instance.name}.vnc"
+    elif instance.network_port is not None and instance.network_port > _VNC_BASE_PORT:
+        display = instance.network_port - _VNC_BASE_PORT
+        address = "" if hv.vnc_bind_address == _ANY_ADDRESS else hv.vnc_bind_address
+        vnc = f"{address}:{display}"
+    else:
+        # Ganeti's behaviour without a usable port: VNC off, but the option stays.
+        return [*args, "-vnc", "none"]
+    on = "=on" if caps.uses_long_booleans else ""
+    if hv.vnc_tls:
+        vnc += f",tls{on}"
+        if hv.vnc_x509_verify:
+            vnc += f",x509verify={qemu_opt(hv.vnc_x509_path)}"
+        elif hv.vnc_x509_path:
+            vnc += f",x509={qemu_opt(hv.vnc_x509_path)}"
+    if hv.vnc_password_file:
+        vnc += f",password{on}"
+    return [*args, "-vnc", vnc]
+
+
+def _confinement_args(instance: Instance, caps: QemuCapabilities, chroot_dir: str) -> Sequence[str]:
+    hv = instance.hvparams
+    if hv.security_model == "pool":
+        raise InstanceError(
+            "security_model 'pool' needs a uid pool, which kvmlab does not manage",
+            field="hvparams.security_model",
+            value="pool",
+        )
+    chroot = chroot_dir if hv.use_chroot else ""
+    user = hv.security_domain if hv.security_model == "user" else ""
+    if not chroot and not user:
+        return []
+    if caps.has_run_with:
+        opts = ([f"chroot={qemu_opt(chroot)}"] if chroot else []) + (
+            [f"user={user}"] if user else []
+        )
+        return ["-run-with", ",".join(opts)]
+    args: list[str] = []
+    for value, option, present in (
+        (chroot, "-chroot", caps.has_chroot),
+        (user, "-runas", caps.has_runas),
+    ):
+        if not value:
+            continue
+        if not present:
+            raise InstanceError(
+                f"{option} is not available on QEMU {caps.version_string}",
+                field="hvparams.use_chroot" if option == "-chroot" else "hvparams.security_model",
+                value=value,
+            )
+        args += [option, value]
+    return args

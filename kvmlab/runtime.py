@@ -1,0 +1,239 @@
+"""The saved runtime: :class:`KVMRuntime` and its JSON format, with Ganeti's legacy files.
+
+A runtime is what ``generate`` produced and what a soft reboot replays: the saved
+argv, plus the NICs, hypervisor parameters and disks *as data*. It is frozen, so
+executing it cannot change it (Ganeti's ``_ExecuteKVMRuntime`` extended its list
+in place and relied on call order to keep the saved copy clean).
+
+The file format is versioned JSON::
+
+    {"format": 1, "name": "vm1", "argv": [...], "nics": [...], "hvparams": {...}, "disks": [...]}
+
+:meth:`KVMRuntime.from_json` also reads Ganeti's runtime files, a JSON list of 2,
+3 or 4 elements ``[cmd, nics, hvparams, disks]``, and upgrades them: integers in
+the argv become strings, and every deprecated option is rewritten (Ganeti's own
+upgrade skipped some rewrites when no ``-vnc`` was present; kvmlab applies all).
+Upgrading is idempotent: an upgraded runtime is a fixed point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kvmlab.errors import RuntimeFormatError
+from kvmlab.models import Disk, HvParams, Nic, format_validation_error
+
+__all__ = ["FORMAT_VERSION", "KVMRuntime", "upgrade_legacy_argv"]
+
+#: Version of the JSON document :meth:`KVMRuntime.to_json` writes. Format 0 is
+#: Ganeti's positional list.
+FORMAT_VERSION: Final = 1
+
+#: Ganeti hvparams kvmlab does not model (SPICE, migration tuning...): dropped when
+#: a legacy runtime is upgraded, as they do not change what kvmlab starts.
+GANETI_UNMODELLED_HVPARAMS: Final = frozenset(
+    {
+        "spice_bind",
+        "spice_image_compression",
+        "spice_ip_version",
+        "spice_jpeg_wan_compression",
+        "spice_password_file",
+        "spice_playback_compression",
+        "spice_streaming_video",
+        "spice_tls_ciphers",
+        "spice_use_tls",
+        "spice_use_vdagent",
+        "spice_zlib_glz_wan_compression",
+        "migration_caps",
+        "kvm_pci_reservations",
+        "user_shutdown",
+        "vnet_hdr_for_taps",
+        "scsi_controller_type",
+        "virtio_net_queues",
+        "startup_timeout",
+    }
+)
+
+
+class KVMRuntime(BaseModel):
+    """A generated runtime: saved argv plus the data expanded only at start time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = FORMAT_VERSION
+    name: str
+    argv: tuple[str, ...]
+    nics: tuple[Nic, ...] = ()
+    hvparams: HvParams = HvParams()
+    disks: tuple[Disk, ...] = ()
+
+    def to_json(self) -> str:
+        """The document written to ``conf/<name>.runtime``."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> KVMRuntime:
+        """Read a saved runtime: the current format, or Ganeti's legacy list (upgraded).
+
+        :raise RuntimeFormatError: malformed JSON, wrong shapes or types, or a format
+            newer than this kvmlab knows.
+        """
+        stripped = text.lstrip()
+        first = stripped[:1]
+        if first in ("{", b"{"):
+            try:
+                runtime = cls.model_validate_json(text)
+            except ValidationError as err:
+                raise _explain(text, err) from None
+            if runtime.format != FORMAT_VERSION:
+                raise _format_error(runtime.format)
+            return runtime
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise RuntimeFormatError(f"runtime is not valid JSON: {err}") from None
+        if isinstance(data, list):
+            return _upgrade_legacy(data)
+        raise RuntimeFormatError(
+            f"runtime must be a JSON object or Ganeti's list, got {type(data).__name__}"
+        )
+
+    @property
+    def binary(self) -> str:
+        """The program the argv runs (``argv[0]``)."""
+        return self.argv[0]
+
+
+def _format_error(version: object) -> RuntimeFormatError:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return RuntimeFormatError(
+            f"runtime format {version} is newer than this kvmlab understands"
+            f" (format {FORMAT_VERSION}): upgrade kvmlab"
+        )
+    return RuntimeFormatError(f"unknown runtime format {version!r}")
+
+
+def _explain(text: str | bytes, err: ValidationError) -> RuntimeFormatError:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as json_err:
+        return RuntimeFormatError(f"runtime is not valid JSON: {json_err}")
+    if isinstance(data, dict) and data.get("format", FORMAT_VERSION) != FORMAT_VERSION:
+        return _format_error(data.get("format"))
+    return RuntimeFormatError(f"invalid runtime: {format_validation_error(err)}")
+
+
+def upgrade_legacy_argv(argv: Iterable[object]) -> tuple[str, ...]:
+    """Rewrite options QEMU dropped, wherever they stand; idempotent.
+
+    ``-balloon virtio`` becomes ``-device virtio-balloon``, ``-localtime`` becomes
+    ``-rtc base=localtime``, ``-chroot DIR`` becomes ``-run-with chroot=DIR``.
+
+    :raise RuntimeFormatError: an element is neither a string nor an integer.
+    """
+    words: list[str] = []
+    for index, item in enumerate(argv):
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise RuntimeFormatError(
+                f"legacy runtime argv[{index}] is {type(item).__name__} {item!r},"
+                " not a string or integer"
+            )
+        words.append(str(item))
+    out: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        following = words[index + 1] if index + 1 < len(words) else None
+        if word == "-balloon" and following is not None:
+            out += ["-device", "virtio-balloon"] if following.startswith("virtio") else []
+            index += 2
+        elif word == "-localtime":
+            out += ["-rtc", "base=localtime"]
+            index += 1
+        elif word == "-chroot" and following is not None:
+            out += ["-run-with", f"chroot={following}"]
+            index += 2
+        else:
+            out.append(word)
+            index += 1
+    return tuple(out)
+
+
+def _name_from_argv(argv: Sequence[str]) -> str:
+    for index, word in enumerate(argv[:-1]):
+        if word == "-name":
+            return argv[index + 1].split(",", 1)[0]
+    raise RuntimeFormatError("legacy runtime argv has no -name option")
+
+
+def _legacy_nic(index: int, data: object) -> Nic:
+    if not isinstance(data, dict):
+        raise RuntimeFormatError(f"legacy runtime NIC {index} is not an object: {data!r}")
+    params = data.get("nicparams") or {}
+    if not isinstance(params, dict):
+        raise RuntimeFormatError(f"legacy runtime NIC {index} nicparams is not an object")
+    mode = params.get("mode", data.get("mode", "bridged"))
+    link = params.get("link", data.get("link", data.get("bridge", "")))
+    try:
+        return Nic(mac=data.get("mac"), mode=mode, link=link or "")
+    except ValidationError as err:
+        raise RuntimeFormatError(
+            f"legacy runtime NIC {index}: {format_validation_error(err)}"
+        ) from None
+
+
+def _legacy_disk(index: int, entry: object) -> Disk:
+    if not isinstance(entry, list | tuple) or len(entry) < 2 or not isinstance(entry[0], dict):
+        raise RuntimeFormatError(
+            f"legacy runtime disk {index} is not [disk, path, ...]: {entry!r:.80}"
+        )
+    try:
+        return Disk(path=entry[1], mode=entry[0].get("mode", "rw"))
+    except ValidationError as err:
+        raise RuntimeFormatError(
+            f"legacy runtime disk {index}: {format_validation_error(err)}"
+        ) from None
+
+
+def _legacy_hvparams(data: object) -> HvParams:
+    if not isinstance(data, dict):
+        raise RuntimeFormatError(f"legacy runtime hvparams is not an object: {data!r:.80}")
+    known = HvParams.model_fields
+    unknown = sorted(k for k in data if k not in known and k not in GANETI_UNMODELLED_HVPARAMS)
+    if unknown:
+        raise RuntimeFormatError(f"legacy runtime has unknown hvparams: {', '.join(unknown)}")
+    kept: dict[str, Any] = {k: v for k, v in data.items() if k in known and v is not None}
+    try:
+        return HvParams.model_validate(kept)
+    except ValidationError as err:
+        raise RuntimeFormatError(
+            f"legacy runtime hvparams: {format_validation_error(err)}"
+        ) from None
+
+
+def _upgrade_legacy(data: list[Any]) -> KVMRuntime:
+    if not 2 <= len(data) <= 4:
+        raise RuntimeFormatError(
+            f"legacy runtime list must have 2 to 4 elements (cmd, nics, hvparams, disks),"
+            f" got {len(data)}"
+        )
+    cmd, nics, *rest = data
+    hvparams = rest[0] if rest else {}
+    disks = rest[1] if len(rest) > 1 else []
+    for what, value in (("cmd", cmd), ("nics", nics), ("disks", disks)):
+        if not isinstance(value, list):
+            raise RuntimeFormatError(f"legacy runtime {what} is {type(value).__name__}, not a list")
+    argv = upgrade_legacy_argv(cmd)
+    if not argv:
+        raise RuntimeFormatError("legacy runtime argv is empty")
+    return KVMRuntime(
+        name=_name_from_argv(argv),
+        argv=argv,
+        nics=tuple(_legacy_nic(i, nic) for i, nic in enumerate(nics)),
+        hvparams=_legacy_hvparams(hvparams),
+        disks=tuple(_legacy_disk(i, disk) for i, disk in enumerate(disks)),
+    )
