@@ -39,7 +39,7 @@ __all__ = [
 _VERSION_RE = re.compile(
     r"version\s+(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<micro>\d+))?\s*(?:\((?P<extra>[^)]*)\))?"
 )
-_DEVICE_RE = re.compile(r'^name "(?P<name>[^"]+)"', re.MULTILINE)
+_DEVICE_RE = re.compile(r'^name "([^"]+)"(?:.*?, alias "([^"]+)")?', re.MULTILINE)
 _PROBE_TIMEOUT = 10.0
 
 
@@ -96,6 +96,8 @@ class QemuCapabilities:
     has_drive_aio: bool = True
     has_mem_prealloc: bool = True
     has_soundhw: bool = False
+    #: ``-object`` (QEMU >= 2.x): TLS credentials for VNC are objects there.
+    has_object: bool = True
     #: ``pc-i440fx-7.2``: the concrete type behind ``pc``, so a QEMU upgrade does
     #: not change the machine under a replayed runtime.
     default_machine: str | None = "pc-i440fx-7.2"
@@ -136,7 +138,9 @@ class QemuCapabilities:
         chardev = blocks.get("chardev", "")
         net = blocks.get("netdev", "") + blocks.get("net", "")
         machines, default_machine = _parse_machines(machine_help)
-        devices = tuple(_DEVICE_RE.findall(device_help)) if device_help else ()
+        devices = tuple(
+            name for pair in _DEVICE_RE.findall(device_help or "") for name in pair if name
+        )
         return cls(
             version=version,
             version_extra=(match["extra"] or "").strip(),
@@ -166,6 +170,7 @@ class QemuCapabilities:
             has_drive_aio="aio=" in drive,
             has_mem_prealloc=has("mem-prealloc"),
             has_soundhw=has("soundhw"),
+            has_object=has("object") and version >= (2, 5, 0),
             default_machine=default_machine,
             machines=machines,
             devices=devices,

@@ -87,10 +87,11 @@ def generate_runtime(
         smp.append(f"sockets={hv.cpu_sockets}")
     argv += ["-smp", ",".join(smp), "-pidfile", paths.pidfile]
 
-    if caps.has_device:
-        argv += ["-device", "virtio-balloon"]
-    elif caps.has_balloon_option:
+    # Old QEMU (0.12) has -device but no "virtio-balloon" alias: use -balloon there.
+    if caps.has_balloon_option:
         argv += ["-balloon", "virtio"]
+    elif caps.has_device:
+        argv += ["-device", "virtio-balloon"]
     argv.append("-daemonize")
 
     machine_opts: list[str] = []
@@ -216,7 +217,14 @@ def _boot_args(instance: Instance, caps: QemuCapabilities) -> list[str]:
             drive += f",cache={hv.disk_cache}"
         if hv.disk_aio != "threads" and caps.has_drive_aio:
             drive += f",aio={hv.disk_aio}"
-        if disk.mode == "ro" and caps.has_drive_readonly:
+        if disk.mode == "ro":
+            if not caps.has_drive_readonly:
+                raise InstanceError(
+                    f"disk {index} ({disk.path}) is read-only, which QEMU"
+                    f" {caps.version_string} cannot express (no -drive readonly)",
+                    field=f"disks.{index}.mode",
+                    value="ro",
+                )
             drive += ",readonly=on"
         if index == 0 and order is BootOrder.DISK and caps.has_drive_boot and interface == "virtio":
             drive += ",boot=on"
@@ -258,7 +266,17 @@ def _display_args(instance: Instance, caps: QemuCapabilities) -> list[str]:
         # Ganeti's behaviour without a usable port: VNC off, but the option stays.
         return [*args, "-vnc", "none"]
     on = "=on" if caps.uses_long_booleans else ""
-    if hv.vnc_tls:
+    if hv.vnc_tls and caps.has_object:
+        # QEMU >= 2.5: TLS credentials are an object; -vnc's tls/x509 options are gone.
+        if hv.vnc_x509_path:
+            verify = "on" if hv.vnc_x509_verify else "off"
+            creds = f"tls-creds-x509,id=vnctls0,dir={qemu_opt(hv.vnc_x509_path)}"
+            creds += f",endpoint=server,verify-peer={verify}"
+        else:
+            creds = "tls-creds-anon,id=vnctls0,endpoint=server"
+        args += ["-object", creds]
+        vnc += ",tls-creds=vnctls0"
+    elif hv.vnc_tls:
         vnc += f",tls{on}"
         if hv.vnc_x509_verify:
             vnc += f",x509verify={qemu_opt(hv.vnc_x509_path)}"

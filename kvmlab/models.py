@@ -27,12 +27,13 @@ import uuid as uuidlib
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -117,6 +118,14 @@ class KvmFlag(StrEnum):
     DISABLED = "disabled"
 
 
+class FieldValueError(ValueError):
+    """A cross-field rule failed; ``field`` names the field to blame (``nics.1.mac``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _no_control_chars(value: str, what: str) -> str:
     if any(char in value for char in _FORBIDDEN_IN_TEXT):
         raise ValueError(f"{what} {value!r} contains a newline or NUL")
@@ -133,6 +142,8 @@ RequiredPath = Annotated[str, StringConstraints(pattern=r"^/[^\n\r\x00]*$")]
 OneLine = Annotated[str, StringConstraints(pattern=r"^[^\n\r\x00]*$")]
 #: A value that lands inside one QEMU option: a safe alphabet only.
 Token = Annotated[str, StringConstraints(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.+=:-]*)?$")]
+#: An instance name: a DNS label (it becomes file names and reaches scripts).
+InstanceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
 #: A network interface name as Linux accepts it, or empty.
 InterfaceName = Annotated[
     str, StringConstraints(pattern=r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14})?$")
@@ -203,9 +214,9 @@ class Nic(BaseModel):
     @model_validator(mode="after")
     def _check_mode_link(self) -> Self:
         if self.mode is NicMode.BRIDGED and not self.link:
-            raise ValueError("a bridged NIC needs a link (the bridge name)")
+            raise FieldValueError("link", "a bridged NIC needs a link (the bridge name)")
         if self.mode is NicMode.USER and self.link:
-            raise ValueError(f"a user-mode NIC takes no link, got {self.link!r}")
+            raise FieldValueError("link", f"a user-mode NIC takes no link, got {self.link!r}")
         return self
 
 
@@ -243,9 +254,9 @@ class HvParams(BaseModel):
     kvm_flag: KvmFlag = KvmFlag.DEFAULT
     machine_version: Token = ""
     cpu_type: Token = ""
-    cpu_cores: int = Field(default=0, ge=0, le=MAX_VCPUS)
-    cpu_threads: int = Field(default=0, ge=0, le=MAX_VCPUS)
-    cpu_sockets: int = Field(default=0, ge=0, le=MAX_VCPUS)
+    cpu_cores: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
+    cpu_threads: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
+    cpu_sockets: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
     cpu_mask: OneLine = "all"
     nic_type: NicType = "paravirtual"
     disk_type: DiskType = "paravirtual"
@@ -270,9 +281,9 @@ class HvParams(BaseModel):
     vhost_net: bool = False
     vnet_hdr: bool = True
     kvm_extra: str = ""
-    migration_port: int = Field(default=8102, ge=1, le=65535)
-    migration_bandwidth: int = Field(default=32, ge=1)
-    migration_downtime: int = Field(default=30, ge=1)
+    migration_port: StrictInt = Field(default=8102, ge=1, le=65535)
+    migration_bandwidth: StrictInt = Field(default=32, ge=1)
+    migration_downtime: StrictInt = Field(default=30, ge=1)
     migration_mode: Literal["live", "non-live"] = "live"
 
     @field_validator("kvm_extra")
@@ -285,7 +296,9 @@ class HvParams(BaseModel):
             words = shlex.split(value)
         except ValueError as err:
             raise ValueError(f"kvm_extra {value!r} cannot be split: {err}") from None
-        reserved = sorted(RESERVED_OPTIONS.intersection(words))
+        # QEMU reads "--opt" as "-opt": compare with one dash.
+        single = {"-" + word.lstrip("-") if word.startswith("--") else word for word in words}
+        reserved = sorted(RESERVED_OPTIONS.intersection(single))
         if reserved:
             raise ValueError(
                 f"kvm_extra {value!r} sets {', '.join(reserved)}, which kvmlab manages itself"
@@ -296,27 +309,39 @@ class HvParams(BaseModel):
     def _check_cross_parameters(self) -> Self:
         # Ganeti's validation.py rules, one error each.
         if self.boot_order is BootOrder.CDROM and not self.cdrom_image_path:
-            raise ValueError("boot_order 'cdrom' needs a cdrom_image_path")
+            raise FieldValueError("cdrom_image_path", "boot_order 'cdrom' needs a cdrom_image_path")
         if self.boot_order is BootOrder.FLOPPY and not self.floppy_image_path:
-            raise ValueError("boot_order 'floppy' needs a floppy_image_path")
+            raise FieldValueError(
+                "floppy_image_path", "boot_order 'floppy' needs a floppy_image_path"
+            )
         if self.kernel_path and not self.root_path:
-            raise ValueError(f"kernel_path {self.kernel_path!r} needs a root_path")
+            raise FieldValueError(
+                "root_path", f"kernel_path {self.kernel_path!r} needs a root_path"
+            )
         if self.security_model == "user" and not self.security_domain:
-            raise ValueError("security_model 'user' needs a security_domain")
+            raise FieldValueError(
+                "security_domain", "security_model 'user' needs a security_domain"
+            )
         if self.security_model != "user" and self.security_domain:
-            raise ValueError(
+            raise FieldValueError(
+                "security_domain",
                 f"security_model {self.security_model!r} takes no security_domain,"
-                f" got {self.security_domain!r}"
+                f" got {self.security_domain!r}",
             )
         if self.disk_aio == "native" and self.disk_cache != "none":
-            raise ValueError(f"disk_aio 'native' needs disk_cache 'none', got {self.disk_cache!r}")
+            raise FieldValueError(
+                "disk_aio", f"disk_aio 'native' needs disk_cache 'none', got {self.disk_cache!r}"
+            )
         if self.vnc_x509_verify and not self.vnc_x509_path:
-            raise ValueError("vnc_x509_verify needs a vnc_x509_path")
+            raise FieldValueError("vnc_x509_path", "vnc_x509_verify needs a vnc_x509_path")
         vnc_tls_settings = self.vnc_tls or self.vnc_x509_path or self.vnc_x509_verify
         if vnc_tls_settings and not self.vnc_bind_address:
-            raise ValueError("vnc_tls, vnc_x509_path and vnc_x509_verify need a vnc_bind_address")
+            raise FieldValueError(
+                "vnc_bind_address",
+                "vnc_tls, vnc_x509_path and vnc_x509_verify need a vnc_bind_address",
+            )
         if self.vnc_x509_path and not self.vnc_tls:
-            raise ValueError("vnc_x509_path needs vnc_tls")
+            raise FieldValueError("vnc_tls", "vnc_x509_path needs vnc_tls")
         return self
 
     @property
@@ -340,15 +365,16 @@ class Instance(BaseModel):
     model_config = _FROZEN
 
     name: str
-    memory: int = Field(default=128, ge=16, le=MAX_MEMORY_MIB, description="MiB")
-    vcpus: int = Field(default=1, ge=1, le=MAX_VCPUS)
+    memory: StrictInt = Field(default=128, ge=16, le=MAX_MEMORY_MIB, description="MiB")
+    vcpus: StrictInt = Field(default=1, ge=1, le=MAX_VCPUS)
     nics: tuple[Nic, ...] = ()
     disks: tuple[Disk, ...] = ()
     hvparams: HvParams = HvParams()
     #: SMBIOS UUID; derived from the name when not given.
     uuid: uuidlib.UUID | None = None
-    #: TCP port of the VNC display (Ganeti's ``network_port``); VNC is off without it.
-    network_port: int | None = Field(default=None, ge=5900, le=65535)
+    #: TCP port of the VNC display (Ganeti's ``network_port``, display = port - 5900);
+    #: VNC is off without it.
+    network_port: StrictInt | None = Field(default=None, ge=5901, le=65535)
 
     @field_validator("name")
     @classmethod
@@ -365,8 +391,9 @@ class Instance(BaseModel):
         seen: dict[str, int] = {}
         for index, nic in enumerate(self.nics):
             if nic.mac in seen:
-                raise ValueError(
-                    f"MAC {nic.mac!r} of nics.{index} is already used by nics.{seen[nic.mac]}"
+                raise FieldValueError(
+                    f"nics.{index}.mac",
+                    f"MAC {nic.mac!r} of nics.{index} is already used by nics.{seen[nic.mac]}",
                 )
             seen[nic.mac] = index
         hv = self.hvparams
@@ -375,13 +402,15 @@ class Instance(BaseModel):
         for value in topology:
             product *= value
         if len(topology) == 3 and product != self.vcpus:
-            raise ValueError(
-                f"cpu_sockets*cpu_cores*cpu_threads = {product} must equal vcpus = {self.vcpus}"
+            raise FieldValueError(
+                "vcpus",
+                f"cpu_sockets*cpu_cores*cpu_threads = {product} must equal vcpus = {self.vcpus}",
             )
         if topology and product > self.vcpus:
-            raise ValueError(
+            raise FieldValueError(
+                "vcpus",
                 f"cpu topology {hv.cpu_sockets}x{hv.cpu_cores}x{hv.cpu_threads}"
-                f" holds more than vcpus = {self.vcpus}"
+                f" holds more than vcpus = {self.vcpus}",
             )
         return self
 
@@ -391,10 +420,19 @@ class Instance(BaseModel):
         return self.uuid or uuidlib.uuid5(INSTANCE_UUID_NAMESPACE, self.name)
 
 
+def _error_field(error: Any) -> str:
+    """The dotted field path; a cross-field rule adds the field it blames."""
+    parts = [str(part) for part in error["loc"]]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldValueError):
+        parts.append(cause.field)
+    return ".".join(parts)
+
+
 def format_validation_error(err: ValidationError, source: str = "") -> str:
     """One line naming the first bad field and its value, for CLI users."""
     first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "instance"
+    where = _error_field(first) or "instance"
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     detail = f"{where}: {message}"
@@ -413,7 +451,7 @@ def instance_error(err: ValidationError, source: str = "") -> InstanceError:
     first = err.errors()[0]
     return InstanceError(
         format_validation_error(err, source),
-        field=".".join(str(part) for part in first["loc"]),
+        field=_error_field(first),
         value=first.get("input"),
     )
 

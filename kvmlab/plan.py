@@ -123,7 +123,7 @@ def tap_up_script(instance: str, seq: int, nic: Nic, nic_dir: str | None) -> str
     q = shlex.quote
     lines = [
         "#!/bin/sh",
-        f"# Written by kvmlab for instance {instance}, NIC {seq}; removed once QEMU has started.",
+        "# Written by kvmlab for one start of a QEMU; removed once it has started.",
         "set -eu",
         f"PATH={_SCRIPT_PATH}",
         'INTERFACE="$1"',

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from kvmlab.errors import RuntimeFormatError
-from kvmlab.models import Disk, HvParams, Nic, format_validation_error
+from kvmlab.models import Disk, HvParams, InstanceName, Nic, format_validation_error
 
 __all__ = ["FORMAT_VERSION", "KVMRuntime", "upgrade_legacy_argv"]
 
@@ -64,9 +64,9 @@ class KVMRuntime(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: int = FORMAT_VERSION
-    name: str
-    argv: tuple[str, ...]
+    format: StrictInt = FORMAT_VERSION
+    name: InstanceName
+    argv: Annotated[tuple[str, ...], Field(min_length=1)]
     nics: tuple[Nic, ...] = ()
     hvparams: HvParams = HvParams()
     disks: tuple[Disk, ...] = ()
@@ -155,7 +155,7 @@ def upgrade_legacy_argv(argv: Iterable[object]) -> tuple[str, ...]:
             out += ["-rtc", "base=localtime"]
             index += 1
         elif word == "-chroot" and following is not None:
-            out += ["-run-with", f"chroot={following}"]
+            out += ["-run-with", "chroot=" + following.replace(",", ",,")]
             index += 2
         else:
             out.append(word)
@@ -230,10 +230,13 @@ def _upgrade_legacy(data: list[Any]) -> KVMRuntime:
     argv = upgrade_legacy_argv(cmd)
     if not argv:
         raise RuntimeFormatError("legacy runtime argv is empty")
-    return KVMRuntime(
-        name=_name_from_argv(argv),
-        argv=argv,
-        nics=tuple(_legacy_nic(i, nic) for i, nic in enumerate(nics)),
-        hvparams=_legacy_hvparams(hvparams),
-        disks=tuple(_legacy_disk(i, disk) for i, disk in enumerate(disks)),
-    )
+    try:
+        return KVMRuntime(
+            name=_name_from_argv(argv),
+            argv=argv,
+            nics=tuple(_legacy_nic(i, nic) for i, nic in enumerate(nics)),
+            hvparams=_legacy_hvparams(hvparams),
+            disks=tuple(_legacy_disk(i, disk) for i, disk in enumerate(disks)),
+        )
+    except ValidationError as err:
+        raise RuntimeFormatError(f"legacy runtime: {format_validation_error(err)}") from None

@@ -156,7 +156,7 @@ def instances(draw: st.DrawFn, max_nics: int = 4, max_disks: int = 3) -> Instanc
         nics=tuple(nic_list),
         disks=tuple(draw(st.lists(disks(), max_size=max_disks))),
         hvparams=hv,
-        network_port=draw(st.one_of(st.none(), st.integers(5900, 5999))),
+        network_port=draw(st.one_of(st.none(), st.integers(5901, 5999))),
     )
 
 
@@ -172,11 +172,13 @@ def _random_capabilities(draw: st.DrawFn) -> QemuCapabilities:
         if name.startswith("has_")
     }
     # Keep every instance expressible: ACPI off needs -no-acpi or -machine, and
-    # confinement needs -run-with or both -chroot and -runas.
+    # confinement needs -run-with or both -chroot and -runas; read-only disks
+    # need -drive readonly.
     if not (flags["has_no_acpi"] or flags["has_machine"]):
         flags["has_machine"] = True
     if not flags["has_run_with"]:
         flags["has_chroot"] = flags["has_runas"] = True
+    flags["has_drive_readonly"] = True  # read-only disks are refused without it
     version = (draw(st.integers(0, 10)), draw(st.integers(0, 15)), draw(st.integers(0, 99)))
     machine = draw(st.sampled_from([None, "pc", "pc-i440fx-7.2", "pc-q35-10.0"]))
     return dataclasses.replace(QemuCapabilities(version=version, default_machine=machine), **flags)

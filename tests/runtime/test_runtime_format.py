@@ -1,0 +1,344 @@
+"""The saved runtime's JSON format, and the upgrade of Ganeti's legacy runtime files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmlab.capabilities import QemuCapabilities, load_profile
+from kvmlab.errors import RuntimeFormatError
+from kvmlab.generator import generate_runtime
+from kvmlab.layout import StateLayout
+from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode
+from kvmlab.runtime import FORMAT_VERSION, KVMRuntime, upgrade_legacy_argv
+
+MAC = "02:00:00:00:00:01"
+
+
+def runtime_for(caps: QemuCapabilities | None = None, **fields: Any) -> KVMRuntime:
+    fields.setdefault("name", "vm1")
+    return generate_runtime(
+        Instance.model_validate(fields), caps, layout=StateLayout(Path("/srv/kvmlab"))
+    )
+
+
+def format_error(text: str | bytes) -> str:
+    with pytest.raises(RuntimeFormatError) as info:
+        KVMRuntime.from_json(text)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def legacy(cmd: list[Any], *rest: Any) -> str:
+    return json.dumps([cmd, *rest])
+
+
+CMD = ["/usr/bin/kvm", "-name", "vm1", "-m", 512, "-smp", 1]
+
+
+# --- current format -----------------------------------------------------------------------
+
+RUNTIMES = {
+    "minimal": runtime_for,
+    "nics-disks": lambda: runtime_for(
+        nics=[{"mac": MAC, "link": "br0"}, {"mac": "02:00:00:00:00:02", "mode": "user"}],
+        disks=[{"path": "/dev/vg/a,b"}, {"path": "/srv/c.img", "mode": "ro"}],
+        hvparams={"kernel_path": "", "acpi": False, "kvm_extra": "-no-hpet"},
+        network_port=5905,
+    ),
+    "qemu-10.0": lambda: runtime_for(
+        load_profile("qemu-10.0"), hvparams={"use_chroot": True, "acpi": False}
+    ),
+}
+
+
+@pytest.mark.parametrize("make", RUNTIMES.values(), ids=RUNTIMES.keys())
+def test_round_trip(make: Any) -> None:
+    runtime = make()
+    text = runtime.to_json()
+    again = KVMRuntime.from_json(text)
+    assert again == runtime
+    assert again.to_json() == text
+    assert KVMRuntime.from_json(text.encode()) == runtime
+
+
+def test_document_is_versioned_json() -> None:
+    runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}])
+    document = json.loads(runtime.to_json())
+    assert document["format"] == FORMAT_VERSION == 1
+    assert document["name"] == "vm1"
+    assert document["argv"] == list(runtime.argv)
+    assert document["nics"] == [{"mac": MAC, "mode": "bridged", "link": "br0"}]
+    assert isinstance(document["hvparams"], dict)
+
+
+def test_runtime_is_frozen() -> None:
+    runtime = runtime_for()
+    with pytest.raises(ValueError):
+        runtime.argv = ("/bin/true",)  # type: ignore[misc]
+    assert isinstance(runtime.argv, tuple)
+
+
+def test_leading_whitespace_is_fine() -> None:
+    runtime = runtime_for()
+    assert KVMRuntime.from_json("\n  " + runtime.to_json()) == runtime
+
+
+# --- Ganeti's legacy runtime file ---------------------------------------------------------
+
+
+def test_ganeti_legacy_runtime_upgrades(ganeti_fixtures: Path) -> None:
+    text = (ganeti_fixtures / "kvm_runtime.json").read_text()
+    original = json.loads(text)
+    runtime = KVMRuntime.from_json(text)
+
+    assert runtime.format == FORMAT_VERSION
+    assert runtime.name == "xen-test-inst2"
+    assert all(isinstance(word, str) for word in runtime.argv)
+    words = list(runtime.argv)
+    assert words[words.index("-m") + 1] == "1024"
+    assert "-balloon" not in words
+    index = words.index("virtio-balloon")
+    assert words[index - 1] == "-device"
+    # Everything else is kept, in order.
+    kept = [str(w) for w in original[0] if w not in ("-balloon", "virtio")]
+    assert [w for w in words if w not in ("-device", "virtio-balloon")] == kept
+
+    assert runtime.nics == (Nic(mac="aa:00:00:bf:2f:16", mode=NicMode.BRIDGED, link="br0"),)
+    assert [disk.path for disk in runtime.disks] == [
+        "/var/run/ganeti/instance-disks/xen-test-inst2:0",
+        "/var/run/ganeti/instance-disks/xen-test-inst2:1",
+    ]
+    assert [disk.mode for disk in runtime.disks] == ["rw", "rw"]
+
+    hvparams = original[2]
+    for key in ("kernel_path", "serial_speed", "kvm_path", "root_path", "vnc_bind_address"):
+        assert getattr(runtime.hvparams, key) == hvparams[key]
+    assert runtime.hvparams.kernel_path == "", "Ganeti's empty kernel_path is not our default"
+
+
+def test_ganeti_legacy_runtime_upgrade_is_a_fixed_point(ganeti_fixtures: Path) -> None:
+    upgraded = KVMRuntime.from_json((ganeti_fixtures / "kvm_runtime.json").read_text())
+    again = KVMRuntime.from_json(upgraded.to_json())
+    assert again == upgraded
+    assert upgrade_legacy_argv(upgraded.argv) == upgraded.argv
+
+
+def test_legacy_list_of_two() -> None:
+    runtime = KVMRuntime.from_json(legacy(CMD, [{"mac": MAC, "nicparams": {"link": "br0"}}]))
+    assert runtime.argv == ("/usr/bin/kvm", "-name", "vm1", "-m", "512", "-smp", "1")
+    assert runtime.nics == (Nic(mac=MAC, link="br0"),)
+    assert runtime.hvparams == HvParams()
+    assert runtime.disks == ()
+
+
+def test_legacy_list_of_three() -> None:
+    runtime = KVMRuntime.from_json(legacy(CMD, [], {"acpi": False, "spice_bind": ""}))
+    assert runtime.hvparams.acpi is False
+    assert runtime.disks == ()
+
+
+def test_legacy_list_of_four() -> None:
+    disks = [[{"mode": "ro"}, "/dev/drbd1"], [{"mode": "rw"}, "/dev/drbd2", None]]
+    runtime = KVMRuntime.from_json(legacy(CMD, [], {}, disks))
+    assert runtime.disks == (Disk(path="/dev/drbd1", mode="ro"), Disk(path="/dev/drbd2"))
+
+
+@pytest.mark.parametrize(
+    ("nic", "expected"),
+    [
+        ({"mac": MAC, "nicparams": {"mode": "bridged", "link": "br1"}}, ("bridged", "br1")),
+        ({"mac": MAC, "nicparams": {"mode": "routed", "link": "100"}}, ("routed", "100")),
+        ({"mac": MAC, "mode": "bridged", "bridge": "xen-br0"}, ("bridged", "xen-br0")),
+        ({"mac": MAC.upper(), "nicparams": {"mode": "routed"}}, ("routed", "")),
+    ],
+)
+def test_legacy_nic_shapes(nic: dict[str, Any], expected: tuple[str, str]) -> None:
+    (upgraded,) = KVMRuntime.from_json(legacy(CMD, [nic])).nics
+    assert (upgraded.mode, upgraded.link) == expected
+    assert upgraded.mac == MAC
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (["-localtime"], ["-rtc", "base=localtime"]),
+        (["-chroot", "/srv/jail"], ["-run-with", "chroot=/srv/jail"]),
+        (["-balloon", "virtio"], ["-device", "virtio-balloon"]),
+        (["-balloon", "virtio,addr=0x5"], ["-device", "virtio-balloon"]),
+        (["-balloon", "none"], []),
+    ],
+)
+def test_deprecated_options_are_rewritten_without_vnc(before: list[str], after: list[str]) -> None:
+    cmd = [*CMD, *before, "-daemonize"]
+    assert "-vnc" not in cmd
+    runtime = KVMRuntime.from_json(legacy(cmd, []))
+    assert list(runtime.argv) == [str(w) for w in CMD] + after + ["-daemonize"]
+
+
+def test_deprecated_options_are_rewritten_with_vnc_too() -> None:
+    cmd = [*CMD, "-localtime", "-vnc", ":1", "-chroot", "/srv/jail"]
+    words = list(KVMRuntime.from_json(legacy(cmd, [])).argv)
+    assert words[-6:] == ["-rtc", "base=localtime", "-vnc", ":1", "-run-with", "chroot=/srv/jail"]
+
+
+def test_chroot_with_comma_is_escaped_when_upgraded() -> None:
+    words = KVMRuntime.from_json(legacy([*CMD, "-chroot", "/srv/a,b"], [])).argv
+    assert words[-2:] == ("-run-with", "chroot=/srv/a,,b")
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [*CMD, "-localtime", "-chroot", "/j", "-balloon", "virtio"],
+        [*CMD, "-vnc", ":3", "-localtime"],
+        CMD,
+    ],
+)
+def test_upgrading_is_a_fixed_point(cmd: list[Any]) -> None:
+    text = legacy(cmd, [{"mac": MAC, "nicparams": {"link": "br0"}}], {"acpi": False})
+    once = KVMRuntime.from_json(text)
+    twice = KVMRuntime.from_json(once.to_json())
+    assert twice == once
+    assert twice.to_json() == once.to_json()
+    assert upgrade_legacy_argv(once.argv) == once.argv
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def current(**changes: Any) -> str:
+    document = json.loads(runtime_for().to_json())
+    document.update(changes)
+    return json.dumps(document)
+
+
+def test_newer_format_is_refused_with_advice() -> None:
+    message = format_error(current(format=FORMAT_VERSION + 1))
+    assert "newer" in message
+    assert str(FORMAT_VERSION + 1) in message
+
+
+def test_newer_format_with_new_fields_is_still_a_format_error() -> None:
+    message = format_error(current(format=FORMAT_VERSION + 1, snapshots=[]))
+    assert "newer" in message
+
+
+@pytest.mark.parametrize("version", ["x", 0, -1, None, [1]])
+def test_unknown_format_value(version: object) -> None:
+    message = format_error(current(format=version))
+    assert "format" in message
+    assert repr(version) in message or str(version) in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"format": 1, "name": "vm1", "argv": ["kvm"],}', "{not json", "[[", "[1, 2", "\x00"],
+)
+def test_malformed_json(text: str) -> None:
+    assert "JSON" in format_error(text)
+
+
+def test_truncated_json() -> None:
+    text = runtime_for().to_json()
+    assert "not valid JSON" in format_error(text[: len(text) // 2])
+
+
+def test_empty_text() -> None:
+    format_error("")
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 6])
+def test_legacy_list_of_wrong_length(size: int) -> None:
+    items: list[Any] = [CMD, [], {}, [], {}, {}][:size]
+    message = format_error(json.dumps(items))
+    assert str(size) in message
+    assert "2 to 4" in message
+
+
+@pytest.mark.parametrize("item", [1.5, None, True, False, {"a": 1}, ["-m"]])
+def test_legacy_argv_item_of_wrong_type(item: object) -> None:
+    message = format_error(legacy([*CMD, item], []))
+    assert f"argv[{len(CMD)}]" in message
+
+
+@pytest.mark.parametrize("item", [1.5, None, True, 7])
+def test_current_argv_item_of_wrong_type(item: object) -> None:
+    message = format_error(current(argv=["/usr/bin/kvm", item]))
+    assert "argv.1" in message
+
+
+def test_legacy_unknown_hvparams() -> None:
+    message = format_error(legacy(CMD, [], {"acpi": True, "warp_drive": 9}))
+    assert "warp_drive" in message
+
+
+def test_legacy_nic_with_bad_mac() -> None:
+    message = format_error(
+        legacy(CMD, [{"mac": "01:00:5e:00:00:01", "nicparams": {"link": "br0"}}])
+    )
+    assert "01:00:5e:00:00:01" in message
+    assert "NIC 0" in message
+
+
+def test_legacy_nic_without_mac() -> None:
+    assert "NIC 0" in format_error(legacy(CMD, [{"nicparams": {"link": "br0"}}]))
+
+
+@pytest.mark.parametrize(("nics", "what"), [({"mac": MAC}, "nics"), ("x", "nics")])
+def test_legacy_parts_of_wrong_shape(nics: object, what: str) -> None:
+    assert what in format_error(legacy(CMD, nics))
+
+
+def test_legacy_disk_with_relative_path() -> None:
+    assert "disk 0" in format_error(legacy(CMD, [], {}, [[{"mode": "rw"}, "disk0.img"]]))
+
+
+def test_legacy_without_name() -> None:
+    assert "-name" in format_error(legacy(["/usr/bin/kvm", "-m", 512], []))
+
+
+def test_legacy_empty_argv() -> None:
+    format_error(legacy([], []))
+
+
+@pytest.mark.parametrize("text", ['"a runtime"', "42", "null", "true"])
+def test_top_level_scalar(text: str) -> None:
+    assert "JSON object" in format_error(text)
+
+
+def test_unknown_field_in_current_format() -> None:
+    message = format_error(current(snapshots=[]))
+    assert "snapshots" in message
+
+
+def test_unknown_hvparam_in_current_format() -> None:
+    document = json.loads(current())
+    document["hvparams"]["warp_drive"] = 9
+    assert "hvparams.warp_drive" in format_error(json.dumps(document))
+
+
+def test_bad_mac_in_current_format() -> None:
+    text = current(nics=[{"mac": "zz:00:00:00:00:01", "mode": "user", "link": ""}])
+    assert "zz:00:00:00:00:01" in format_error(text)
+
+
+def test_current_format_with_empty_argv_is_refused() -> None:
+    format_error(current(argv=[]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"format": 1, "name": "../etc/x", "argv": ["/usr/bin/kvm"]}),
+        json.dumps({"format": 1, "name": "vm1\ntouch /tmp/x", "argv": ["/usr/bin/kvm"]}),
+        legacy(["/usr/bin/kvm", "-name", "vm1\nreboot"], []),
+    ],
+    ids=["dot-dot", "newline", "legacy-newline"],
+)
+def test_runtime_name_is_validated(text: str) -> None:
+    format_error(text)
