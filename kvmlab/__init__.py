@@ -1,17 +1,17 @@
 """kvmlab: generate a KVM runtime, save it, execute it, replay it.
 
 The public names are importable from here; each is loaded on first use, so that
-``kvmlab --help`` and the fake kvm program (``python -m kvmlab.fake``) start
-without paying for pydantic.
+``kvmlab --help`` and the fake kvm program (``python -m kvmlab.fake``, which must
+start faster than QEMU) pay for nothing they do not use. This module imports
+nothing at all at import time.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
+    from kvmlab.console import Console, GuestFacts
     from kvmlab.errors import (
         AlreadyRunningError,
         CapabilityError,
@@ -32,54 +32,61 @@ if TYPE_CHECKING:
     from kvmlab.generator import generate_runtime
     from kvmlab.invariants import InvariantReport, Violation, check_runtime
     from kvmlab.layout import StateLayout
+    from kvmlab.lifecycle import Hypervisor, InstanceInfo, InstanceState
     from kvmlab.models import Disk, HvParams, Instance, Nic, load_instance
     from kvmlab.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
     from kvmlab.runtime import KVMRuntime
 
 __all__ = [
-    "AlreadyRunningError",
-    "CapabilityError",
-    "Disk",
-    "ExecutionPlan",
-    "HvParams",
     # Describing instances
     "Instance",
-    "InstanceError",
-    "InvalidInputError",
-    "InvariantReport",
-    "KVMRuntime",
-    # Exceptions, generic to specific
-    "KvmlabError",
-    "LaunchError",
-    "LayoutError",
-    "LockedError",
     "Nic",
-    "NicPlan",
-    "NicPlanKind",
-    "NotRunningError",
-    "OperationError",
-    "ProbeError",
+    "Disk",
+    "HvParams",
+    "load_instance",
     # QEMU capabilities
     "QemuCapabilities",
-    "RuntimeFormatError",
-    "StartFacts",
-    "StateError",
-    "StateLayout",
-    "StopError",
-    "UnknownInstanceError",
-    "Violation",
+    "load_profile",
     "available_profiles",
-    # Invariants
-    "check_runtime",
     # Generating and saving runtimes
     "generate_runtime",
-    "load_instance",
-    "load_profile",
+    "KVMRuntime",
+    "StateLayout",
     # Executing (pure half)
     "plan_execution",
+    "StartFacts",
+    "NicPlan",
+    "NicPlanKind",
+    "ExecutionPlan",
+    # Running instances
+    "Hypervisor",
+    "InstanceInfo",
+    "InstanceState",
+    "Console",
+    "GuestFacts",
+    # Invariants
+    "check_runtime",
+    "InvariantReport",
+    "Violation",
+    # Exceptions, generic to specific
+    "KvmlabError",
+    "InvalidInputError",
+    "InstanceError",
+    "RuntimeFormatError",
+    "CapabilityError",
+    "LayoutError",
+    "UnknownInstanceError",
+    "OperationError",
+    "StateError",
+    "AlreadyRunningError",
+    "NotRunningError",
+    "LockedError",
+    "LaunchError",
+    "StopError",
+    "ProbeError",
 ]
 
-_HOMES: dict[str, str] = {
+_HOMES = {
     "Instance": "models",
     "Nic": "models",
     "Disk": "models",
@@ -96,18 +103,24 @@ _HOMES: dict[str, str] = {
     "NicPlan": "plan",
     "NicPlanKind": "plan",
     "ExecutionPlan": "plan",
+    "Hypervisor": "lifecycle",
+    "InstanceInfo": "lifecycle",
+    "InstanceState": "lifecycle",
+    "Console": "console",
+    "GuestFacts": "console",
     "check_runtime": "invariants",
     "InvariantReport": "invariants",
     "Violation": "invariants",
-    **{name: "errors" for name in __all__ if name.endswith("Error")},
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name) or ("errors" if name.endswith("Error") and name in __all__ else None)
     if home is None:
         raise AttributeError(f"module 'kvmlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"kvmlab.{home}"), name)
+    from importlib import import_module  # noqa: PLC0415 - keep `import kvmlab` free
+
+    value = getattr(import_module(f"kvmlab.{home}"), name)
     globals()[name] = value
     return value
 

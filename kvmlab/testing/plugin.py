@@ -1,11 +1,66 @@
-"""kvmlab's pytest plugin, registered through the ``pytest11`` entry point.
+"""kvmlab's pytest plugin (entry point ``pytest11``): lab fixtures for any test suite.
 
-Importing it has no side effects: fixtures only act when a test asks for them.
+Fixtures, in tiers::
+
+    kvmlab_backend  "fake" by default; parametrise with indirect=True
+                    ("qemu" needs qemu-system-x86_64: skipped without it,
+                    a failure under CI=true)
+    lab             a Hypervisor on a fresh short state directory, on that backend;
+                    every instance still running at teardown is killed, and when
+                    the test failed its logs are copied to the test's tmp_path
+    fake_lab        the same, always on the fake kvm
+    test_guest      the built test guest (kernel + initramfs), session-scoped
+
+Example::
+
+    @pytest.mark.parametrize("kvmlab_backend", ["fake", "qemu"], indirect=True)
+    def test_boots(lab, test_guest):
+        ...
+
+Importing this module has no side effects: nothing is probed, built or started
+until a test asks for a fixture.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import pytest
+
+if TYPE_CHECKING:
+    from kvmlab.guest import GuestImage
+    from kvmlab.lifecycle import Hypervisor
+
+__all__ = ["in_ci", "require_qemu"]
+
+_FAILED = pytest.StashKey[bool]()
+
+
+def in_ci() -> bool:
+    """``CI=true``: a missing QEMU or guest is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _skip_or_fail(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_qemu() -> str:
+    """The QEMU binary; skip (laptop) or fail (CI) without one."""
+    from kvmlab.backends import find_qemu  # noqa: PLC0415
+
+    binary = find_qemu()
+    if binary is None:
+        _skip_or_fail("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    assert binary is not None
+    return binary
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -13,3 +68,67 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "qemu: needs a real qemu-system-x86_64 (skipped without one, fails under CI=true)",
     )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+@pytest.fixture
+def kvmlab_backend(request: pytest.FixtureRequest) -> str:
+    """The backend name: ``request.param`` when parametrised, else ``"fake"``."""
+    name = str(getattr(request, "param", "fake"))
+    if name == "qemu":
+        require_qemu()
+    return name
+
+
+def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervisor]:
+    from kvmlab.lifecycle import Hypervisor  # noqa: PLC0415
+
+    # A short root: unix socket paths must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="kl-"))
+    lab = Hypervisor(root, backend=backend, stop_timeout=20.0)
+    try:
+        yield lab
+    finally:
+        for info in lab.list_instances():
+            if info.pid is not None:
+                try:
+                    lab.stop(info.name, force=True)
+                except Exception:
+                    os.kill(info.pid, 9)
+        if request.node.stash.get(_FAILED, False):
+            kept = Path(tempfile.gettempdir()) / f"kvmlab-failed-{request.node.name}"[:120]
+            shutil.copytree(root / "log", kept, dirs_exist_ok=True)
+            request.node.add_report_section("teardown", "kvmlab", f"logs kept in {kept}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, kvmlab_backend: str) -> Iterator[Hypervisor]:
+    """A :class:`~kvmlab.lifecycle.Hypervisor` on a fresh state directory."""
+    yield from _make_lab(request, kvmlab_backend)
+
+
+@pytest.fixture
+def fake_lab(request: pytest.FixtureRequest) -> Iterator[Hypervisor]:
+    """A Hypervisor on the fake kvm, whatever the suite's backend."""
+    yield from _make_lab(request, "fake")
+
+
+@pytest.fixture(scope="session")
+def test_guest() -> GuestImage:
+    """The test guest (built once, cached by content hash); skip or fail when impossible."""
+    from kvmlab.errors import KvmlabError  # noqa: PLC0415
+    from kvmlab.guest import build_guest  # noqa: PLC0415
+
+    try:
+        return build_guest()
+    except KvmlabError as err:
+        _skip_or_fail(f"the test guest cannot be built: {err}")
+        raise

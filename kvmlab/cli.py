@@ -1,0 +1,232 @@
+"""The ``kvmlab`` command line.
+
+Exit codes: 0 done; 1 the operation failed (already running, not running, the
+binary failed); 2 bad input (invalid file, unknown instance, usage). Errors are
+one line on stderr; ``--debug`` adds the traceback. Heavy modules are imported
+inside the commands that need them, so ``kvmlab --help`` and ``kvmlab list``
+stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmlab.lifecycle import Hypervisor, InstanceInfo
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every bad input
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kvmlab",
+        description="A lab and testing harness for KVM/QEMU virtual machines.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("KVMLAB_STATE_DIR"),
+        help="state directory (default: $KVMLAB_STATE_DIR or $XDG_STATE_HOME/kvmlab)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("KVMLAB_BACKEND", "auto"),
+        choices=["auto", "qemu", "fake"],
+        help="auto: real QEMU when installed, else the fake (default: $KVMLAB_BACKEND or auto)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("generate", cmd_generate, "print the runtime an instance file generates")
+    p.add_argument("file", help="instance file (.json, .toml, .yaml)")
+    p.add_argument("--profile", help="a recorded QEMU profile instead of the backend's binary")
+    p.add_argument("--argv", action="store_true", help="print the saved argv, one per line")
+
+    p = command("start", cmd_start, "generate, save and start an instance")
+    p.add_argument("file", help="instance file (.json, .toml, .yaml)")
+
+    p = command("stop", cmd_stop, "stop an instance (ACPI powerdown, then kill)")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="kill without asking the guest")
+    p.add_argument("--timeout", type=float, help="seconds before the guest is killed")
+
+    p = command("reboot", cmd_reboot, "soft reboot: replay the saved runtime")
+    p.add_argument("name")
+
+    p = command("list", cmd_list, "list instances")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    p = command("info", cmd_info, "show an instance's state and live command line")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+    p = command("console", cmd_console, "read (or wait for) the serial console")
+    p.add_argument("name")
+    p.add_argument("--expect", metavar="RE", help="wait until this regex appears, then exit 0")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds for --expect")
+
+    p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
+    p.add_argument("name")
+
+    command("demo", cmd_demo, "run a whole lifecycle on the default backend, step by step")
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _lab(args: argparse.Namespace) -> Hypervisor:
+    from kvmlab.lifecycle import Hypervisor  # noqa: PLC0415
+
+    return Hypervisor(args.state_dir, backend=args.backend)
+
+
+def _print_info(info: InstanceInfo) -> None:
+    print(f"name:    {info.name}")
+    print(f"state:   {info.state}")
+    print(f"pid:     {info.pid if info.pid is not None else '-'}")
+    print(f"memory:  {info.memory} MiB")
+    print(f"vcpus:   {info.vcpus}")
+    for seq, nic in enumerate(info.nics):
+        print(f"nic{seq}:    {nic.mac} {nic.mode}{' ' + nic.link if nic.link else ''}")
+    print(f"runtime: {info.runtime_file}")
+    import shlex  # noqa: PLC0415
+
+    print(f"argv:    {shlex.join(info.argv or info.saved_argv)}")
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from kvmlab.models import load_instance  # noqa: PLC0415
+
+    instance = load_instance(args.file)
+    if args.profile:
+        from kvmlab.capabilities import load_profile  # noqa: PLC0415
+        from kvmlab.generator import generate_runtime  # noqa: PLC0415
+
+        runtime = generate_runtime(instance, load_profile(args.profile), layout=_lab(args).layout)
+    else:
+        runtime = _lab(args).generate(instance)
+    if args.argv:
+        print("\n".join(runtime.argv))
+    else:
+        print(json.dumps(json.loads(runtime.to_json()), indent=2))
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from kvmlab.models import load_instance  # noqa: PLC0415
+
+    instance = load_instance(args.file)
+    info = _lab(args).start(instance)
+    print(f"started {info.name} (pid {info.pid})")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    _lab(args).stop(args.name, force=args.force, timeout=args.timeout)
+    print(f"stopped {args.name}")
+    return EXIT_OK
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    info = _lab(args).reboot(args.name)
+    print(f"rebooted {info.name} from its saved runtime (pid {info.pid})")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    infos = _lab(args).list_instances()
+    if args.json:
+        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        return EXIT_OK
+    if not infos:
+        print("no instances")
+    for info in infos:
+        pid = str(info.pid) if info.pid is not None else "-"
+        print(f"{info.name:<24} {info.state!s:<8} pid {pid:<8} {info.memory} MiB {info.vcpus} vCPU")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _lab(args).info(args.name)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from kvmlab.console import ExpectTimeoutError  # noqa: PLC0415
+
+    console = _lab(args).console(args.name)
+    if args.expect is None:
+        sys.stdout.write(console.read())
+        return EXIT_OK
+    try:
+        seen = console.expect(args.expect, timeout=args.timeout)
+    except ExpectTimeoutError as err:
+        sys.stdout.write(err.output)
+        print(f"kvmlab: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(seen + "\n")
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    _lab(args).cleanup(args.name)
+    print(f"removed {args.name}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kvmlab.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(state_dir=args.state_dir, backend=args.backend)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="kvmlab: %(levelname)s: %(message)s",
+    )
+    from kvmlab.errors import KvmlabError  # noqa: PLC0415
+
+    try:
+        return int(args.handler(args))
+    except KvmlabError as err:
+        if args.debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"kvmlab: error: {message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("kvmlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

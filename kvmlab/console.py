@@ -1,0 +1,134 @@
+"""An instance's serial console: what the guest printed since this boot began.
+
+QEMU writes every byte of the serial port to ``log/<name>.serial.log``
+(``-chardev ...,logfile=...,logappend=off``, truncated at each start), so a
+reader sees the boot from its first line, however late it connects.
+:meth:`Console.expect` polls that file for a pattern; :meth:`Console.send` writes
+to the guest through the serial socket::
+
+    console = lab.console("vm1")
+    console.expect(r"KVMLAB-BOOT-OK", timeout=30)
+    facts = console.expect(r"KVMLAB-FACTS-END", timeout=5)
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from kvmlab.errors import OperationError
+
+__all__ = ["Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
+
+
+class ExpectTimeoutError(OperationError):
+    """The pattern did not appear in time; ``.output`` is what the console showed."""
+
+    def __init__(self, message: str, *, pattern: str, output: str) -> None:
+        super().__init__(message)
+        self.pattern = pattern
+        self.output = output
+
+
+class Console:
+    """The serial console of one instance.
+
+    :param log_path: the serial log (``log/<name>.serial.log``).
+    :param socket_path: the serial socket, for :meth:`send`.
+    """
+
+    def __init__(self, name: str, log_path: Path, socket_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.socket_path = socket_path
+
+    def read(self) -> str:
+        """Everything the guest printed since this boot began."""
+        try:
+            return self.log_path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def expect(self, pattern: str, timeout: float = 30.0, interval: float = 0.02) -> str:
+        """Wait until ``pattern`` (a regex, multiline) appears; return the output up to its end.
+
+        :raise ExpectTimeoutError: not seen within ``timeout`` seconds.
+        """
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.read()
+            match = regex.search(text)
+            if match:
+                return text[: match.end()]
+            if time.monotonic() >= deadline:
+                raise ExpectTimeoutError(
+                    f"{pattern!r} not seen on the console of {self.name} within {timeout:g} s",
+                    pattern=pattern,
+                    output=text,
+                )
+            time.sleep(interval)
+            interval = min(interval * 1.5, 0.2)
+
+    def send(self, text: str, timeout: float = 5.0) -> None:
+        """Type ``text`` on the serial console.
+
+        :raise OperationError: the serial socket is not there (instance stopped).
+        """
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(self.socket_path))
+                sock.sendall(text.encode())
+        except OSError as err:
+            raise OperationError(
+                f"cannot write to the serial console of {self.name}: {err.strerror or err}"
+            ) from err
+
+    def facts(self, timeout: float = 30.0) -> GuestFacts:
+        """Wait for the guest facts protocol and parse it."""
+        return parse_guest_facts(self.expect(r"^KVMLAB-FACTS-END\r?$", timeout))
+
+
+class GuestFacts:
+    """What the guest reported: ``KVMLAB-BOOT-OK``, ``MEM``, ``CPUS``, ``NIC`` lines."""
+
+    def __init__(self, mem_kb: int, cpus: int, nics: dict[str, str]) -> None:
+        self.mem_kb = mem_kb
+        self.cpus = cpus
+        #: ``{"eth0": "52:54:00:..."}`` in PCI order.
+        self.nics = nics
+
+    @property
+    def macs(self) -> list[str]:
+        return list(self.nics.values())
+
+    def __repr__(self) -> str:
+        return f"GuestFacts(mem_kb={self.mem_kb}, cpus={self.cpus}, nics={self.nics})"
+
+
+def parse_guest_facts(text: str) -> GuestFacts:
+    """Parse the last boot's facts block.
+
+    :raise OperationError: no ``KVMLAB-BOOT-OK`` or a missing ``MEM``/``CPUS`` line.
+    """
+    start = text.rfind("KVMLAB-BOOT-OK")
+    if start < 0:
+        raise OperationError("no KVMLAB-BOOT-OK line in the console output")
+    mem = cpus = None
+    nics: dict[str, str] = {}
+    for raw in text[start:].splitlines():
+        words = raw.strip().split()
+        if len(words) == 2 and words[0] == "MEM" and words[1].isdigit():
+            mem = int(words[1])
+        elif len(words) == 2 and words[0] == "CPUS" and words[1].isdigit():
+            cpus = int(words[1])
+        elif len(words) == 3 and words[0] == "NIC":
+            nics[words[1]] = words[2].lower()
+        elif words == ["KVMLAB-FACTS-END"]:
+            break
+    if mem is None or cpus is None:
+        raise OperationError("the console output has no MEM or CPUS line after KVMLAB-BOOT-OK")
+    return GuestFacts(mem, cpus, nics)

@@ -1,0 +1,234 @@
+"""The side-effect half of starting a VM: run a saved runtime.
+
+``execute`` is Ganeti's ``_ExecuteKVMRuntime`` made safe:
+
+1. refuse when the instance's process is alive (a stale pidfile, or one whose pid
+   now belongs to another program, does not count);
+2. decide the start-time facts (a tap up-script per bridged/routed NIC, in a
+   private temp directory; user networking otherwise; the QMP socket);
+3. let :func:`kvmlab.plan.plan_execution` build the final argv from a *copy*
+   of the saved one (the runtime is frozen: nothing here can change it);
+4. write the temp files, run the binary (it daemonizes; the parent exits once the
+   VM is set up) with a deadline, check that the pidfile names a live process of
+   this instance;
+5. remove every temp file, whatever happened.
+
+The caller holds the instance lock (see :mod:`kvmlab.lifecycle`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmlab.backends import Backend
+from kvmlab.capabilities import QemuCapabilities
+from kvmlab.errors import AlreadyRunningError, LaunchError
+from kvmlab.layout import StateLayout
+from kvmlab.models import NicMode
+from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, TempFile, plan_execution
+from kvmlab.process import owns_pidfile, read_pidfile, remove_quietly, signal_process
+from kvmlab.runtime import KVMRuntime
+
+__all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute", "running_pid"]
+
+log = logging.getLogger("kvmlab.commands")
+
+#: Prefix of the private temp directory of one start; tests look for leftovers by it.
+TEMP_PREFIX = "kvmlab-start-"
+DEFAULT_START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A started instance: its pid and the argv that was run."""
+
+    pid: int
+    argv: tuple[str, ...]
+
+
+def running_pid(layout: StateLayout, name: str) -> int | None:
+    """The pid of the instance's live process, or ``None``."""
+    pidfile = layout.pidfile(name)
+    pid = read_pidfile(pidfile)
+    return pid if owns_pidfile(pid, pidfile) else None
+
+
+def clear_stale_files(layout: StateLayout, name: str) -> None:
+    """Remove the pidfile and sockets a dead process left behind."""
+    for path in (
+        layout.pidfile(name),
+        layout.monitor_socket(name),
+        layout.serial_socket(name),
+        layout.qmp_socket(name),
+    ):
+        remove_quietly(path)
+
+
+def _nic_plans(runtime: KVMRuntime, backend: Backend, temp_dir: Path) -> tuple[NicPlan, ...]:
+    plans = []
+    for seq, nic in enumerate(runtime.nics):
+        if nic.mode is NicMode.USER:
+            plans.append(NicPlan(NicPlanKind.USER))
+            continue
+        if not backend.can_create_taps:
+            raise LaunchError(
+                f"NIC {seq} of {runtime.name} is {nic.mode} and needs a tap device, which"
+                " needs root; use mode 'user' or run as root"
+            )
+        plans.append(NicPlan(NicPlanKind.SCRIPT, script_path=str(temp_dir / f"up-{seq}")))
+    return tuple(plans)
+
+
+def _write_temp_file(temp: TempFile) -> None:
+    fd = os.open(temp.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, temp.mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(temp.content)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _kill_leftover(layout: StateLayout, name: str) -> None:
+    pid = read_pidfile(layout.pidfile(name))
+    if owns_pidfile(pid, layout.pidfile(name)) and pid is not None:
+        signal_process(pid, signal.SIGKILL)
+
+
+def execute(
+    runtime: KVMRuntime,
+    layout: StateLayout,
+    backend: Backend,
+    caps: QemuCapabilities,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+) -> Started:
+    """Start the saved runtime.
+
+    :raise AlreadyRunningError: the instance's process is alive.
+    :raise LaunchError: taps without root, the binary failed or timed out, or it
+        exited right after starting; ``.output`` holds what it printed.
+    """
+    name = runtime.name
+    pidfile = layout.pidfile(name)
+    if running_pid(layout, name) is not None:
+        raise AlreadyRunningError(
+            f"instance {name} is already running (pid {read_pidfile(pidfile)})",
+            name=name,
+            state="running",
+        )
+    clear_stale_files(layout, name)
+    nic_dir = layout.nic_dir(name)
+    shutil.rmtree(nic_dir, ignore_errors=True)
+    nic_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    log_path = layout.log_file(name)
+    try:
+        facts = StartFacts(
+            nic_plans=_nic_plans(runtime, backend, temp_dir),
+            qmp_socket=str(layout.qmp_socket(name)),
+            nic_dir=str(nic_dir),
+            caps=caps,
+        )
+        plan = plan_execution(runtime, facts)
+        for temp in plan.temp_files:
+            _write_temp_file(temp)
+        return _run(
+            plan.argv,
+            runtime=runtime,
+            layout=layout,
+            backend=backend,
+            log_path=log_path,
+            timeout=timeout,
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run(
+    argv: tuple[str, ...],
+    *,
+    runtime: KVMRuntime,
+    layout: StateLayout,
+    backend: Backend,
+    log_path: Path,
+    timeout: float,
+) -> Started:
+    name = runtime.name
+    env = {**os.environ, **backend.environment()}
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log_file:
+        offset = log_file.seek(0, os.SEEK_END)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log_file.write(f"--- {stamp} kvmlab start: {shlex.join(argv)}\n".encode())
+        log_file.flush()
+        log.info("starting %s: %s", name, shlex.join(argv))
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                start_new_session=True,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            _kill_leftover(layout, name)
+            clear_stale_files(layout, name)
+            output = _read_from(log_path, offset)
+            raise LaunchError(
+                f"{argv[0]} did not start {name} within {timeout:g} s",
+                argv=argv,
+                exitcode=None,
+                output=output,
+            ) from None
+        except OSError as err:
+            clear_stale_files(layout, name)
+            raise LaunchError(
+                f"cannot run {argv[0]!r}: {err.strerror}", argv=argv, exitcode=None
+            ) from err
+    output = _read_from(log_path, offset)
+    log.debug("%s returned %d after %.3f s", argv[0], result.returncode, time.monotonic() - started)
+    if result.returncode != 0:
+        _kill_leftover(layout, name)
+        clear_stale_files(layout, name)
+        raise LaunchError(
+            f"{Path(argv[0]).name} failed to start {name} (exit {result.returncode}):"
+            f" {_last_line(output.split(chr(10), 1)[-1])}",
+            argv=argv,
+            exitcode=result.returncode,
+            output=output,
+        )
+    pid = running_pid(layout, name)
+    if pid is None:
+        clear_stale_files(layout, name)
+        raise LaunchError(
+            f"{Path(argv[0]).name} exited right after starting {name}: {_last_line(output)}",
+            argv=argv,
+            exitcode=result.returncode,
+            output=output,
+        )
+    return Started(pid=pid, argv=argv)

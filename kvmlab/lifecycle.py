@@ -1,0 +1,390 @@
+"""The :class:`Hypervisor` facade: start, stop, soft reboot, info, list, console, cleanup.
+
+This is where the seed's promise is kept. ``start`` generates a fresh runtime,
+saves it and executes it; ``reboot`` (soft) stops the process and executes the
+*saved* runtime again, so memory or NICs changed since the start are not applied,
+none of them, and the guest never sees half a change; a hard restart
+(``restart``: stop + start) generates anew::
+
+    lab = Hypervisor("/tmp/lab", backend="fake")
+    lab.start(Instance(name="vm1", memory=256, nics=[Nic(mac="52:54:00:00:00:01", mode="user")]))
+    lab.console("vm1").expect("KVMLAB-BOOT-OK")
+    lab.reboot("vm1")            # same argv as before, whatever vm1 looks like now
+    lab.stop("vm1")              # ACPI powerdown, then SIGTERM/SIGKILL after the timeout
+
+The state directory follows Ganeti's layout (see :class:`~kvmlab.layout.StateLayout`);
+each operation on an instance holds its lock, so concurrent commands on one
+instance never interleave: one wins, the others get :class:`LockedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from kvmlab.backends import Backend, resolve_backend
+from kvmlab.console import Console
+from kvmlab.errors import (
+    AlreadyRunningError,
+    NotRunningError,
+    StopError,
+    UnknownInstanceError,
+)
+from kvmlab.executor import DEFAULT_START_TIMEOUT, clear_stale_files, execute, running_pid
+from kvmlab.generator import generate_runtime
+from kvmlab.layout import StateLayout, default_state_dir
+from kvmlab.models import Instance, Nic
+from kvmlab.process import read_cmdline, remove_quietly, signal_process, wait_for_exit
+from kvmlab.runtime import KVMRuntime
+from kvmlab.store import instance_lock, load_runtime, save_runtime
+
+__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]
+
+log = logging.getLogger("kvmlab")
+
+DEFAULT_STOP_TIMEOUT = 30.0
+TERM_TIMEOUT = 5.0
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class InstanceState(StrEnum):
+    """Whether the instance has a live process."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """What ``info`` reports. ``argv`` is the live command line while running."""
+
+    name: str
+    state: InstanceState
+    pid: int | None
+    argv: tuple[str, ...]
+    memory: int | None
+    vcpus: int | None
+    nics: tuple[Nic, ...] = ()
+    saved_argv: tuple[str, ...] = ()
+    runtime_file: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``info --json`` object."""
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "pid": self.pid,
+            "argv": list(self.argv),
+            "memory": self.memory,
+            "vcpus": self.vcpus,
+            "nics": [nic.model_dump(mode="json") for nic in self.nics],
+            "saved_argv": list(self.saved_argv),
+            "runtime_file": self.runtime_file,
+            **self.extra,
+        }
+
+
+def _option(argv: tuple[str, ...], option: str) -> str | None:
+    for word, value in itertools.pairwise(argv):
+        if word == option:
+            return value
+    return None
+
+
+def _int_prefix(text: str | None) -> int | None:
+    if text is None:
+        return None
+    head = text.split(",", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def live_argv(pid: int, binary: str) -> tuple[str, ...] | None:
+    """The process's command line; an interpreter running a script is dropped."""
+    argv = read_cmdline(pid)
+    if argv and len(argv) > 1 and argv[1] == binary and "python" in Path(argv[0]).name:
+        return argv[1:]
+    return argv
+
+
+class Hypervisor:
+    """A lab of instances under one state directory, on one backend.
+
+    :param state_dir: the state directory; ``$KVMLAB_STATE_DIR`` or
+        ``$XDG_STATE_HOME/kvmlab`` when omitted. Created (mode 0700) on first start.
+    :param backend: ``"auto"`` (real QEMU when installed, else the fake), ``"qemu"``,
+        ``"fake"``, or a :class:`~kvmlab.backends.Backend`.
+    :param start_timeout: seconds the binary may take to daemonize.
+    :param stop_timeout: seconds a guest gets to power off before it is killed.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        backend: str | Backend = "auto",
+        *,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        root = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.layout = StateLayout(root.absolute())
+        self.backend = resolve_backend(backend)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+
+    def __repr__(self) -> str:
+        return f"Hypervisor({str(self.layout.root)!r}, backend={self.backend.describe()!r})"
+
+    # -- generation -----------------------------------------------------------------
+
+    def generate(self, instance: Instance) -> KVMRuntime:
+        """The runtime ``start`` would save for ``instance`` now (probes the binary)."""
+        binary = self.backend.binary(instance.hvparams)
+        caps = self.backend.capabilities(binary)
+        accel = None
+        if not instance.hvparams.kvm_flag:
+            accel, reason = self.backend.accelerator(binary, instance.hvparams)
+            log.info("accelerator for %s: %s (%s)", instance.name, accel, reason)
+        return generate_runtime(instance, caps, layout=self.layout, accel=accel, binary=binary)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self, instance: Instance) -> InstanceInfo:
+        """Generate, save and execute a fresh runtime.
+
+        :raise AlreadyRunningError: the instance is running (its saved runtime is untouched).
+        :raise LockedError: another command is operating on it.
+        :raise LaunchError: the binary failed; no temp file is left behind.
+        """
+        runtime = self.generate(instance)
+        self._prepare_dirs()
+        name = instance.name
+        with self._locked(name):
+            pid = running_pid(self.layout, name)
+            if pid is not None:
+                raise AlreadyRunningError(
+                    f"instance {name} is already running (pid {pid})", name=name, state="running"
+                )
+            save_runtime(self.layout.runtime_file(name), runtime)
+            self._execute(runtime)
+        return self.info(name)
+
+    def stop(self, name: str, force: bool = False, timeout: float | None = None) -> None:
+        """Stop the instance: ACPI powerdown via QMP unless ``force`` or no ACPI,
+        then SIGTERM and SIGKILL. The saved runtime stays until :meth:`cleanup`.
+
+        :raise NotRunningError: it has no live process.
+        :raise UnknownInstanceError: no such instance.
+        """
+        self._check_name(name)
+        with self._locked(name):
+            runtime = self._load_if_known(name)
+            self._stop(name, runtime, force, self.stop_timeout if timeout is None else timeout)
+
+    def reboot(self, name: str, timeout: float | None = None) -> InstanceInfo:
+        """Soft reboot: stop the process and execute the *saved* runtime again.
+
+        :raise NotRunningError: it is not running (start it instead).
+        """
+        self._check_name(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            self._stop(name, runtime, False, self.stop_timeout if timeout is None else timeout)
+            self._execute(runtime)
+        return self.info(name)
+
+    def restart(self, instance: Instance, force: bool = False) -> InstanceInfo:
+        """Hard restart: stop (if running), then start with a freshly generated runtime."""
+        with contextlib.suppress(NotRunningError, UnknownInstanceError):
+            self.stop(instance.name, force=force)
+        return self.start(instance)
+
+    def cleanup(self, name: str) -> None:
+        """Forget a stopped instance: its saved runtime, logs, NIC records and lock.
+
+        :raise AlreadyRunningError: it is still running (stop it first).
+        """
+        self._check_name(name)
+        with self._locked(name):
+            pid = running_pid(self.layout, name)
+            if pid is not None:
+                raise AlreadyRunningError(
+                    f"instance {name} is running (pid {pid}): stop it before cleanup",
+                    name=name,
+                    state="running",
+                )
+            self._load_if_known(name)
+            clear_stale_files(self.layout, name)
+            for path in (
+                self.layout.runtime_file(name),
+                self.layout.log_file(name),
+                self.layout.serial_log(name),
+            ):
+                remove_quietly(path)
+            shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
+        remove_quietly(self.layout.lock_file(name))
+
+    # -- inspection -----------------------------------------------------------------
+
+    def load_runtime(self, name: str) -> KVMRuntime:
+        """The saved runtime of ``name``.
+
+        :raise UnknownInstanceError: none is saved.
+        :raise RuntimeFormatError: the file is damaged (it is left as it is).
+        """
+        self._check_name(name)
+        return self._load(name)
+
+    def info(self, name: str, query_guest: bool = True) -> InstanceInfo:
+        """State, pid, the live argv, memory and vCPUs (from QMP while running).
+
+        :raise UnknownInstanceError: no such instance.
+        """
+        self._check_name(name)
+        runtime = self._load(name)
+        pid = running_pid(self.layout, name)
+        memory = _int_prefix(_option(runtime.argv, "-m"))
+        vcpus = _int_prefix(_option(runtime.argv, "-smp"))
+        extra: dict[str, Any] = {}
+        if pid is None:
+            argv: tuple[str, ...] = ()
+            state = InstanceState.STOPPED
+        else:
+            state = InstanceState.RUNNING
+            argv = live_argv(pid, runtime.binary) or ()
+            if query_guest:
+                memory, vcpus, extra = self._query(name, memory, vcpus)
+        return InstanceInfo(
+            name=name,
+            state=state,
+            pid=pid,
+            argv=argv,
+            memory=memory,
+            vcpus=vcpus,
+            nics=runtime.nics,
+            saved_argv=runtime.argv,
+            runtime_file=str(self.layout.runtime_file(name)),
+            extra=extra,
+        )
+
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every instance with a saved runtime, sorted by name (no QMP queries)."""
+        conf = self.layout.root / "conf"
+        if not conf.is_dir():
+            return []
+        names = sorted(p.name.removesuffix(".runtime") for p in conf.glob("*.runtime"))
+        infos = []
+        for name in names:
+            with contextlib.suppress(UnknownInstanceError):
+                infos.append(self.info(name, query_guest=False))
+        return infos
+
+    def console(self, name: str) -> Console:
+        """The serial console of ``name`` (readable while running and after)."""
+        self._check_name(name)
+        self._load(name)
+        return Console(name, self.layout.serial_log(name), self.layout.serial_socket(name))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> None:
+        # Names reach paths: anything but a DNS label cannot be an instance.
+        if not name or len(name) > 63 or not set(name) <= _NAME_CHARS:
+            raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
+
+    def _prepare_dirs(self) -> None:
+        for directory in self.layout.directories():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        self._prepare_dirs()
+        with instance_lock(self.layout.lock_file(name), name):
+            yield
+
+    def _load(self, name: str) -> KVMRuntime:
+        path = self.layout.runtime_file(name)
+        if not path.exists():
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
+        return load_runtime(path)
+
+    def _load_if_known(self, name: str) -> KVMRuntime | None:
+        path = self.layout.runtime_file(name)
+        if path.exists():
+            return load_runtime(path)
+        if running_pid(self.layout, name) is None:
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
+        return None
+
+    def _execute(self, runtime: KVMRuntime) -> None:
+        caps = self.backend.capabilities(runtime.binary)
+        started = execute(runtime, self.layout, self.backend, caps, timeout=self.start_timeout)
+        log.info("started %s, pid %d", runtime.name, started.pid)
+
+    def _stop(self, name: str, runtime: KVMRuntime | None, force: bool, timeout: float) -> None:
+        pid = running_pid(self.layout, name)
+        if pid is None:
+            clear_stale_files(self.layout, name)
+            raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+        acpi = runtime.hvparams.acpi if runtime is not None else True
+        if not force and acpi and self._powerdown(name) and wait_for_exit(pid, timeout):
+            log.info("%s powered off", name)
+        else:
+            self._terminate(name, pid)
+        self._release_nics(name)
+        clear_stale_files(self.layout, name)
+
+    def _powerdown(self, name: str) -> bool:
+        from kvmlab.qmp import QmpError, qmp_execute  # noqa: PLC0415 - 50 ms import
+
+        try:
+            qmp_execute(self.layout.qmp_socket(name), "system_powerdown")
+        except QmpError as err:
+            log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
+            return False
+        return True
+
+    def _terminate(self, name: str, pid: int) -> None:
+        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, TERM_TIMEOUT):
+            return
+        signal_process(pid, signal.SIGKILL)
+        if not wait_for_exit(pid, TERM_TIMEOUT):
+            raise StopError(f"instance {name} (pid {pid}) survived SIGKILL")
+
+    def _release_nics(self, name: str) -> None:
+        """The down half of the up-scripts: delete taps that outlived their QEMU."""
+        nic_dir = self.layout.nic_dir(name)
+        if not nic_dir.is_dir():
+            return
+        for record in sorted(nic_dir.iterdir()):
+            tap = record.read_text(encoding="utf-8", errors="replace").strip()
+            valid = bool(tap) and set(tap) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+            if valid and Path("/sys/class/net", tap).exists() and os.geteuid() == 0:
+                subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
+            remove_quietly(record)
+
+    def _query(
+        self, name: str, memory: int | None, vcpus: int | None
+    ) -> tuple[int | None, int | None, dict[str, Any]]:
+        from kvmlab.qmp import QmpError, QmpSession  # noqa: PLC0415
+
+        try:
+            with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:
+                summary = qmp.execute("query-memory-size-summary")
+                cpus = qmp.execute("query-cpus-fast")
+                status = qmp.execute("query-status")
+        except QmpError as err:
+            log.debug("QMP query of %s failed: %s", name, err)
+            return memory, vcpus, {}
+        memory = int(summary["base-memory"]) // (1024 * 1024)
+        return memory, len(cpus), {"status": status.get("status")}

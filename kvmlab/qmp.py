@@ -1,0 +1,152 @@
+"""A synchronous QMP session that also works inside a running event loop (Jupyter).
+
+kvmlab speaks QMP through ``qemu.qmp``, QEMU's own asyncio client. Its ``legacy``
+sync wrapper calls ``run_until_complete`` on the current loop, which fails in
+Jupyter where a loop is always running. Here every coroutine runs on one private
+event loop in a daemon thread, and callers wait on a ``concurrent.futures``
+future with a deadline, whichever thread or loop they are in::
+
+    with QmpSession("/var/lib/kvmlab/ctrl/vm1.qmp") as qmp:
+        qmp.execute("query-status")          # {'status': 'running', ...}
+        qmp.execute("system_powerdown")
+
+Errors come back as :class:`QmpError` (``from`` the library's own exception).
+``qemu.qmp`` is imported on first use: it costs ~50 ms and most CLI commands do
+not need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kvmlab.errors import OperationError
+
+if TYPE_CHECKING:
+    from qemu.qmp import QMPClient
+
+__all__ = ["QmpError", "QmpSession", "qmp_execute"]
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 5.0
+
+
+class QmpError(OperationError):
+    """A QMP connection or command failed (or timed out)."""
+
+
+class _LoopThread:
+    """One private asyncio loop in a daemon thread, shared by all sessions."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="kvmlab-qmp-loop", daemon=True
+                )
+                thread.start()
+                cls._loop = loop
+            return cls._loop
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, cls.loop())
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise
+
+
+class QmpSession:
+    """A connected QMP client; use as a context manager.
+
+    :param path: the unix socket QEMU listens on (``-qmp unix:PATH,server=on``).
+    :param timeout: seconds for connecting and for each command.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._client: QMPClient | None = None
+
+    def __enter__(self) -> QmpSession:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Connect and negotiate capabilities.
+
+        :raise QmpError: no socket, refused, or no greeting within the timeout.
+        """
+        from qemu.qmp import QMPClient, QMPError  # noqa: PLC0415 - 50 ms import
+
+        client = QMPClient("kvmlab")
+        try:
+            _LoopThread.run(client.connect(self.path), self.timeout)
+        except (QMPError, OSError, FutureTimeout) as err:
+            raise QmpError(f"cannot connect to QMP at {self.path}: {_describe(err)}") from err
+        self._client = client
+
+    def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        """Run one command and return its ``return`` value.
+
+        :raise QmpError: not connected, the command failed, or the timeout passed.
+        """
+        from qemu.qmp import QMPError  # noqa: PLC0415
+
+        if self._client is None:
+            raise QmpError(f"QMP session to {self.path} is not connected")
+        try:
+            return _LoopThread.run(self._client.execute(command, arguments), self.timeout)
+        except (QMPError, OSError, FutureTimeout) as err:
+            raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
+
+    def close(self) -> None:
+        """Disconnect; never raises (the peer may already be gone)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        # Best effort: QEMU may have exited already (after quit or powerdown).
+        with contextlib.suppress(Exception):
+            _LoopThread.run(client.disconnect(), self.timeout)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, FutureTimeout):
+        return "timed out"
+    text = str(err) or type(err).__name__
+    cause = err.__cause__ or getattr(err, "exc", None)
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return text
+
+
+def qmp_execute(
+    path: str | Path,
+    command: str,
+    arguments: Mapping[str, object] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Any:
+    """Connect, run one command, disconnect."""
+    with QmpSession(path, timeout) as session:
+        return session.execute(command, arguments)

@@ -1,0 +1,157 @@
+"""Start, info, console, stop: the same assertions on the fake kvm and on real QEMU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+from helpers_lifecycle import assert_facts_match, boot_facts, kvmlab_temp_leftovers, option_value
+
+from kvmlab.errors import (
+    AlreadyRunningError,
+    LaunchError,
+    LockedError,
+    NotRunningError,
+    UnknownInstanceError,
+)
+from kvmlab.lifecycle import InstanceState
+from kvmlab.process import is_alive, read_pidfile
+from kvmlab.runtime import KVMRuntime
+
+
+def test_start_boots_a_guest_that_sees_the_instance(lab, make_instance) -> None:
+    instance = make_instance(memory=256, vcpus=2, nics=2)
+    before = kvmlab_temp_leftovers()
+    info = lab.start(instance)
+    assert info.state is InstanceState.RUNNING
+    assert info.pid == read_pidfile(lab.layout.pidfile("vm1"))
+    assert_facts_match(boot_facts(lab, "vm1"), instance)
+    assert kvmlab_temp_leftovers() == before  # invariant 8
+
+
+def test_info_shows_the_live_command_line(lab, make_instance) -> None:
+    lab.start(make_instance())
+    info = lab.info("vm1")
+    saved = lab.load_runtime("vm1").argv
+    assert info.argv[: len(saved)] == saved  # invariant 7, read back from /proc
+    assert option_value(info.argv, "-qmp")
+    assert info.memory == 192 and info.vcpus == 2
+    data = info.to_dict()
+    assert data["state"] == "running" and data["pid"] == info.pid
+    json.dumps(data)
+
+
+def test_second_start_is_refused_and_the_saved_runtime_kept(lab, make_instance) -> None:
+    lab.start(make_instance())
+    saved = lab.layout.runtime_file("vm1").read_bytes()
+    with pytest.raises(AlreadyRunningError, match="already running"):
+        lab.start(make_instance(memory=512))
+    assert lab.layout.runtime_file("vm1").read_bytes() == saved
+
+
+def test_graceful_stop_powers_the_guest_off(lab, make_instance) -> None:
+    lab.start(make_instance())
+    boot_facts(lab, "vm1")
+    pid = lab.info("vm1").pid
+    lab.stop("vm1", timeout=30)
+    assert not is_alive(pid)
+    assert lab.info("vm1").state is InstanceState.STOPPED
+    assert not lab.layout.pidfile("vm1").exists()
+    assert not lab.layout.qmp_socket("vm1").exists()
+    assert lab.layout.runtime_file("vm1").exists()  # kept until cleanup
+    # The guest itself powered off (ACPI), it was not killed.
+    assert "Power down" in lab.console("vm1").read() or lab.backend.name == "fake"
+
+
+def test_forced_stop_kills_at_once(lab, make_instance) -> None:
+    lab.start(make_instance())
+    pid = lab.info("vm1").pid
+    lab.stop("vm1", force=True)
+    assert not is_alive(pid)
+
+
+def test_stop_and_reboot_of_a_stopped_instance_fail(lab, make_instance) -> None:
+    lab.start(make_instance())
+    lab.stop("vm1", force=True)
+    with pytest.raises(NotRunningError):
+        lab.stop("vm1")
+    with pytest.raises(NotRunningError):
+        lab.reboot("vm1")
+
+
+def test_unknown_and_invalid_names_are_refused(lab) -> None:
+    with pytest.raises(UnknownInstanceError):
+        lab.info("nope")
+    with pytest.raises(UnknownInstanceError, match="not a valid instance name"):
+        lab.stop("../etc")
+
+
+def test_a_killed_process_counts_as_stopped_and_can_start_again(lab, make_instance) -> None:
+    lab.start(make_instance())
+    pid = lab.info("vm1").pid
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    assert lab.info("vm1").state is InstanceState.STOPPED
+    info = lab.start(make_instance())
+    assert info.pid != pid and is_alive(info.pid)
+
+
+def test_a_stale_pidfile_naming_another_process_does_not_block(lab, make_instance) -> None:
+    lab.start(make_instance())
+    lab.stop("vm1", force=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lab.layout.pidfile("vm1").write_text(f"{other.pid}\n")
+        assert lab.info("vm1").state is InstanceState.STOPPED
+        info = lab.start(make_instance())
+        assert info.pid != other.pid
+        assert other.poll() is None  # the unrelated process was left alone
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_start_failure_leaves_nothing_behind(lab, make_instance, kvmlab_backend) -> None:
+    before = kvmlab_temp_leftovers()
+    instance = make_instance(kvm_extra="-kvmlab-no-such-option")
+    with pytest.raises(LaunchError) as caught:
+        lab.start(instance)
+    assert caught.value.exitcode == 1
+    assert "-kvmlab-no-such-option" in caught.value.output
+    assert kvmlab_temp_leftovers() == before
+    assert not lab.layout.pidfile("vm1").exists()
+    assert not lab.layout.qmp_socket("vm1").exists()
+    assert lab.info("vm1").state is InstanceState.STOPPED
+    KVMRuntime.from_json(lab.layout.runtime_file("vm1").read_text())
+
+
+def test_concurrent_starts_run_exactly_one_process(lab, make_instance) -> None:
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(lab.start(make_instance()).pid)
+        except (AlreadyRunningError, LockedError) as err:
+            outcomes.append(type(err))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pids = [o for o in outcomes if isinstance(o, int)]
+    assert len(pids) == 1, outcomes
+    assert lab.info("vm1").pid == pids[0]
+
+
+def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
+    lab.start(make_instance())
+    with pytest.raises(AlreadyRunningError):
+        lab.cleanup("vm1")
+    lab.stop("vm1", force=True)
+    lab.cleanup("vm1")
+    assert lab.list_instances() == []
+    with pytest.raises(UnknownInstanceError):
+        lab.info("vm1")
