@@ -1,24 +1,42 @@
-"""kvmlab's sessions: ``nox`` runs what CI needs; ``nox --list`` describes them."""
+"""kvmlab's sessions: plain ``nox`` runs everything CI needs; ``nox --list`` describes them."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "qemu10", "lint", "typecheck"]
 
 PYTHON = "3.11"
 LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks"]
+QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (real QEMU tests included when QEMU is installed; required under CI)."""
+    """The whole suite: properties, fake kvm, and the real-QEMU lifecycle (required under CI)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs, env={"CI": os.environ.get("CI", "")})
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def qemu10(session: nox.Session) -> None:
+    """The real-QEMU tests again, on QEMU 10.0 from bookworm-backports (.ci/install-qemu-backports)."""
+    binary = os.environ.get("KVMLAB_QEMU10", QEMU10)
+    if not Path(binary).exists():
+        message = f"QEMU 10.0 not installed at {binary}: run .ci/install-qemu-backports"
+        if IN_CI:
+            session.error(message)
+        session.skip(message)
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-m", "qemu", *session.posargs, env={"KVMLAB_QEMU": binary}
+    )
 
 
 @nox.session(python=PYTHON)
@@ -38,6 +56,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Speed figures: generate + to_json, from_json (medians per call)."""
+    """Speed figures: runtime generation and JSON, the fake lifecycle cycle, real QEMU boots."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/bench_runtime.py", *session.posargs)
+    session.run("python", "benchmarks/bench_runtime.py")
+    session.run("python", "benchmarks/bench_lifecycle.py")
+    if Path("benchmarks/bench_boot.py").exists():
+        session.run("python", "benchmarks/bench_boot.py", *session.posargs)

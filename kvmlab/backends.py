@@ -77,17 +77,19 @@ def find_qemu() -> str | None:
 
 
 class QemuBackend(Backend):
-    """Real QEMU. The binary is ``binary`` if given, else the instance's ``kvm_path``
-    when it exists, else ``qemu-system-x86_64`` from ``PATH``.
+    """Real QEMU. The binary is ``binary`` if given, else ``$KVMLAB_QEMU`` (to run a
+    whole suite against another QEMU), else the instance's ``kvm_path`` when it
+    exists, else ``qemu-system-x86_64`` from ``PATH``.
 
-    :param accel_probe: decides KVM or TCG when ``kvm_flag`` is unset; the default
-        trusts KVM only when ``/dev/kvm`` is usable and a probe boot succeeds.
+    When ``kvm_flag`` is unset the accelerator comes from
+    :func:`kvmlab.accel.probe_accelerator`: KVM only when it demonstrably boots
+    the test guest, TCG otherwise.
     """
 
     name = "qemu"
 
     def __init__(self, binary: str | None = None) -> None:
-        self._binary = binary
+        self._binary = binary or os.environ.get("KVMLAB_QEMU") or None
         self._accel_cache: dict[str, tuple[Accel | None, str]] = {}
 
     def binary(self, hv: HvParams) -> str:
