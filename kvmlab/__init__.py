@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     )
     from kvmlab.generator import generate_runtime
     from kvmlab.invariants import InvariantReport, Violation, check_runtime
+    from kvmlab.inventory import InstanceInfo, InstanceState
     from kvmlab.layout import StateLayout
-    from kvmlab.lifecycle import Hypervisor, InstanceInfo, InstanceState
+    from kvmlab.lifecycle import Hypervisor
     from kvmlab.models import Disk, HvParams, Instance, Nic, load_instance
     from kvmlab.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
     from kvmlab.runtime import KVMRuntime
@@ -104,8 +105,8 @@ _HOMES = {
     "NicPlanKind": "plan",
     "ExecutionPlan": "plan",
     "Hypervisor": "lifecycle",
-    "InstanceInfo": "lifecycle",
-    "InstanceState": "lifecycle",
+    "InstanceInfo": "inventory",
+    "InstanceState": "inventory",
     "Console": "console",
     "GuestFacts": "console",
     "check_runtime": "invariants",

@@ -15,10 +15,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvmlab.lifecycle import Hypervisor, InstanceInfo
+    from kvmlab.inventory import InstanceInfo
+    from kvmlab.lifecycle import Hypervisor
 
 __all__ = ["main"]
 
@@ -86,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
 
     command("demo", cmd_demo, "run a whole lifecycle on the default backend, step by step")
+
+    p = command("doctor", cmd_doctor, "check QEMU, KVM, the fake kvm, root and the test guest")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument(
+        "--probe-all",
+        action="store_true",
+        help="probe KVM with every QEMU found, not only the one kvmlab runs (boots each once)",
+    )
+
+    guest = sub.add_parser("guest", help="the test guest", description="the test guest")
+    guest_sub = guest.add_subparsers(dest="guest_command", required=True, metavar="SUBCOMMAND")
+    text = "build the test guest (kernel + initramfs), or find it already built"
+    p = guest_sub.add_parser("build", help=text, description=text)
+    p.set_defaults(handler=cmd_guest_build)
+    p.add_argument("--json", action="store_true", help='print {"kernel": ..., "initrd": ...}')
+    p.add_argument(
+        "--cache", metavar="DIR", help="cache directory (default: ~/.cache/kvmlab/guest)"
+    )
+    p.add_argument("--kernel", metavar="PATH", help="a vmlinuz or linux-image-*.deb to use")
     return parser
 
 
@@ -105,7 +126,8 @@ def _print_info(info: InstanceInfo) -> None:
     print(f"memory:  {info.memory} MiB")
     print(f"vcpus:   {info.vcpus}")
     for seq, nic in enumerate(info.nics):
-        print(f"nic{seq}:    {nic.mac} {nic.mode}{' ' + nic.link if nic.link else ''}")
+        link = f" {nic['link']}" if nic.get("link") else ""
+        print(f"nic{seq}:    {nic['mac']} {nic['mode']}{link}")
     print(f"runtime: {info.runtime_file}")
     import shlex  # noqa: PLC0415
 
@@ -155,7 +177,12 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    infos = _lab(args).list_instances()
+    # The inventory reads saved runtimes without pydantic: list stays fast.
+    from kvmlab.inventory import list_instances  # noqa: PLC0415
+    from kvmlab.layout import StateLayout, default_state_dir  # noqa: PLC0415
+
+    root = Path(args.state_dir) if args.state_dir else default_state_dir()
+    infos = list_instances(StateLayout(root.absolute()))
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return EXIT_OK
@@ -203,6 +230,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kvmlab.demo import run_demo  # noqa: PLC0415
 
     return run_demo(state_dir=args.state_dir, backend=args.backend)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kvmlab.doctor import diagnose, render_text  # noqa: PLC0415
+
+    report = diagnose(args.backend, probe_all=args.probe_all)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from kvmlab.guest import GuestBuildError, build_guest  # noqa: PLC0415
+
+    def progress(message: str) -> None:
+        # stderr, so that --json leaves stdout to the one JSON object.
+        print(f"kvmlab: {message}", file=sys.stderr, flush=True)
+
+    try:
+        image = build_guest(
+            Path(args.cache) if args.cache else None,
+            Path(args.kernel) if args.kernel else None,
+            progress=progress,
+        )
+    except OSError as err:  # an unwritable cache directory, a full disk
+        raise GuestBuildError(f"cannot build the test guest: {err}") from err
+    if args.json:
+        print(image.to_json())
+    else:
+        print(f"kernel: {image.kernel}")
+        print(f"initrd: {image.initrd}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

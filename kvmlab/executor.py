@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -32,13 +33,14 @@ from pathlib import Path
 from kvmlab.backends import Backend
 from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import AlreadyRunningError, LaunchError
+from kvmlab.inventory import running_pid
 from kvmlab.layout import StateLayout
 from kvmlab.models import NicMode
 from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, TempFile, plan_execution
 from kvmlab.process import owns_pidfile, read_pidfile, remove_quietly, signal_process
 from kvmlab.runtime import KVMRuntime
 
-__all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute", "running_pid"]
+__all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute"]
 
 log = logging.getLogger("kvmlab.commands")
 
@@ -53,13 +55,6 @@ class Started:
 
     pid: int
     argv: tuple[str, ...]
-
-
-def running_pid(layout: StateLayout, name: str) -> int | None:
-    """The pid of the instance's live process, or ``None``."""
-    pidfile = layout.pidfile(name)
-    pid = read_pidfile(pidfile)
-    return pid if owns_pidfile(pid, pidfile) else None
 
 
 def clear_stale_files(layout: StateLayout, name: str) -> None:
@@ -106,6 +101,41 @@ def _read_from(path: Path, offset: int) -> str:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+def _run_to_exit(argv: tuple[str, ...], log_fd: int, env: dict[str, str], timeout: float) -> int:
+    """Run the (daemonizing) binary and wait for its first process to exit.
+
+    ``subprocess.run(timeout=...)`` polls with sleeps of up to 50 ms; a pidfd wakes
+    us as soon as the parent exits, which is most of a fake start's latency.
+
+    :raise subprocess.TimeoutExpired: it did not exit in time (it is killed).
+    """
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        if pidfd is not None:
+            ready, _, _ = select.select([pidfd], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(argv, timeout)
+        return process.wait(timeout=None if pidfd is not None else timeout)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _kill_leftover(layout: StateLayout, name: str) -> None:
@@ -185,16 +215,7 @@ def _run(
         log.info("starting %s: %s", name, shlex.join(argv))
         started = time.monotonic()
         try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout,
-                start_new_session=True,
-                check=False,
-            )
+            returncode = _run_to_exit(argv, log_file.fileno(), env, timeout)
         except subprocess.TimeoutExpired:
             _kill_leftover(layout, name)
             clear_stale_files(layout, name)
@@ -211,15 +232,15 @@ def _run(
                 f"cannot run {argv[0]!r}: {err.strerror}", argv=argv, exitcode=None
             ) from err
     output = _read_from(log_path, offset)
-    log.debug("%s returned %d after %.3f s", argv[0], result.returncode, time.monotonic() - started)
-    if result.returncode != 0:
+    log.debug("%s returned %d after %.3f s", argv[0], returncode, time.monotonic() - started)
+    if returncode != 0:
         _kill_leftover(layout, name)
         clear_stale_files(layout, name)
         raise LaunchError(
-            f"{Path(argv[0]).name} failed to start {name} (exit {result.returncode}):"
+            f"{Path(argv[0]).name} failed to start {name} (exit {returncode}):"
             f" {_last_line(output.split(chr(10), 1)[-1])}",
             argv=argv,
-            exitcode=result.returncode,
+            exitcode=returncode,
             output=output,
         )
     pid = running_pid(layout, name)
@@ -228,7 +249,7 @@ def _run(
         raise LaunchError(
             f"{Path(argv[0]).name} exited right after starting {name}: {_last_line(output)}",
             argv=argv,
-            exitcode=result.returncode,
+            exitcode=returncode,
             output=output,
         )
     return Started(pid=pid, argv=argv)

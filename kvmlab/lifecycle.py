@@ -20,15 +20,13 @@ instance never interleave: one wins, the others get :class:`LockedError`.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -40,81 +38,29 @@ from kvmlab.errors import (
     StopError,
     UnknownInstanceError,
 )
-from kvmlab.executor import DEFAULT_START_TIMEOUT, clear_stale_files, execute, running_pid
+from kvmlab.executor import DEFAULT_START_TIMEOUT, clear_stale_files, execute
 from kvmlab.generator import generate_runtime
+from kvmlab.inventory import (
+    InstanceInfo,
+    InstanceState,
+    RuntimeSummary,
+    running_pid,
+    summarize,
+)
+from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
-from kvmlab.models import Instance, Nic
-from kvmlab.process import read_cmdline, remove_quietly, signal_process, wait_for_exit
+from kvmlab.models import Instance
+from kvmlab.process import remove_quietly, signal_process, wait_for_exit
 from kvmlab.runtime import KVMRuntime
 from kvmlab.store import instance_lock, load_runtime, save_runtime
 
-__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]
+__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
 
 log = logging.getLogger("kvmlab")
 
 DEFAULT_STOP_TIMEOUT = 30.0
 TERM_TIMEOUT = 5.0
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-class InstanceState(StrEnum):
-    """Whether the instance has a live process."""
-
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """What ``info`` reports. ``argv`` is the live command line while running."""
-
-    name: str
-    state: InstanceState
-    pid: int | None
-    argv: tuple[str, ...]
-    memory: int | None
-    vcpus: int | None
-    nics: tuple[Nic, ...] = ()
-    saved_argv: tuple[str, ...] = ()
-    runtime_file: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``info --json`` object."""
-        return {
-            "name": self.name,
-            "state": str(self.state),
-            "pid": self.pid,
-            "argv": list(self.argv),
-            "memory": self.memory,
-            "vcpus": self.vcpus,
-            "nics": [nic.model_dump(mode="json") for nic in self.nics],
-            "saved_argv": list(self.saved_argv),
-            "runtime_file": self.runtime_file,
-            **self.extra,
-        }
-
-
-def _option(argv: tuple[str, ...], option: str) -> str | None:
-    for word, value in itertools.pairwise(argv):
-        if word == option:
-            return value
-    return None
-
-
-def _int_prefix(text: str | None) -> int | None:
-    if text is None:
-        return None
-    head = text.split(",", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def live_argv(pid: int, binary: str) -> tuple[str, ...] | None:
-    """The process's command line; an interpreter running a script is dropped."""
-    argv = read_cmdline(pid)
-    if argv and len(argv) > 1 and argv[1] == binary and "python" in Path(argv[0]).name:
-        return argv[1:]
-    return argv
 
 
 class Hypervisor:
@@ -177,7 +123,7 @@ class Hypervisor:
                 )
             save_runtime(self.layout.runtime_file(name), runtime)
             self._execute(runtime)
-        return self.info(name)
+        return self.info(name, query_guest=False)
 
     def stop(self, name: str, force: bool = False, timeout: float | None = None) -> None:
         """Stop the instance: ACPI powerdown via QMP unless ``force`` or no ACPI,
@@ -201,7 +147,7 @@ class Hypervisor:
             runtime = self._load(name)
             self._stop(name, runtime, False, self.stop_timeout if timeout is None else timeout)
             self._execute(runtime)
-        return self.info(name)
+        return self.info(name, query_guest=False)
 
     def restart(self, instance: Instance, force: bool = False) -> InstanceInfo:
         """Hard restart: stop (if running), then start with a freshly generated runtime."""
@@ -249,45 +195,20 @@ class Hypervisor:
         """State, pid, the live argv, memory and vCPUs (from QMP while running).
 
         :raise UnknownInstanceError: no such instance.
+        :raise RuntimeFormatError: its saved runtime is damaged.
         """
         self._check_name(name)
         runtime = self._load(name)
-        pid = running_pid(self.layout, name)
-        memory = _int_prefix(_option(runtime.argv, "-m"))
-        vcpus = _int_prefix(_option(runtime.argv, "-smp"))
-        extra: dict[str, Any] = {}
-        if pid is None:
-            argv: tuple[str, ...] = ()
-            state = InstanceState.STOPPED
-        else:
-            state = InstanceState.RUNNING
-            argv = live_argv(pid, runtime.binary) or ()
-            if query_guest:
-                memory, vcpus, extra = self._query(name, memory, vcpus)
-        return InstanceInfo(
-            name=name,
-            state=state,
-            pid=pid,
-            argv=argv,
-            memory=memory,
-            vcpus=vcpus,
-            nics=runtime.nics,
-            saved_argv=runtime.argv,
-            runtime_file=str(self.layout.runtime_file(name)),
-            extra=extra,
-        )
+        nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
+        base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
+        if base.pid is None or not query_guest:
+            return base
+        memory, vcpus, extra = self._query(name, base.memory, base.vcpus)
+        return dataclasses.replace(base, memory=memory, vcpus=vcpus, extra=extra)
 
     def list_instances(self) -> list[InstanceInfo]:
-        """Every instance with a saved runtime, sorted by name (no QMP queries)."""
-        conf = self.layout.root / "conf"
-        if not conf.is_dir():
-            return []
-        names = sorted(p.name.removesuffix(".runtime") for p in conf.glob("*.runtime"))
-        infos = []
-        for name in names:
-            with contextlib.suppress(UnknownInstanceError):
-                infos.append(self.info(name, query_guest=False))
-        return infos
+        """Every instance with a saved runtime, sorted by name (no QMP, no validation)."""
+        return inventory_list(self.layout)
 
     def console(self, name: str) -> Console:
         """The serial console of ``name`` (readable while running and after)."""

@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -75,7 +76,21 @@ def owns_pidfile(pid: int | None, pidfile: str | Path) -> bool:
 
 
 def wait_for_exit(pid: int, timeout: float, interval: float = 0.01) -> bool:
-    """Poll until ``pid`` is gone; ``True`` if it exited before the deadline."""
+    """Wait until ``pid`` is gone (or a zombie); ``True`` if it exited before the deadline.
+
+    A pidfd wakes us the moment the process ends (it works for processes that are
+    not our children, as daemonized QEMU is not); polling ``/proc`` is the fallback.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            select.select([pidfd], [], [], max(timeout, 0.0))
+        finally:
+            os.close(pidfd)
+        return not is_alive(pid)
     deadline = time.monotonic() + timeout
     while is_alive(pid):
         if time.monotonic() >= deadline:
