@@ -228,9 +228,10 @@ def test_device_help_gives_the_device_list() -> None:
     caps = QemuCapabilities.from_help(
         help_with_first_line("QEMU emulator version 7.2.0"), device_help=device_help
     )
-    assert caps.devices == ("e1000", "virtio-net-pci")
+    assert caps.devices == ("e1000", "virtio-net-pci", "virtio-net")  # aliases count
     assert caps.supports_device("e1000")
     assert not caps.supports_device("rtl8139")
+    assert caps.supports_device("virtio-net")
     assert QemuCapabilities().supports_device("anything"), "unknown list: assume present"
 
 

@@ -29,6 +29,11 @@ def assert_facts_match(facts: GuestFacts, instance: Instance) -> None:
 
 
 def kvmlab_temp_leftovers() -> set[str]:
+    """kvmlab's start-time temp directories now present.
+
+    Compare as ``not leftovers() - before``: other processes (another suite on the
+    same machine) may create and remove their own while a test runs.
+    """
     return {p.name for p in Path(tempfile.gettempdir()).glob("kvmlab-start-*")}
 
 

@@ -29,14 +29,16 @@ def test_start_boots_a_guest_that_sees_the_instance(lab, make_instance) -> None:
     assert info.state is InstanceState.RUNNING
     assert info.pid == read_pidfile(lab.layout.pidfile("vm1"))
     assert_facts_match(boot_facts(lab, "vm1"), instance)
-    assert kvmlab_temp_leftovers() == before  # invariant 8
+    assert not kvmlab_temp_leftovers() - before  # invariant 8
 
 
 def test_info_shows_the_live_command_line(lab, make_instance) -> None:
     lab.start(make_instance())
     info = lab.info("vm1")
     saved = lab.load_runtime("vm1").argv
-    assert info.argv[: len(saved)] == saved  # invariant 7, read back from /proc
+    # Invariant 7, read back from /proc. argv[0] is what the kernel reports: a wrapper
+    # script that execs QEMU (the QEMU 10.0 install) shows QEMU's own path there.
+    assert info.argv[1 : len(saved)] == saved[1:]
     assert option_value(info.argv, "-qmp")
     assert info.memory == 192 and info.vcpus == 2
     data = info.to_dict()
@@ -120,7 +122,7 @@ def test_start_failure_leaves_nothing_behind(lab, make_instance, kvmlab_backend)
         lab.start(instance)
     assert caught.value.exitcode == 1
     assert "-kvmlab-no-such-option" in caught.value.output
-    assert kvmlab_temp_leftovers() == before
+    assert not kvmlab_temp_leftovers() - before
     assert not lab.layout.pidfile("vm1").exists()
     assert not lab.layout.qmp_socket("vm1").exists()
     assert lab.info("vm1").state is InstanceState.STOPPED
