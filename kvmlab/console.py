@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from kvmlab.errors import OperationError
+from kvmlab.errors import InvalidInputError, OperationError
 
 __all__ = ["Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
 
@@ -56,7 +56,10 @@ class Console:
 
         :raise ExpectTimeoutError: not seen within ``timeout`` seconds.
         """
-        regex = re.compile(pattern, re.MULTILINE)
+        try:
+            regex = re.compile(pattern, re.MULTILINE)
+        except re.error as err:
+            raise InvalidInputError(f"invalid pattern {pattern!r}: {err}") from None
         deadline = time.monotonic() + timeout
         while True:
             text = self.read()

@@ -232,13 +232,15 @@ def _run(
                 f"cannot run {argv[0]!r}: {err.strerror}", argv=argv, exitcode=None
             ) from err
     output = _read_from(log_path, offset)
+    # What the binary printed, without kvmlab's own "--- ... kvmlab start:" header line.
+    binary_output = output.split("\n", 1)[1] if "\n" in output else ""
     log.debug("%s returned %d after %.3f s", argv[0], returncode, time.monotonic() - started)
     if returncode != 0:
         _kill_leftover(layout, name)
         clear_stale_files(layout, name)
         raise LaunchError(
             f"{Path(argv[0]).name} failed to start {name} (exit {returncode}):"
-            f" {_last_line(output.split(chr(10), 1)[-1])}",
+            f" {_last_line(binary_output)}",
             argv=argv,
             exitcode=returncode,
             output=output,
@@ -247,7 +249,8 @@ def _run(
     if pid is None:
         clear_stale_files(layout, name)
         raise LaunchError(
-            f"{Path(argv[0]).name} exited right after starting {name}: {_last_line(output)}",
+            f"{Path(argv[0]).name} exited right after starting {name}:"
+            f" {_last_line(binary_output)}",
             argv=argv,
             exitcode=returncode,
             output=output,

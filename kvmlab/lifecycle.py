@@ -133,6 +133,7 @@ class Hypervisor:
         :raise UnknownInstanceError: no such instance.
         """
         self._check_name(name)
+        self._require_known(name)
         with self._locked(name):
             runtime = self._load_if_known(name)
             self._stop(name, runtime, force, self.stop_timeout if timeout is None else timeout)
@@ -143,6 +144,7 @@ class Hypervisor:
         :raise NotRunningError: it is not running (start it instead).
         """
         self._check_name(name)
+        self._require_known(name)
         with self._locked(name):
             runtime = self._load(name)
             self._stop(name, runtime, False, self.stop_timeout if timeout is None else timeout)
@@ -161,6 +163,7 @@ class Hypervisor:
         :raise AlreadyRunningError: it is still running (stop it first).
         """
         self._check_name(name)
+        self._require_known(name)
         with self._locked(name):
             pid = running_pid(self.layout, name)
             if pid is not None:
@@ -226,6 +229,11 @@ class Hypervisor:
     def _prepare_dirs(self) -> None:
         for directory in self.layout.directories():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _require_known(self, name: str) -> None:
+        """Refuse an unknown instance before anything is created (no state dir, no lock)."""
+        if not self.layout.runtime_file(name).exists() and not self.layout.pidfile(name).exists():
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:

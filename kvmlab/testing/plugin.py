@@ -24,6 +24,7 @@ until a test asks for a fixture.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -96,17 +97,20 @@ def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervis
     try:
         yield lab
     finally:
-        for info in lab.list_instances():
-            if info.pid is not None:
-                try:
-                    lab.stop(info.name, force=True)
-                except Exception:
-                    os.kill(info.pid, 9)
-        if request.node.stash.get(_FAILED, False):
-            kept = Path(tempfile.gettempdir()) / f"kvmlab-failed-{request.node.name}"[:120]
-            shutil.copytree(root / "log", kept, dirs_exist_ok=True)
-            request.node.add_report_section("teardown", "kvmlab", f"logs kept in {kept}")
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            for info in lab.list_instances():
+                if info.pid is not None:
+                    try:
+                        lab.stop(info.name, force=True)
+                    except Exception:
+                        os.kill(info.pid, 9)
+            if request.node.stash.get(_FAILED, False) and (root / "log").is_dir():
+                label = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+                kept = Path(tempfile.mkdtemp(prefix=f"kvmlab-failed-{label}-"))
+                shutil.copytree(root / "log", kept, dirs_exist_ok=True)
+                request.node.add_report_section("teardown", "kvmlab", f"logs kept in {kept}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from kvmlab.errors import (
     UnknownInstanceError,
 )
 from kvmlab.lifecycle import InstanceState
-from kvmlab.process import is_alive, read_pidfile
+from kvmlab.process import is_alive, read_pidfile, wait_for_exit
 from kvmlab.runtime import KVMRuntime
 
 
@@ -95,6 +95,7 @@ def test_a_killed_process_counts_as_stopped_and_can_start_again(lab, make_instan
     lab.start(make_instance())
     pid = lab.info("vm1").pid
     subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    assert wait_for_exit(pid, 5)  # kill(2) returns before the process is gone
     assert lab.info("vm1").state is InstanceState.STOPPED
     info = lab.start(make_instance())
     assert info.pid != pid and is_alive(info.pid)
