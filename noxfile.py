@@ -9,10 +9,10 @@ import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "qemu10", "lint", "typecheck"]
+nox.options.sessions = ["tests", "qemu10", "notebooks", "lint", "typecheck"]
 
 PYTHON = "3.11"
-LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks"]
+LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks", "tools"]
 QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -26,7 +26,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def qemu10(session: nox.Session) -> None:
-    """The real-QEMU tests again, on QEMU 10.0 from bookworm-backports (.ci/install-qemu-backports)."""
+    """The real-QEMU tests again, on QEMU 10.0 from bookworm-backports."""
     binary = os.environ.get("KVMLAB_QEMU10", QEMU10)
     if not Path(binary).exists():
         message = f"QEMU 10.0 not installed at {binary}: run .ci/install-qemu-backports"
@@ -34,9 +34,25 @@ def qemu10(session: nox.Session) -> None:
             session.error(message)
         session.skip(message)
     session.install("-e", ".[test]")
+    session.run("pytest", "-m", "qemu", *session.posargs, env={"KVMLAB_QEMU": binary})
+
+
+@nox.session(python=PYTHON)
+def notebooks(session: nox.Session) -> None:
+    """Execute every notebook top to bottom on a fresh kernel (nbclient); fail on any error."""
+    session.install("-e", ".[test,notebooks]")
+    session.run("python", "tools/run_notebooks.py", *session.posargs)
+    # Notebook 3 must also skip cleanly on a machine without QEMU.
     session.run(
-        "pytest", "-m", "qemu", *session.posargs, env={"KVMLAB_QEMU": binary}
+        "python", "tools/run_notebooks.py", "--without-qemu", "notebooks/03-real-guest.ipynb"
     )
+
+
+@nox.session(python=PYTHON, default=False)
+def regen(session: nox.Session) -> None:
+    """Rewrite the golden command lines (fixtures/golden/) from the current generator."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/golden", "-k", "golden", env={"KVMLAB_REGENERATE": "1"})
 
 
 @nox.session(python=PYTHON)
@@ -56,9 +72,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Speed figures: runtime generation and JSON, the fake lifecycle cycle, real QEMU boots."""
+    """Speed figures: runtime JSON, the fake lifecycle, the golden suite, real QEMU boots."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
+    session.run("python", "benchmarks/bench_golden.py")
     if Path("benchmarks/bench_boot.py").exists():
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)

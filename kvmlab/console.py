@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmlab.errors import InvalidInputError, OperationError
@@ -95,21 +96,23 @@ class Console:
         return parse_guest_facts(self.expect(r"^KVMLAB-FACTS-END\r?$", timeout))
 
 
+@dataclass(frozen=True)
 class GuestFacts:
     """What the guest reported: ``KVMLAB-BOOT-OK``, ``MEM``, ``CPUS``, ``NIC`` lines."""
 
-    def __init__(self, mem_kb: int, cpus: int, nics: dict[str, str]) -> None:
-        self.mem_kb = mem_kb
-        self.cpus = cpus
-        #: ``{"eth0": "52:54:00:..."}`` in PCI order.
-        self.nics = nics
+    mem_kb: int
+    cpus: int
+    #: ``{"eth0": "52:54:00:..."}`` in PCI order.
+    nics: dict[str, str] = field(default_factory=dict)
 
     @property
     def macs(self) -> list[str]:
         return list(self.nics.values())
 
-    def __repr__(self) -> str:
-        return f"GuestFacts(mem_kb={self.mem_kb}, cpus={self.cpus}, nics={self.nics})"
+    def _repr_html_(self) -> str:
+        from kvmlab.display import facts_html  # noqa: PLC0415
+
+        return facts_html(self)
 
 
 def parse_guest_facts(text: str) -> GuestFacts:
