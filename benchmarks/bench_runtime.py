@@ -2,14 +2,22 @@
 
 The instance has 2 NICs and 2 disks, as in the foundation issue's target
 (generate + to_json under 25 us, from_json under 25 us on a 2-core machine).
-Each figure is the median over ``--rounds`` rounds of ``--number`` calls.
+Each figure is the median over ``--rounds`` rounds of ``--number`` calls; p10 and
+p90 of the rounds and the load average show how noisy the machine was.
+
+``to_json (warm)`` writes a runtime whose hvparams object already knows its JSON,
+as every runtime generated from the same instance does (``generate + to_json``
+measures that case too); ``to_json (cold)`` writes runtimes fresh from
+``from_json``, whose objects have never been serialised.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import timeit
+import time
+from collections.abc import Callable
 
 from kvmlab.generator import generate_runtime
 from kvmlab.models import Disk, HvParams, Instance, Nic
@@ -28,10 +36,28 @@ INSTANCE = Instance(
 )
 
 
-def median_us(func: object, number: int, rounds: int) -> float:
-    timer = timeit.Timer(func)  # type: ignore[arg-type]
-    timer.timeit(number)  # warm caches and the JIT-less interpreter's specialisation
-    return statistics.median(timer.repeat(repeat=rounds, number=number)) / number * 1e6
+def rounds_us(func: Callable[[], object], number: int, rounds: int) -> list[float]:
+    """Microseconds per call of each round (after one warm-up round)."""
+    results = []
+    for index in range(rounds + 1):
+        start = time.perf_counter()
+        for _ in range(number):
+            func()
+        if index:  # round 0 warms caches and the interpreter's specialisation
+            results.append((time.perf_counter() - start) / number * 1e6)
+    return results
+
+
+def cold_to_json_us(text: str, number: int, rounds: int) -> list[float]:
+    """``to_json`` of runtimes just loaded: nothing of theirs serialised before."""
+    results = []
+    for _ in range(rounds):
+        fresh = [KVMRuntime.from_json(text) for _ in range(number)]
+        start = time.perf_counter()
+        for runtime in fresh:
+            runtime.to_json()
+        results.append((time.perf_counter() - start) / number * 1e6)
+    return results
 
 
 def main() -> None:
@@ -39,16 +65,31 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    number, rounds = args.number, args.rounds
     text = generate_runtime(INSTANCE).to_json()
+    runtime = KVMRuntime.from_json(text)
+    load_before = os.getloadavg()
     results = {
-        "generate + to_json": median_us(
-            lambda: generate_runtime(INSTANCE).to_json(), args.number, args.rounds
+        "generate + to_json": rounds_us(
+            lambda: generate_runtime(INSTANCE).to_json(), number, rounds
         ),
-        "generate": median_us(lambda: generate_runtime(INSTANCE), args.number, args.rounds),
-        "from_json": median_us(lambda: KVMRuntime.from_json(text), args.number, args.rounds),
+        "generate": rounds_us(lambda: generate_runtime(INSTANCE), number, rounds),
+        "to_json (warm)": rounds_us(runtime.to_json, number, rounds),
+        "to_json (cold)": cold_to_json_us(text, number, rounds),
+        "from_json": rounds_us(lambda: KVMRuntime.from_json(text), number, rounds),
     }
-    for name, value in results.items():
-        print(f"{name:<22} {value:8.2f} us/call (median of {args.rounds} x {args.number})")
+    load_after = os.getloadavg()
+    for name, values in results.items():
+        deciles = statistics.quantiles(values, n=10)
+        print(
+            f"{name:<22} {statistics.median(values):8.2f} us/call (median of {rounds} x {number};"
+            f" p10 {deciles[0]:.2f}, p90 {deciles[-1]:.2f})"
+        )
+    print(
+        "load average (1, 5, 15 min): "
+        f"{' '.join(f'{v:.2f}' for v in load_before)} before,"
+        f" {' '.join(f'{v:.2f}' for v in load_after)} after ({os.cpu_count()} CPUs)"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ Accel = Literal["kvm", "tcg"]
 _DEFAULT_LAYOUT = StateLayout(DEFAULT_STATE_DIR)
 _VNC_BASE_PORT = 5900
 _ANY_ADDRESS = "0.0.0.0"
+# Enum members bound to module names: a class attribute lookup on an Enum is slow,
+# and generation runs for every start.
+_KVM_ENABLED = KvmFlag.ENABLED
+_KVM_DISABLED = KvmFlag.DISABLED
+_BOOT_DISK = BootOrder.DISK
+_BOOT_FLAGS = {BootOrder.NETWORK: "n", BootOrder.CDROM: "d", BootOrder.FLOPPY: "a"}
 
 
 def qemu_opt(value: str) -> str:
@@ -38,15 +44,16 @@ def qemu_opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def _switches(caps: QemuCapabilities) -> tuple[str, str]:
+def _switches(caps: QemuCapabilities) -> str:
     """``server=on,wait=off`` on QEMU >= 6.0, the short form before."""
-    return ("server=on", "wait=off") if caps.uses_long_booleans else ("server", "nowait")
+    return "server=on,wait=off" if caps.uses_long_booleans else "server,nowait"
 
 
 def _accel(hv: HvParams, accel: Accel | None) -> Accel | None:
-    if hv.kvm_flag is KvmFlag.ENABLED:
+    kvm_flag = hv.kvm_flag
+    if kvm_flag is _KVM_ENABLED:
         return "kvm"
-    if hv.kvm_flag is KvmFlag.DISABLED:
+    if kvm_flag is _KVM_DISABLED:
         return "tcg"
     return accel
 
@@ -72,26 +79,35 @@ def generate_runtime(
     :raise LayoutError: a socket path is too long for the layout's directory.
     """
     caps = caps or QemuCapabilities.default()
-    layout = layout or _DEFAULT_LAYOUT
     hv = instance.hvparams
     name = instance.name
-    server, nowait = _switches(caps)
-    paths = layout.instance_paths(name)
-    argv: list[str] = [binary or hv.kvm_path, "-name", name, "-m", str(instance.memory)]
+    switches = _switches(caps)
+    paths = (layout or _DEFAULT_LAYOUT).instance_paths(name)
 
-    smp = [str(instance.vcpus)]
-    for key, value in (("cores", hv.cpu_cores), ("threads", hv.cpu_threads)):
-        if value:
-            smp.append(f"{key}={value}")
+    smp = str(instance.vcpus)
+    if hv.cpu_cores:
+        smp += f",cores={hv.cpu_cores}"
+    if hv.cpu_threads:
+        smp += f",threads={hv.cpu_threads}"
     if hv.cpu_sockets:
-        smp.append(f"sockets={hv.cpu_sockets}")
-    argv += ["-smp", ",".join(smp), "-pidfile", paths.pidfile]
+        smp += f",sockets={hv.cpu_sockets}"
+    argv: list[str] = [
+        binary or hv.kvm_path,
+        "-name",
+        name,
+        "-m",
+        str(instance.memory),
+        "-smp",
+        smp,
+        "-pidfile",
+        paths.pidfile,
+    ]
 
     # Old QEMU (0.12) has -device but no "virtio-balloon" alias: use -balloon there.
     if caps.has_balloon_option:
-        argv += ["-balloon", "virtio"]
+        argv += ("-balloon", "virtio")
     elif caps.has_device:
-        argv += ["-device", "virtio-balloon"]
+        argv += ("-device", "virtio-balloon")
     argv.append("-daemonize")
 
     machine_opts: list[str] = []
@@ -110,63 +126,60 @@ def generate_runtime(
         argv.append("-no-reboot")
     argv += _machine_args(hv, caps, _accel(hv, accel), machine_opts)
 
-    argv += _boot_args(instance, caps)
-    if hv.kernel_path:
-        argv += ["-kernel", hv.kernel_path]
+    _add_boot_args(argv, instance, caps)
+    kernel_path = hv.kernel_path
+    if kernel_path:
+        argv += ("-kernel", kernel_path)
         if hv.initrd_path:
-            argv += ["-initrd", hv.initrd_path]
-        append = [f"root={hv.root_path}"]
+            argv += ("-initrd", hv.initrd_path)
+        append = f"root={hv.root_path}"
         if hv.kernel_args:
-            append.append(hv.kernel_args)
+            append += f" {hv.kernel_args}"
         if hv.serial_console:
-            append.append(f"console=ttyS0,{hv.serial_speed}")
-        argv += ["-append", " ".join(append)]
+            append += f" console=ttyS0,{hv.serial_speed}"
+        argv += ("-append", append)
     if hv.mem_path:
-        argv += ["-mem-path", hv.mem_path]
+        argv += ("-mem-path", hv.mem_path)
         if caps.has_mem_prealloc:
             argv.append("-mem-prealloc")
 
-    argv += ["-monitor", f"unix:{paths.monitor},{server},{nowait}"]
+    argv += ("-monitor", f"unix:{paths.monitor},{switches}")
     if not hv.serial_console:
-        argv += ["-serial", "none"]
+        argv += ("-serial", "none")
     elif caps.has_chardev and caps.has_chardev_logfile:
-        argv += [
+        argv += (
             "-chardev",
-            f"socket,id=serial0,path={paths.serial},{server},{nowait},"
+            f"socket,id=serial0,path={paths.serial},{switches},"
             f"logfile={paths.serial_log},logappend=off",
             "-serial",
             "chardev:serial0",
-        ]
+        )
     else:
-        argv += ["-serial", f"unix:{paths.serial},{server},{nowait}"]
+        argv += ("-serial", f"unix:{paths.serial},{switches}")
 
     argv += _display_args(instance, caps)
     if hv.use_localtime:
-        argv += ["-rtc", "base=localtime"] if caps.has_rtc else ["-localtime"]
+        argv += ("-rtc", "base=localtime") if caps.has_rtc else ("-localtime",)
     argv += _confinement_args(instance, caps, paths.chroot)
     if hv.keymap:
-        argv += ["-k", hv.keymap]
+        argv += ("-k", hv.keymap)
     if hv.cpu_type:
-        argv += ["-cpu", hv.cpu_type]
+        argv += ("-cpu", hv.cpu_type)
     if hv.vga:
-        argv += ["-vga", hv.vga]
+        argv += ("-vga", hv.vga)
     if hv.soundhw:
-        argv += ["-soundhw", hv.soundhw] if caps.has_soundhw else ["-device", hv.soundhw]
-    for device in filter(None, hv.usb_devices.split(",")):
-        argv += _usb_device(device.strip(), caps)
+        argv += ("-soundhw", hv.soundhw) if caps.has_soundhw else ("-device", hv.soundhw)
+    if hv.usb_devices:
+        for device in filter(None, hv.usb_devices.split(",")):
+            argv += _usb_device(device.strip(), caps)
     if caps.has_uuid:
-        argv += ["-uuid", _uuid_text(instance)]
-    argv += hv.kvm_extra_args
+        argv += ("-uuid", _uuid_text(instance))
+    if hv.kvm_extra:
+        argv += hv.kvm_extra_args
 
     # Every part is already validated (the instance by its model, the argv built
     # from it here), so skip a second validation pass: generation is a hot path.
-    return KVMRuntime.model_construct(
-        name=name,
-        argv=tuple(argv),
-        nics=instance.nics,
-        hvparams=hv,
-        disks=instance.disks,
-    )
+    return KVMRuntime.from_validated(name, tuple(argv), instance.nics, hv, instance.disks)
 
 
 def _uuid_text(instance: Instance) -> str:
@@ -203,42 +216,44 @@ def _interface(disk_type: str) -> str:
     return "ide" if disk_type in {"ioemu", ""} else disk_type
 
 
-def _boot_args(instance: Instance, caps: QemuCapabilities) -> list[str]:
+def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) -> None:
+    """Append the boot order, the disks and the removable media to ``argv``."""
     hv = instance.hvparams
     order = None if hv.kernel_path else hv.boot_order
-    args: list[str] = []
-    boot_flag = {BootOrder.NETWORK: "n", BootOrder.CDROM: "d", BootOrder.FLOPPY: "a"}
-    if order in boot_flag:
-        args += ["-boot", boot_flag[order]]
-    interface = _interface(hv.disk_type)
-    for index, disk in enumerate(instance.disks):
-        drive = f"file={qemu_opt(disk.path)},format=raw,if={interface}"
+    if order in _BOOT_FLAGS:
+        argv += ("-boot", _BOOT_FLAGS[order])
+    if instance.disks:
+        interface = _interface(hv.disk_type)
+        # What every drive line ends with, but readonly and boot: the same for all disks.
+        tail = f",format=raw,if={interface}"
         if hv.disk_cache != "default":
-            drive += f",cache={hv.disk_cache}"
+            tail += f",cache={hv.disk_cache}"
         if hv.disk_aio != "threads" and caps.has_drive_aio:
-            drive += f",aio={hv.disk_aio}"
-        if disk.mode == "ro":
-            if not caps.has_drive_readonly:
-                raise InstanceError(
-                    f"disk {index} ({disk.path}) is read-only, which QEMU"
-                    f" {caps.version_string} cannot express (no -drive readonly)",
-                    field=f"disks.{index}.mode",
-                    value="ro",
-                )
-            drive += ",readonly=on"
-        if index == 0 and order is BootOrder.DISK and caps.has_drive_boot and interface == "virtio":
-            drive += ",boot=on"
-        args += ["-drive", drive]
-    cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
+            tail += f",aio={hv.disk_aio}"
+        boot_first = order is _BOOT_DISK and caps.has_drive_boot and interface == "virtio"
+        for index, disk in enumerate(instance.disks):
+            drive = f"file={qemu_opt(disk.path)}{tail}"
+            if disk.mode == "ro":
+                if not caps.has_drive_readonly:
+                    raise InstanceError(
+                        f"disk {index} ({disk.path}) is read-only, which QEMU"
+                        f" {caps.version_string} cannot express (no -drive readonly)",
+                        field=f"disks.{index}.mode",
+                        value="ro",
+                    )
+                drive += ",readonly=on"
+            if index == 0 and boot_first:
+                drive += ",boot=on"
+            argv += ("-drive", drive)
     for image in (hv.cdrom_image_path, hv.cdrom2_image_path):
         if image:
-            args += [
+            cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
+            argv += (
                 "-drive",
                 f"file={qemu_opt(image)},format=raw,media=cdrom,if={cdrom_interface}",
-            ]
+            )
     if hv.floppy_image_path:
-        args += ["-drive", f"file={qemu_opt(hv.floppy_image_path)},format=raw,if=floppy"]
-    return args
+        argv += ("-drive", f"file={qemu_opt(hv.floppy_image_path)},format=raw,if=floppy")
 
 
 def _usb_device(device: str, caps: QemuCapabilities) -> list[str]:

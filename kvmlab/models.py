@@ -82,6 +82,10 @@ MAX_VCPUS = 255
 
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+#: A lowercase unicast MAC in one match: the first octet's low bit (multicast) is clear.
+_is_unicast_mac = re.compile(
+    r"[0-9a-f][02468ace]:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}"
+).fullmatch
 _FORBIDDEN_IN_TEXT = ("\n", "\r", "\x00")
 
 
@@ -95,7 +99,7 @@ class NicMode(StrEnum):
     @property
     def needs_tap(self) -> bool:
         """Bridged and routed NICs need a tap device (root); user networking does not."""
-        return self is not NicMode.USER
+        return self is not _USER
 
 
 class DiskMode(StrEnum):
@@ -116,6 +120,14 @@ class KvmFlag(StrEnum):
     DEFAULT = ""
     ENABLED = "enabled"
     DISABLED = "disabled"
+
+
+# Enum members bound to module names: validators run for every NIC and every
+# runtime loaded, and ``NicMode.USER`` is a (slow) metaclass attribute lookup.
+_BRIDGED = NicMode.BRIDGED
+_USER = NicMode.USER
+_BOOT_CDROM = BootOrder.CDROM
+_BOOT_FLOPPY = BootOrder.FLOPPY
 
 
 class FieldValueError(ValueError):
@@ -199,23 +211,25 @@ class Nic(BaseModel):
     #: The bridge (bridged), the routing table (routed); empty for user networking.
     link: InterfaceName = ""
 
-    @field_validator("mac", mode="before")
+    # An "after" validator: it sees what pydantic made a str, bytes included (a
+    # "before" one let b"zz" through unchecked).
+    @field_validator("mac")
     @classmethod
-    def _check_mac(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
+    def _check_mac(cls, value: str) -> str:
         mac = value.lower()
-        if not _MAC.fullmatch(mac):
-            raise ValueError(f"MAC {value!r} is not of the form xx:xx:xx:xx:xx:xx")
-        if int(mac[:2], 16) & 1:
+        if _is_unicast_mac(mac) is None:
+            if not _MAC.fullmatch(mac):
+                raise ValueError(f"MAC {value!r} is not of the form xx:xx:xx:xx:xx:xx")
             raise ValueError(f"MAC {value!r} is a multicast address (first octet is odd)")
         return mac
 
     @model_validator(mode="after")
     def _check_mode_link(self) -> Self:
-        if self.mode is NicMode.BRIDGED and not self.link:
-            raise FieldValueError("link", "a bridged NIC needs a link (the bridge name)")
-        if self.mode is NicMode.USER and self.link:
+        mode = self.mode
+        if mode is _BRIDGED:
+            if not self.link:
+                raise FieldValueError("link", "a bridged NIC needs a link (the bridge name)")
+        elif mode is _USER and self.link:
             raise FieldValueError("link", f"a user-mode NIC takes no link, got {self.link!r}")
         return self
 
@@ -237,6 +251,8 @@ class HvParams(BaseModel):
     """
 
     model_config = _FROZEN
+    # Not a field: this object's JSON once computed, see json_bytes().
+    __slots__ = ("__weakref__", "_json")
 
     kernel_path: OptionalPath = "/boot/vmlinuz-3-kvmU"
     initrd_path: OptionalPath = ""
@@ -307,10 +323,12 @@ class HvParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_cross_parameters(self) -> Self:
-        # Ganeti's validation.py rules, one error each.
-        if self.boot_order is BootOrder.CDROM and not self.cdrom_image_path:
+        # Ganeti's validation.py rules, one error each, checked in this order. Runs
+        # for every runtime loaded: each field is read once into a local.
+        boot_order = self.boot_order
+        if boot_order is _BOOT_CDROM and not self.cdrom_image_path:
             raise FieldValueError("cdrom_image_path", "boot_order 'cdrom' needs a cdrom_image_path")
-        if self.boot_order is BootOrder.FLOPPY and not self.floppy_image_path:
+        if boot_order is _BOOT_FLOPPY and not self.floppy_image_path:
             raise FieldValueError(
                 "floppy_image_path", "boot_order 'floppy' needs a floppy_image_path"
             )
@@ -318,36 +336,60 @@ class HvParams(BaseModel):
             raise FieldValueError(
                 "root_path", f"kernel_path {self.kernel_path!r} needs a root_path"
             )
-        if self.security_model == "user" and not self.security_domain:
-            raise FieldValueError(
-                "security_domain", "security_model 'user' needs a security_domain"
-            )
-        if self.security_model != "user" and self.security_domain:
+        security_model, security_domain = self.security_model, self.security_domain
+        if security_model == "user":
+            if not security_domain:
+                raise FieldValueError(
+                    "security_domain", "security_model 'user' needs a security_domain"
+                )
+        elif security_domain:
             raise FieldValueError(
                 "security_domain",
-                f"security_model {self.security_model!r} takes no security_domain,"
-                f" got {self.security_domain!r}",
+                f"security_model {security_model!r} takes no security_domain,"
+                f" got {security_domain!r}",
             )
         if self.disk_aio == "native" and self.disk_cache != "none":
             raise FieldValueError(
                 "disk_aio", f"disk_aio 'native' needs disk_cache 'none', got {self.disk_cache!r}"
             )
-        if self.vnc_x509_verify and not self.vnc_x509_path:
+        tls, x509_path, x509_verify = self.vnc_tls, self.vnc_x509_path, self.vnc_x509_verify
+        if x509_verify and not x509_path:
             raise FieldValueError("vnc_x509_path", "vnc_x509_verify needs a vnc_x509_path")
-        vnc_tls_settings = self.vnc_tls or self.vnc_x509_path or self.vnc_x509_verify
-        if vnc_tls_settings and not self.vnc_bind_address:
+        if (tls or x509_path or x509_verify) and not self.vnc_bind_address:
             raise FieldValueError(
                 "vnc_bind_address",
                 "vnc_tls, vnc_x509_path and vnc_x509_verify need a vnc_bind_address",
             )
-        if self.vnc_x509_path and not self.vnc_tls:
+        if x509_path and not tls:
             raise FieldValueError("vnc_tls", "vnc_x509_path needs vnc_tls")
         return self
+
+    def json_bytes(self) -> bytes:
+        """``model_dump_json()`` as UTF-8 bytes, computed once per object.
+
+        An instance's hvparams object is the very one every runtime generated from
+        it holds, so writing a runtime reuses this instead of serialising ~50 fields
+        again. Frozen means the text cannot go stale; the slot is not a field, so
+        equality, hashing, copies (``model_copy(update=...)`` builds a new object
+        without it), pickles and dumps never see it. The cache is per object, not
+        keyed on content: hvparams fresh from a file pay the full cost once.
+        """
+        try:
+            return _cached_json(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            data = self.__pydantic_serializer__.to_json(self)
+            object.__setattr__(self, "_json", data)
+            return data
 
     @property
     def kvm_extra_args(self) -> tuple[str, ...]:
         """``kvm_extra`` split like a shell would (quotes allowed), never run by one."""
         return _split_words(self.kvm_extra) if self.kvm_extra else ()
+
+
+#: The slot's own getter: a miss raises AttributeError straight away, without going
+#: through BaseModel.__getattr__ (which costs more than the JSON it would save).
+_cached_json = HvParams.__dict__["_json"].__get__
 
 
 @lru_cache(maxsize=1024)

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from kvmlab.errors import RuntimeFormatError
 from kvmlab.models import Disk, HvParams, InstanceName, Nic, format_validation_error
@@ -59,6 +59,16 @@ GANETI_UNMODELLED_HVPARAMS: Final = frozenset(
 )
 
 
+#: Fields a generated runtime sets (``format`` keeps its default), as ``model_construct``
+#: records them.
+_GENERATED_FIELDS: Final = frozenset({"name", "argv", "nics", "hvparams", "disks"})
+_STR_JSON: Final = TypeAdapter(str).serializer.to_json
+_ARGV_JSON: Final = TypeAdapter(tuple[str, ...]).serializer.to_json
+_NICS_JSON: Final = TypeAdapter(tuple[Nic, ...]).serializer.to_json
+_DISKS_JSON: Final = TypeAdapter(tuple[Disk, ...]).serializer.to_json
+_set = object.__setattr__
+
+
 class KVMRuntime(BaseModel):
     """A generated runtime: saved argv plus the data expanded only at start time."""
 
@@ -71,9 +81,65 @@ class KVMRuntime(BaseModel):
     hvparams: HvParams = HvParams()
     disks: tuple[Disk, ...] = ()
 
+    @classmethod
+    def from_validated(
+        cls,
+        name: str,
+        argv: tuple[str, ...],
+        nics: tuple[Nic, ...],
+        hvparams: HvParams,
+        disks: tuple[Disk, ...],
+    ) -> KVMRuntime:
+        """A runtime from parts already validated, without validating again.
+
+        The same object ``model_construct`` builds (``__dict__`` in field order,
+        ``format`` defaulted and left out of the fields set), without its generic
+        loop over aliases and defaults: generation calls this for every runtime.
+        """
+        runtime = cls.__new__(cls)
+        _set(
+            runtime,
+            "__dict__",
+            {
+                "format": FORMAT_VERSION,
+                "name": name,
+                "argv": argv,
+                "nics": nics,
+                "hvparams": hvparams,
+                "disks": disks,
+            },
+        )
+        _set(runtime, "__pydantic_fields_set__", set(_GENERATED_FIELDS))
+        _set(runtime, "__pydantic_extra__", None)
+        _set(runtime, "__pydantic_private__", None)
+        return runtime
+
     def to_json(self) -> str:
-        """The document written to ``conf/<name>.runtime``."""
-        return self.model_dump_json()
+        """The document written to ``conf/<name>.runtime``: ``model_dump_json()``.
+
+        Pydantic serialises each field with the field's own type, but the hvparams'
+        JSON comes from :meth:`HvParams.json_bytes`, computed once per (frozen)
+        object, and a generated runtime holds its instance's very hvparams.
+        tests/properties/test_fast_json.py checks the result equals pydantic's (a
+        field added to the model but not here would fail it).
+        """
+        return b"".join(
+            (
+                b'{"format":',
+                str(self.format).encode(),
+                b',"name":',
+                _STR_JSON(self.name),
+                b',"argv":',
+                _ARGV_JSON(self.argv),
+                b',"nics":',
+                _NICS_JSON(self.nics),
+                b',"hvparams":',
+                self.hvparams.json_bytes(),
+                b',"disks":',
+                _DISKS_JSON(self.disks),
+                b"}",
+            )
+        ).decode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KVMRuntime:
@@ -86,7 +152,7 @@ class KVMRuntime(BaseModel):
         first = stripped[:1]
         if first in ("{", b"{"):
             try:
-                runtime = cls.model_validate_json(text)
+                runtime: KVMRuntime = cls.__pydantic_validator__.validate_json(text)
             except ValidationError as err:
                 raise _explain(text, err) from None
             if runtime.format != FORMAT_VERSION:
