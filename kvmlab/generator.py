@@ -168,8 +168,14 @@ def generate_runtime(
     if hv.vga:
         argv += ("-vga", hv.vga)
     if hv.soundhw:
-        argv += ("-soundhw", hv.soundhw) if caps.has_soundhw else ("-device", hv.soundhw)
+        if caps.has_soundhw:
+            argv += ("-soundhw", hv.soundhw)
+        else:
+            for device in _SOUND_DEVICES.get(hv.soundhw.lower(), (hv.soundhw,)):
+                argv += ("-device", device)
     if hv.usb_devices:
+        if "-usb" not in argv:  # a USB device needs the bus
+            argv.append("-usb")
         for device in filter(None, hv.usb_devices.split(",")):
             argv += _usb_device(device.strip(), caps)
     if caps.has_uuid:
@@ -210,6 +216,18 @@ def _machine_args(
     return args
 
 
+#: What ``-soundhw NAME`` meant, for QEMU >= 7.1 where only ``-device`` is left.
+_SOUND_DEVICES: dict[str, tuple[str, ...]] = {
+    "hda": ("intel-hda", "hda-duplex"),
+    "ac97": ("AC97",),
+    "es1370": ("ES1370",),
+}
+#: Interfaces an x86 PC has no bus for.
+_NO_BUS_ON_PC = frozenset({"sd", "mtd"})
+#: Two IDE buses with two units each on i440fx and q35's legacy IDE.
+_IDE_UNITS = 4
+
+
 def _interface(disk_type: str) -> str:
     if disk_type == "paravirtual":
         return "virtio"
@@ -222,10 +240,17 @@ def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) 
     order = None if hv.kernel_path else hv.boot_order
     if order in _BOOT_FLAGS:
         argv += ("-boot", _BOOT_FLAGS[order])
+    interface = _interface(hv.disk_type)
+    cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
+    cdroms = [image for image in (hv.cdrom_image_path, hv.cdrom2_image_path) if image]
+    _check_buses(instance, interface, cdrom_interface, len(cdroms))
+    # Modern QEMU has no if=scsi on x86 PCs: a virtio-scsi controller and scsi-hd devices.
+    scsi_devices = interface == "scsi" and caps.has_device and caps.version >= (2, 0, 0)
     if instance.disks:
-        interface = _interface(hv.disk_type)
+        if scsi_devices:
+            argv += ("-device", "virtio-scsi-pci,id=scsi0")
         # What every drive line ends with, but readonly and boot: the same for all disks.
-        tail = f",format=raw,if={interface}"
+        tail = ",format=raw," + ("if=none" if scsi_devices else f"if={interface}")
         if hv.disk_cache != "default":
             tail += f",cache={hv.disk_cache}"
         if hv.disk_aio != "threads" and caps.has_drive_aio:
@@ -244,16 +269,45 @@ def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) 
                 drive += ",readonly=on"
             if index == 0 and boot_first:
                 drive += ",boot=on"
-            argv += ("-drive", drive)
-    for image in (hv.cdrom_image_path, hv.cdrom2_image_path):
-        if image:
-            cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
-            argv += (
-                "-drive",
-                f"file={qemu_opt(image)},format=raw,media=cdrom,if={cdrom_interface}",
-            )
+            if scsi_devices:
+                drive += f",id=disk{index}"
+                argv += ("-drive", drive, "-device", f"scsi-hd,drive=disk{index},bus=scsi0.0")
+            else:
+                argv += ("-drive", drive)
+    for image in cdroms:
+        argv += (
+            "-drive",
+            f"file={qemu_opt(image)},format=raw,media=cdrom,if={cdrom_interface}",
+        )
     if hv.floppy_image_path:
         argv += ("-drive", f"file={qemu_opt(hv.floppy_image_path)},format=raw,if=floppy")
+
+
+def _check_buses(instance: Instance, interface: str, cdrom_interface: str, cdroms: int) -> None:
+    """Refuse drive layouts an x86 PC cannot hold (QEMU would refuse them at start)."""
+    hv = instance.hvparams
+    if instance.disks and interface in _NO_BUS_ON_PC:
+        raise InstanceError(
+            f"disk_type {hv.disk_type!r} needs an {interface.upper()} bus, which x86 PC"
+            " machines do not have",
+            field="hvparams.disk_type",
+            value=hv.disk_type,
+        )
+    if cdroms and cdrom_interface in _NO_BUS_ON_PC:
+        raise InstanceError(
+            f"cdrom_disk_type {hv.cdrom_disk_type!r} needs a bus x86 PC machines do not have",
+            field="hvparams.cdrom_disk_type",
+            value=hv.cdrom_disk_type,
+        )
+    ide = (len(instance.disks) if interface == "ide" else 0) + (
+        cdroms if cdrom_interface == "ide" else 0
+    )
+    if ide > _IDE_UNITS:
+        raise InstanceError(
+            f"{ide} IDE drives (disks and cdroms) but an x86 PC has {_IDE_UNITS} IDE units",
+            field="disks",
+            value=ide,
+        )
 
 
 def _usb_device(device: str, caps: QemuCapabilities) -> list[str]:

@@ -454,6 +454,14 @@ class Instance(BaseModel):
                 f"cpu topology {hv.cpu_sockets}x{hv.cpu_cores}x{hv.cpu_threads}"
                 f" holds more than vcpus = {self.vcpus}",
             )
+        if topology and self.vcpus % product:
+            # QEMU derives the missing level by division and refuses a remainder.
+            raise FieldValueError(
+                "vcpus",
+                f"vcpus = {self.vcpus} is not a multiple of the given cpu topology"
+                f" ({hv.cpu_sockets or '-'} sockets x {hv.cpu_cores or '-'} cores"
+                f" x {hv.cpu_threads or '-'} threads = {product})",
+            )
         return self
 
     @property

@@ -55,52 +55,7 @@ CASES = discover_cases()
 _BOTH = SLOTS
 #: (case, profiles, reason): QEMU rejects what kvmlab generates. Reasons give QEMU's
 #: message and what the argv should be.
-KNOWN_BUGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    (
-        "cpu-topology-uneven",
-        _BOTH,
-        "BUG: vcpus=3, cpu_cores=2 generates '-smp 3,cores=2'; QEMU: 'Invalid CPU topology:"
-        " product of the hierarchy must match maxcpus: sockets (1) * ... cores (2) * threads (1)"
-        " != maxcpus (3)'. kvmlab should refuse it (InstanceError on vcpus: a multiple of"
-        " cores*threads), or pass an explicit maxcpus QEMU accepts",
-    ),
-    (
-        "disk-type-scsi",
-        _BOTH,
-        "BUG: disk_type=scsi generates '-drive file=...,format=raw,if=scsi'; QEMU: 'machine type"
-        " does not support if=scsi,bus=0,unit=0'. Should be '-device virtio-scsi-pci,id=scsi0'"
-        " + '-drive file=...,format=raw,if=none,id=disk0' + '-device scsi-hd,drive=disk0,"
-        "bus=scsi0.0' (or refused)",
-    ),
-    (
-        "disk-type-sd",
-        _BOTH,
-        "BUG: disk_type=sd generates '-drive ...,if=sd'; QEMU: 'machine type does not support"
-        " if=sd,bus=0,unit=0'. x86 pc/q35 have no SD bus: kvmlab should refuse disk_type sd"
-        " (and mtd) with an InstanceError",
-    ),
-    (
-        "disk-ide-five-units-with-cdroms",
-        _BOTH,
-        "BUG: 3 IDE disks + 2 IDE CD-ROMs generate 5 '-drive ...,if=ide'; QEMU: 'machine type"
-        " does not support if=ide,bus=2,unit=0' (i440fx: 2 buses x 2 units). kvmlab should"
-        " refuse more than 4 IDE units (InstanceError naming cdrom2_image_path)",
-    ),
-    (
-        "soundhw-hda",
-        _BOTH,
-        "BUG: soundhw=hda generates '-device hda' (no -soundhw since QEMU 7.1); QEMU: ''hda' is"
-        " not a valid device model name'. Should be '-device intel-hda -device hda-duplex',"
-        " what -soundhw hda meant",
-    ),
-    (
-        "usb-devices-without-vnc",
-        _BOTH,
-        "BUG: usb_devices=tablet without VNC or usb_mouse generates '-device usb-tablet' with no"
-        " '-usb'; QEMU: 'No 'usb-bus' bus found for device 'usb-tablet''. '-usb' must come before"
-        " the first USB device whatever the display",
-    ),
-)
+KNOWN_BUGS: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
 
 def _param(slot: str, case: GoldenCase) -> object:
