@@ -481,11 +481,42 @@ def test_read_only_disk_is_never_silently_writable(ganeti_caps: LoadCaps) -> Non
 
 @pytest.mark.parametrize(
     ("disk_type", "interface"),
-    [("paravirtual", "virtio"), ("ide", "ide"), ("scsi", "scsi"), ("ioemu", "ide")],
+    [("paravirtual", "virtio"), ("ide", "ide"), ("ioemu", "ide")],
 )
 def test_disk_interface(disk_type: str, interface: str) -> None:
     instance = make(disks=[{"path": "/dev/sda"}], hvparams={"disk_type": disk_type})
     assert f",if={interface}" in drives(argv(instance))[0]
+
+
+def test_scsi_disks_hang_off_a_virtio_scsi_controller_on_modern_qemu(
+    ganeti_caps: LoadCaps,
+) -> None:
+    instance = make(
+        disks=[{"path": "/dev/sda"}, {"path": "/dev/sdb"}], hvparams={"disk_type": "scsi"}
+    )
+    words = argv(instance)
+    devices = [words[i + 1] for i, w in enumerate(words) if w == "-device"]
+    assert "virtio-scsi-pci,id=scsi0" in devices
+    assert "scsi-hd,drive=disk1,bus=scsi0.0" in devices
+    assert drives(words)[1] == "file=/dev/sdb,format=raw,if=none,id=disk1"
+    # QEMU 1.x had no virtio-scsi on every build but attached if=scsi drives itself.
+    assert ",if=scsi" in drives(argv(instance, ganeti_caps("1.0")))[0]
+
+
+@pytest.mark.parametrize("disk_type", ["sd", "mtd"])
+def test_disk_types_without_a_bus_on_x86_are_refused(disk_type: str) -> None:
+    instance = make(disks=[{"path": "/dev/sda"}], hvparams={"disk_type": disk_type})
+    with pytest.raises(InstanceError, match="x86 PC") as caught:
+        argv(instance)
+    assert caught.value.field == "hvparams.disk_type"
+
+
+def test_more_than_four_ide_units_are_refused() -> None:
+    disks = [{"path": f"/dev/sd{c}"} for c in "abc"]
+    hv = {"disk_type": "ide", "cdrom_image_path": "/a.iso", "cdrom2_image_path": "/b.iso"}
+    with pytest.raises(InstanceError, match="4 IDE units"):
+        argv(make(disks=disks, hvparams=hv))
+    argv(make(disks=disks[:2], hvparams=hv))  # exactly four is fine
 
 
 @pytest.mark.parametrize(
