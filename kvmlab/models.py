@@ -464,6 +464,16 @@ class Instance(BaseModel):
             )
         return self
 
+    def _repr_html_(self) -> str:
+        from kvmlab.display import instance_html  # noqa: PLC0415 - only notebooks need it
+
+        return instance_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from kvmlab.display import instance_text  # noqa: PLC0415
+
+        printer.text("Instance(...)" if cycle else instance_text(self))
+
     @property
     def system_uuid(self) -> uuidlib.UUID:
         """The given UUID, or one derived from the name (stable across generations)."""

@@ -168,6 +168,16 @@ class KVMRuntime(BaseModel):
             f"runtime must be a JSON object or Ganeti's list, got {type(data).__name__}"
         )
 
+    def _repr_html_(self) -> str:
+        from kvmlab.display import runtime_html  # noqa: PLC0415 - only notebooks need it
+
+        return runtime_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from kvmlab.display import runtime_text  # noqa: PLC0415
+
+        printer.text("KVMRuntime(...)" if cycle else runtime_text(self))
+
     @property
     def binary(self) -> str:
         """The program the argv runs (``argv[0]``)."""
