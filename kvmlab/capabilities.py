@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 _VERSION_RE = re.compile(
-    r"version\s+(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<micro>\d+))?\s*(?:\((?P<extra>[^)]*)\))?"
+    r"version\s+(?P<major>\d{1,6})\.(?P<minor>\d{1,6})(?:\.(?P<micro>\d{1,6}))?(?!\d)"
+    r"\s*(?:\((?P<extra>[^)]*)\))?"
 )
 _DEVICE_RE = re.compile(r'^name "([^"]+)"(?:.*?, alias "([^"]+)")?', re.MULTILINE)
 _PROBE_TIMEOUT = 10.0

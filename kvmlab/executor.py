@@ -37,10 +37,16 @@ from kvmlab.inventory import running_pid
 from kvmlab.layout import StateLayout
 from kvmlab.models import NicMode
 from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, TempFile, plan_execution
-from kvmlab.process import owns_pidfile, read_pidfile, remove_quietly, signal_process
+from kvmlab.process import (
+    is_alive,
+    owns_pidfile,
+    read_pidfile,
+    remove_quietly,
+    signal_process,
+)
 from kvmlab.runtime import KVMRuntime
 
-__all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute"]
+__all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute", "sweep_stale_temp_dirs"]
 
 log = logging.getLogger("kvmlab.commands")
 
@@ -171,9 +177,15 @@ def execute(
     shutil.rmtree(nic_dir, ignore_errors=True)
     nic_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    # The owner's pid in the name lets a later command remove it if we get killed.
+    temp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
     log_path = layout.log_file(name)
     try:
+        # QEMU truncates the serial log it is given (logappend=off) but creates it with
+        # its own umask: create it first, private.
+        fd = os.open(layout.serial_log(name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
         facts = StartFacts(
             nic_plans=_nic_plans(runtime, backend, temp_dir),
             qmp_socket=str(layout.qmp_socket(name)),
@@ -191,8 +203,19 @@ def execute(
             log_path=log_path,
             timeout=timeout,
         )
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise LaunchError(f"cannot start {name}: {err.strerror}{where}") from err
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def sweep_stale_temp_dirs() -> None:
+    """Remove start-time temp directories whose kvmlab process is gone (killed mid-start)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        owner = path.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not is_alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(
@@ -249,8 +272,7 @@ def _run(
     if pid is None:
         clear_stale_files(layout, name)
         raise LaunchError(
-            f"{Path(argv[0]).name} exited right after starting {name}:"
-            f" {_last_line(binary_output)}",
+            f"{Path(argv[0]).name} exited right after starting {name}: {_last_line(binary_output)}",
             argv=argv,
             exitcode=returncode,
             output=output,

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,19 @@ from kvmlab.backends import Backend, resolve_backend
 from kvmlab.console import Console
 from kvmlab.errors import (
     AlreadyRunningError,
+    InstanceError,
     NotRunningError,
+    OperationError,
+    RuntimeFormatError,
     StopError,
     UnknownInstanceError,
 )
-from kvmlab.executor import DEFAULT_START_TIMEOUT, clear_stale_files, execute
+from kvmlab.executor import (
+    DEFAULT_START_TIMEOUT,
+    clear_stale_files,
+    execute,
+    sweep_stale_temp_dirs,
+)
 from kvmlab.generator import generate_runtime
 from kvmlab.inventory import (
     InstanceInfo,
@@ -52,7 +61,7 @@ from kvmlab.layout import StateLayout, default_state_dir
 from kvmlab.models import Instance
 from kvmlab.process import remove_quietly, signal_process, wait_for_exit
 from kvmlab.runtime import KVMRuntime
-from kvmlab.store import instance_lock, load_runtime, save_runtime
+from kvmlab.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 
 __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
 
@@ -60,7 +69,19 @@ log = logging.getLogger("kvmlab")
 
 DEFAULT_STOP_TIMEOUT = 30.0
 TERM_TIMEOUT = 5.0
+#: A QMP command gets at most this long (a frozen QEMU never answers).
+QMP_TIMEOUT = 5.0
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+@contextlib.contextmanager
+def _host_errors(name: str) -> Iterator[None]:
+    """A full disk or a read-only state dir is an operation failure, said in one line."""
+    try:
+        yield
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise OperationError(f"{name}: {err.strerror or err}{where}") from err
 
 
 class Hypervisor:
@@ -123,15 +144,18 @@ class Hypervisor:
         :raise LaunchError: the binary failed; no temp file is left behind.
         """
         runtime = self.generate(instance)
-        self._prepare_dirs()
         name = instance.name
+        try:  # everything that can refuse the input, before the state dir is touched
+            document = runtime.to_json() + "\n"
+        except ValueError as err:  # a string that is not valid Unicode text
+            raise InstanceError(f"instance {name} cannot be saved: {err}") from None
         with self._locked(name):
             pid = running_pid(self.layout, name)
             if pid is not None:
                 raise AlreadyRunningError(
                     f"instance {name} is already running (pid {pid})", name=name, state="running"
                 )
-            save_runtime(self.layout.runtime_file(name), runtime)
+            atomic_write(self.layout.runtime_file(name), document)
             self._execute(runtime)
         return self.info(name, query_guest=False)
 
@@ -247,20 +271,38 @@ class Hypervisor:
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        self._prepare_dirs()
-        with instance_lock(self.layout.lock_file(name), name):
+        try:
+            self._prepare_dirs()
+        except OSError as err:
+            raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
+        with _host_errors(name), instance_lock(self.layout.lock_file(name), name):
+            # Whatever a kvmlab killed mid-operation left behind, now that no other
+            # command can be writing it.
+            sweep_stale_temp_dirs()
+            remove_stale_writes(self.layout.runtime_file(name))
             yield
 
     def _load(self, name: str) -> KVMRuntime:
         path = self.layout.runtime_file(name)
         if not path.exists():
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
-        return load_runtime(path)
+        runtime = load_runtime(path)
+        if runtime.name != name:
+            # Replaying it would start another instance under this one's name.
+            raise RuntimeFormatError(f"{path}: holds the runtime of {runtime.name!r}, not {name!r}")
+        return runtime
 
     def _load_if_known(self, name: str) -> KVMRuntime | None:
         path = self.layout.runtime_file(name)
         if path.exists():
-            return load_runtime(path)
+            try:
+                return self._load(name)
+            except RuntimeFormatError as err:
+                if running_pid(self.layout, name) is None:
+                    raise
+                # A damaged runtime must not keep a VM running: stop it without one.
+                log.warning("%s; stopping %s without it", err, name)
+                return None
         if running_pid(self.layout, name) is None:
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
         return None
@@ -276,25 +318,32 @@ class Hypervisor:
             clear_stale_files(self.layout, name)
             raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
         acpi = runtime.hvparams.acpi if runtime is not None else True
-        if not force and acpi and self._powerdown(name) and wait_for_exit(pid, timeout):
+        deadline = time.monotonic() + timeout
+        if (
+            not force
+            and acpi
+            and self._powerdown(name, min(QMP_TIMEOUT, timeout))
+            and wait_for_exit(pid, max(deadline - time.monotonic(), 0.0))
+        ):
             log.info("%s powered off", name)
         else:
-            self._terminate(name, pid)
+            # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
+            self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
         self._release_nics(name)
         clear_stale_files(self.layout, name)
 
-    def _powerdown(self, name: str) -> bool:
+    def _powerdown(self, name: str, timeout: float) -> bool:
         from kvmlab.qmp import QmpError, qmp_execute  # noqa: PLC0415 - 50 ms import
 
         try:
-            qmp_execute(self.layout.qmp_socket(name), "system_powerdown")
+            qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
         except QmpError as err:
             log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
             return False
         return True
 
-    def _terminate(self, name: str, pid: int) -> None:
-        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, TERM_TIMEOUT):
+    def _terminate(self, name: str, pid: int, grace: float = 5.0) -> None:
+        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, grace):
             return
         signal_process(pid, signal.SIGKILL)
         if not wait_for_exit(pid, TERM_TIMEOUT):

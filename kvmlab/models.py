@@ -489,10 +489,14 @@ def _error_field(error: Any) -> str:
     return ".".join(parts)
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def format_validation_error(err: ValidationError, source: str = "") -> str:
     """One line naming the first bad field and its value, for CLI users."""
     first = err.errors()[0]
-    where = _error_field(first) or "instance"
+    where = _one_line(_error_field(first)) or "instance"
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     detail = f"{where}: {message}"
@@ -503,7 +507,33 @@ def format_validation_error(err: ValidationError, source: str = "") -> str:
     more = err.error_count() - 1
     if more:
         detail += f" (and {more} more error{'s' if more > 1 else ''})"
-    return f"{source}: {detail}" if source else detail
+    return _one_line(f"{source}: {detail}" if source else detail)
+
+
+def find_unencodable(data: object, path: str = "") -> str | None:
+    """The path of the first string (or key) that is not valid Unicode text, if any.
+
+    ``json.loads`` turns an escaped lone surrogate (``"\\ud800"``) into a string
+    that can be neither written to a file nor passed to ``exec``: refuse it at the door.
+    """
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(top level)"
+        return None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = find_unencodable(key, where) or find_unencodable(value, where)
+            if found:
+                return found
+    elif isinstance(data, list | tuple):
+        for index, item in enumerate(data):
+            found = find_unencodable(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
 
 
 def instance_error(err: ValidationError, source: str = "") -> InstanceError:
@@ -541,6 +571,12 @@ def load_instance(path: str | Path) -> Instance:
     if not raw.strip():
         raise InstanceError(f"{file}: the file is empty")
     data = parse_instance_text(raw, suffix, str(file))
+    bad = find_unencodable(data)
+    if bad is not None:
+        raise InstanceError(
+            f"{file}: {_one_line(repr(bad))[1:-1]}: not valid Unicode text (a lone surrogate)",
+            field=bad,
+        )
     return instance_from_data(data, str(file))
 
 
@@ -562,8 +598,26 @@ def parse_instance_text(raw: bytes, suffix: str, source: str) -> object:
         raise InstanceError(f"{source}: invalid {kind}: {detail}") from err
 
 
+#: Deeper flow nesting than any instance needs; PyYAML slows down badly on deep nests.
+MAX_YAML_DEPTH = 64
+
+
+def _yaml_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def _load_yaml(text: str) -> object:
     import yaml  # noqa: PLC0415 - only YAML users pay for the import
+
+    if _yaml_depth(text) > MAX_YAML_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
 
     try:
         # Plain data only: no tags (safe loader), and no aliases, so an alias bomb

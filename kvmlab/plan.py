@@ -125,6 +125,7 @@ def tap_up_script(instance: str, seq: int, nic: Nic, nic_dir: str | None) -> str
         "#!/bin/sh",
         "# Written by kvmlab for one start of a QEMU; removed once it has started.",
         "set -eu",
+        "umask 077",
         f"PATH={_SCRIPT_PATH}",
         'INTERFACE="$1"',
         f"INSTANCE={q(instance)}",

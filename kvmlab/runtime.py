@@ -22,10 +22,25 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from kvmlab.errors import RuntimeFormatError
-from kvmlab.models import Disk, HvParams, InstanceName, Nic, format_validation_error
+from kvmlab.models import (
+    Disk,
+    HvParams,
+    InstanceName,
+    Nic,
+    find_unencodable,
+    format_validation_error,
+)
 
 __all__ = ["FORMAT_VERSION", "KVMRuntime", "upgrade_legacy_argv"]
 
@@ -76,7 +91,9 @@ class KVMRuntime(BaseModel):
 
     format: StrictInt = FORMAT_VERSION
     name: InstanceName
-    argv: Annotated[tuple[str, ...], Field(min_length=1)]
+    argv: Annotated[
+        tuple[Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")], ...], Field(min_length=1)
+    ]
     nics: tuple[Nic, ...] = ()
     hvparams: HvParams = HvParams()
     disks: tuple[Disk, ...] = ()
@@ -163,6 +180,9 @@ class KVMRuntime(BaseModel):
         except (ValueError, RecursionError) as err:
             raise RuntimeFormatError(f"runtime is not valid JSON: {err}") from None
         if isinstance(data, list):
+            bad = find_unencodable(data)
+            if bad is not None:
+                raise RuntimeFormatError(f"legacy runtime element {bad} is not valid Unicode text")
             return _upgrade_legacy(data)
         raise RuntimeFormatError(
             f"runtime must be a JSON object or Ganeti's list, got {type(data).__name__}"
@@ -281,7 +301,8 @@ def _legacy_hvparams(data: object) -> HvParams:
     known = HvParams.model_fields
     unknown = sorted(k for k in data if k not in known and k not in GANETI_UNMODELLED_HVPARAMS)
     if unknown:
-        raise RuntimeFormatError(f"legacy runtime has unknown hvparams: {', '.join(unknown)}")
+        names = ", ".join(repr(name) for name in unknown)
+        raise RuntimeFormatError(f"legacy runtime has unknown hvparams: {names}")
     kept: dict[str, Any] = {k: v for k, v in data.items() if k in known and v is not None}
     try:
         return HvParams.model_validate(kept)

@@ -18,7 +18,7 @@ from pathlib import Path
 from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
 from kvmlab.runtime import KVMRuntime
 
-__all__ = ["atomic_write", "instance_lock", "load_runtime", "save_runtime"]
+__all__ = ["atomic_write", "instance_lock", "load_runtime", "remove_stale_writes", "save_runtime"]
 
 
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
@@ -48,6 +48,16 @@ def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise OperationError(f"cannot write {path}: {err.strerror}") from err
+
+
+def remove_stale_writes(path: Path) -> None:
+    """Remove temp files an interrupted :func:`atomic_write` of ``path`` left behind.
+
+    Call it only while holding the lock that serialises writers of ``path``.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def save_runtime(path: Path, runtime: KVMRuntime) -> None:
@@ -80,7 +90,10 @@ def instance_lock(path: Path, name: str, wait: float = 0.0) -> Iterator[None]:
     """
     import time  # noqa: PLC0415
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise OperationError(f"cannot open the lock {path}: {err.strerror}") from err
     try:
         deadline = time.monotonic() + wait
         while True:
