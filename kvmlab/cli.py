@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KvmlabError as err:
         if args.debug:
-            raise
+            traceback.print_exc()
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"kvmlab: error: {message}", file=sys.stderr)
         return err.exit_code

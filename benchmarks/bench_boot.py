@@ -1,0 +1,504 @@
+"""What does kvmlab cost on top of QEMU? Start-to-first-serial-line, kvmlab against a bare script.
+
+The figure that matters to a test suite is how long it waits for a guest. kvmlab adds Python
+work around QEMU (generate, save, plan, write the up-scripts, run, check the pidfile, read
+back ``info``), and the target is that it costs at most 5 % of a boot. libvirt, for
+comparison, took 1.66x a bare QEMU command on these machines (DESIGN.md).
+
+Both sides boot the same test guest with the same command line, and the clock stops when
+``KVMLAB-BOOT-OK`` appears in the same serial log file:
+
+- **kvmlab**: ``Hypervisor(tmpdir, backend=QemuBackend(binary)).start(instance)``, then the
+  serial log is polled every 10 ms.
+- **bare**: a ``#!/bin/sh`` script runs the argv kvmlab executed (read back from ``/proc``
+  with ``lab.info(name).argv`` during a warm-up run; through the wrapper when the binary is
+  one, see :func:`bare_argv`), then polls the log with ``grep`` every 10 ms.
+
+Runs alternate (kvmlab, bare, kvmlab, bare, ...) so that drift in the machine's load hits
+both sides alike. On 2 cores one busy neighbour takes a good part of the core TCG needs, so
+each run waits for a quiet machine (under 25 % busy: these VMs idle at 10 to 20 %, steal
+time included), and a pair during which other processes used more than 25 % of the machine
+(``/proc/stat`` minus our own CPU time; another TCG guest alone is about 50 %) is redone.
+Each run starts from a clean state (no QEMU of ours alive, pidfile, sockets and serial log
+removed) and ends with the VM killed and reaped. One untimed warm-up of each
+side comes first: it fills the page cache with the kernel and initramfs and kvmlab's probe
+caches (QEMU's help texts, the accelerator probe), which a test session pays once.
+
+The benchmark makes itself a child subreaper, so the daemonized QEMUs (whose parents exit at
+``-daemonize``) become its children and are reaped with ``waitpid`` rather than left as
+zombies of whatever PID 1 is.
+
+Usage: ``python benchmarks/bench_boot.py [--runs 5] [--binary PATH ...]``; without
+``--binary``, the system's ``qemu-system-x86_64`` and the QEMU 10.0 wrapper when installed.
+Never run it beside another QEMU boot on a 2-core machine: the figures would be the load's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import itertools
+import math
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from kvmlab.backends import QemuBackend, find_qemu
+from kvmlab.capabilities import QemuCapabilities
+from kvmlab.guest import GuestImage, build_guest
+from kvmlab.lifecycle import Hypervisor
+from kvmlab.models import HvParams, Instance, Nic
+from kvmlab.process import is_alive, read_pidfile, remove_quietly, wait_for_exit
+
+QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
+MARKER = "KVMLAB-BOOT-OK"
+NAME = "bench"
+POLL = 0.01
+#: Below this busy fraction the machine counts as quiet before a run (idle here: 10-20 %).
+QUIET_BUSY = 0.25
+#: A run during which other processes used more than this share of the machine is redone.
+NOISY_OTHERS = 0.25
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class Timing(NamedTuple):
+    """One run: seconds to the boot line, and to the end of the launch.
+
+    The launch is ``Hypervisor.start`` returning (kvmlab) or the QEMU command returning
+    after ``-daemonize`` (bare). It is the only phase in which the two sides run different
+    code, so its difference measures kvmlab's cost without the guest's boot-time jitter
+    (half a second from run to run under TCG), which the totals carry.
+    """
+
+    total: float
+    launch: float
+
+
+@dataclass
+class Result:
+    binary: str
+    version: str
+    accel: str
+    accel_reason: str
+    kvmlab: list[Timing] = field(default_factory=list)
+    bare: list[Timing] = field(default_factory=list)
+    #: Share of the machine other processes used during each (kvmlab, bare) run; ``inf``
+    #: when the machine never became idle before it or another QEMU ran beside it.
+    others: list[tuple[float, float]] = field(default_factory=list)
+    #: Pairs kept although the machine was busy (retries exhausted): their figures are suspect.
+    noisy: int = 0
+
+    def median(self, side: str, what: str) -> float:
+        return float(statistics.median(getattr(t, what) for t in getattr(self, side)))
+
+    @property
+    def ratio(self) -> float:
+        """Median kvmlab total over median bare total."""
+        return self.median("kvmlab", "total") / self.median("bare", "total")
+
+    @property
+    def overhead(self) -> float:
+        """kvmlab's launch minus the bare launch (medians), in seconds."""
+        return self.median("kvmlab", "launch") - self.median("bare", "launch")
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (daemonized QEMU) so that we can reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap(pid: int | None = None) -> None:
+    """Collect exited children: ``pid`` (blocking, if it is ours), then any others."""
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    while True:
+        try:
+            done, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done == 0:
+            return
+
+
+def kill_vm(pidfile: Path) -> None:
+    """Terminate the VM named by ``pidfile`` (SIGTERM, then SIGKILL) and reap it."""
+    pid = read_pidfile(pidfile)
+    if pid is None or not is_alive(pid):
+        reap()
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not wait_for_exit(pid, 5.0):
+        os.kill(pid, signal.SIGKILL)
+        wait_for_exit(pid, 5.0)
+    reap(pid)
+
+
+def clean_state(lab: Hypervisor) -> None:
+    """No VM of ours alive, and none of its files: the next run starts from scratch."""
+    layout = lab.layout
+    kill_vm(layout.pidfile(NAME))
+    for path in (
+        layout.pidfile(NAME),
+        layout.qmp_socket(NAME),
+        layout.monitor_socket(NAME),
+        layout.serial_socket(NAME),
+        layout.serial_log(NAME),
+    ):
+        remove_quietly(path)
+
+
+def foreign_qemus() -> list[int]:
+    """Pids of QEMU processes that are not ours (a test suite running beside the benchmark)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if Path(os.fsdecode(head)).name.startswith("qemu-system") and is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def cpu_times() -> tuple[int, int]:
+    """The machine's idle and total jiffies so far (``/proc/stat``, all CPUs)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return values[3] + values[4], sum(values)  # idle + iowait, total
+
+
+def busy_since(start: tuple[int, int]) -> float:
+    """Fraction of the machine's CPU time spent busy since ``start`` (0.0 to 1.0)."""
+    idle, total = cpu_times()
+    spent = total - start[1]
+    return 1.0 - (idle - start[0]) / spent if spent > 0 else 0.0
+
+
+def our_cpu_seconds() -> float:
+    """CPU time of this process and every descendant reaped so far.
+
+    As a child subreaper the benchmark reaps the daemonized QEMUs itself, and the bare
+    script's ``grep``/``sleep`` are reaped by its shell, so both sides' whole cost is here.
+    """
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class OthersMeter:
+    """Share of the machine other processes used during a run (0.0: we had it alone).
+
+    Total busy time from ``/proc/stat`` minus our own (:func:`our_cpu_seconds`, read after
+    the run's VM is reaped), over the wall time of all CPUs.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.monotonic()
+        self.machine = self._machine_busy_seconds()
+        self.ours = our_cpu_seconds()
+
+    @staticmethod
+    def _machine_busy_seconds() -> float:
+        idle, total = cpu_times()
+        return (total - idle) / CLK_TCK
+
+    def share(self) -> float:
+        wall = (time.monotonic() - self.wall) * (os.cpu_count() or 1)
+        machine = self._machine_busy_seconds() - self.machine
+        ours = our_cpu_seconds() - self.ours
+        return max(0.0, machine - ours) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(max_wait: float) -> bool:
+    """Wait until no other QEMU runs and the machine is nearly idle; ``False`` if never.
+
+    On 2 cores one more busy process takes a good part of the core TCG needs, so a run
+    that starts beside a test suite measures the suite, not kvmlab.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        start = cpu_times()
+        time.sleep(0.5)
+        if busy_since(start) < QUIET_BUSY and not foreign_qemus():
+            return True
+        if time.monotonic() > deadline:
+            return False
+
+
+def wait_for_marker(log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            if MARKER.encode() in log.read_bytes():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{MARKER} not in {log} within {timeout:g} s")
+        time.sleep(POLL)
+
+
+def run_kvmlab(lab: Hypervisor, instance: Instance, timeout: float) -> Timing:
+    clean_state(lab)
+    started = time.time()
+    lab.start(instance)
+    launched = time.time()
+    wait_for_marker(lab.layout.serial_log(NAME), timeout)
+    elapsed = time.time() - started
+    lab.stop(NAME, force=True)
+    clean_state(lab)
+    return Timing(elapsed, launched - started)
+
+
+def bare_argv(lab: Hypervisor) -> tuple[str, ...]:
+    """The argv kvmlab executed, for the bare script to run.
+
+    Normally ``lab.info(name).argv``, read back from ``/proc`` while the instance runs. A
+    wrapper script that ``exec``s QEMU (the QEMU 10.0 one) shows up there as the real binary
+    plus the wrapper's own ``-L`` options, and running that would skip the wrapper (and its
+    ``QEMU_MODULE_DIR``); then the command line the executor logged for this start is used,
+    which begins with the wrapper like the saved argv.
+    """
+    live = lab.info(NAME, query_guest=False).argv
+    saved = lab.load_runtime(NAME).argv
+    if live[: len(saved)] == saved:
+        return live
+    header = " kvmlab start: "
+    logged = [
+        line.split(header, 1)[1]
+        for line in lab.layout.log_file(NAME).read_text().splitlines()
+        if line.startswith("--- ") and header in line
+    ]
+    if logged:
+        argv = tuple(shlex.split(logged[-1]))
+        if argv[: len(saved)] == saved:
+            return argv
+    raise RuntimeError(f"cannot tell the argv kvmlab ran; /proc shows {shlex.join(live)}")
+
+
+def write_script(path: Path, argv: Sequence[str], log: Path, stamp: Path) -> None:
+    """The bare side: QEMU launched by ``sh`` (no ``exec``: the script goes on to wait)."""
+    path.write_text(
+        "#!/bin/sh\n"
+        "# The command kvmlab ran, without kvmlab; then wait for the same line.\n"
+        f"{shlex.join(argv)} || exit 1\n"
+        f"date +%s.%N > {shlex.quote(str(stamp))}\n"
+        f"while ! grep -q {MARKER} {shlex.quote(str(log))} 2>/dev/null; do sleep {POLL}; done\n"
+    )
+    path.chmod(0o755)
+
+
+def run_bare(lab: Hypervisor, script: Path, stamp: Path, timeout: float) -> Timing:
+    clean_state(lab)
+    remove_quietly(stamp)
+    started = time.time()
+    try:
+        subprocess.run([str(script)], check=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    finally:
+        elapsed = time.time() - started
+        clean_state(lab)
+    return Timing(elapsed, float(stamp.read_text()) - started)
+
+
+def share(fraction: float) -> str:
+    return f"{fraction:.0%}" if math.isfinite(fraction) else "busy"
+
+
+def accelerator_of(argv: Sequence[str]) -> str:
+    """``tcg`` or ``kvm``, as the command line asks for it."""
+    for option, value in itertools.pairwise(argv):
+        if option == "-accel":
+            return value.split(",")[0]
+        if option == "-machine" and "accel=" in value:
+            return value.split("accel=")[1].split(",")[0].split(":")[0]
+        if option == "-enable-kvm":
+            return "kvm"
+    return "tcg" if "-no-kvm" in argv else "default"
+
+
+@contextlib.contextmanager
+def lab_for(binary: str) -> Iterator[Hypervisor]:
+    root = Path(tempfile.mkdtemp(prefix="kl-bench-"))
+    lab = Hypervisor(root, backend=QemuBackend(binary=binary), stop_timeout=10.0)
+    try:
+        yield lab
+    finally:
+        clean_state(lab)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench(
+    binary: str, guest: GuestImage, *, runs: int, timeout: float, quiet_wait: float, retries: int
+) -> Result:
+    instance = Instance(
+        name=NAME,
+        memory=192,
+        vcpus=1,
+        nics=(Nic(mac="52:54:00:be:0c:01", mode="user"),),
+        hvparams=HvParams(
+            kernel_path=str(guest.kernel),
+            initrd_path=str(guest.initrd),
+            kernel_args="panic=-1",
+            serial_speed=115200,
+            vnc_bind_address="",
+        ),
+    )
+    caps = QemuCapabilities.probe(binary)
+    with lab_for(binary) as lab, tempfile.TemporaryDirectory(prefix="kl-bare-") as tmp:
+        # Warm-up: kvmlab once (caches), and read back the argv it ran.
+        clean_state(lab)
+        wait_quiet(quiet_wait)
+        lab.start(instance)
+        argv = bare_argv(lab)
+        wait_for_marker(lab.layout.serial_log(NAME), timeout)
+        lab.stop(NAME, force=True)
+        clean_state(lab)
+        _, reason = lab.backend.accelerator(binary, instance.hvparams)
+        result = Result(binary, caps.version_string, accelerator_of(argv), reason)
+
+        script, stamp = Path(tmp) / "bare.sh", Path(tmp) / "launched"
+        write_script(script, argv, lab.layout.serial_log(NAME), stamp)
+        run_bare(lab, script, stamp, timeout)  # warm-up of the bare side
+
+        def kvmlab_run() -> Timing:
+            return run_kvmlab(lab, instance, timeout)
+
+        def bare_run() -> Timing:
+            return run_bare(lab, script, stamp, timeout)
+
+        for n in range(runs):
+            for attempt in range(retries + 1):
+                # One pair, kvmlab then bare; redone when either shared the machine.
+                pair: list[tuple[Timing, float]] = []
+                for run in (kvmlab_run, bare_run):
+                    clean_state(lab)  # first: our own VM must not count as someone else's
+                    quiet = wait_quiet(quiet_wait)
+                    meter = OthersMeter()
+                    timing = run()  # ends with the VM killed and reaped
+                    others = meter.share()
+                    pair.append((timing, others if quiet and not foreign_qemus() else math.inf))
+                clean = all(others <= NOISY_OTHERS for _, others in pair)
+                if clean or attempt == retries:
+                    break
+                print(f"  run {n + 1}: shared the machine, again", file=sys.stderr, flush=True)
+            (k, k_others), (b, b_others) = pair
+            result.kvmlab.append(k)
+            result.bare.append(b)
+            result.others.append((k_others, b_others))
+            result.noisy += not clean
+            print(
+                f"  run {n + 1}/{runs}: kvmlab {k.total:.3f} s (launch {k.launch:.3f},"
+                f" others {share(k_others)}), bare {b.total:.3f} s (launch {b.launch:.3f},"
+                f" others {share(b_others)})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per side (default 5)")
+    parser.add_argument(
+        "--binary",
+        action="append",
+        metavar="PATH",
+        help="a QEMU binary (repeatable); default: the system's and the QEMU 10.0 wrapper",
+    )
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds per boot")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="before each run, wait up to S seconds for an idle machine (default 600)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="redo a pair of runs that shared the machine, up to this many times (default 3)",
+    )
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    binaries: list[str] = args.binary or []
+    if not binaries:
+        system = find_qemu()
+        if system is None:
+            print("bench_boot: no qemu-system-x86_64 (apt-get install qemu-system-x86)")
+            return 1
+        binaries.append(shutil.which("qemu-system-x86_64") or system)
+        if os.access(QEMU10, os.X_OK):
+            binaries.append(QEMU10)
+    subreaper = become_subreaper()
+    # SIGTERM (timeout, CI cancel) unwinds like ^C, so the running VM is killed and reaped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    guest = build_guest()
+
+    results = []
+    for binary in binaries:
+        print(f"{binary}: {args.runs} runs each, interleaved", file=sys.stderr, flush=True)
+        results.append(
+            bench(
+                binary,
+                guest,
+                runs=args.runs,
+                timeout=args.timeout,
+                quiet_wait=args.quiet_wait,
+                retries=args.retries,
+            )
+        )
+
+    print(
+        f"start -> first serial {MARKER}, median of {args.runs} runs each"
+        f" (child subreaper: {'yes' if subreaper else 'no'})"
+    )
+    header = (
+        f"{'binary':<46} {'QEMU':<8} {'accel':<5} {'kvmlab':>8} {'bare':>8} {'ratio':>6}"
+        f" {'launch k/b':>13} {'overhead':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        launches = f"{r.median('kvmlab', 'launch'):.3f}/{r.median('bare', 'launch'):.3f}"
+        print(
+            f"{r.binary:<46} {r.version:<8} {r.accel:<5}"
+            f" {r.median('kvmlab', 'total'):7.3f}s {r.median('bare', 'total'):7.3f}s"
+            f" {r.ratio:6.3f} {launches:>13} {r.overhead * 1000:+7.0f}ms"
+        )
+    for r in results:
+        print(f"accelerator for {r.binary}: {r.accel} ({r.accel_reason})")
+        for side in ("kvmlab", "bare"):
+            runs = " ".join(f"{t.total:.3f}" for t in getattr(r, side))
+            print(f"  {side + ' runs:':<12} {runs}")
+        others = " ".join(f"{share(k)}/{share(b)}" for k, b in r.others)
+        print(f"  other processes' share of the machine (kvmlab/bare): {others}")
+        if r.noisy:
+            print(f"  warning: {r.noisy} pairs of runs shared the machine (figures suspect)")
+    worst = max(r.ratio for r in results)
+    print(
+        f"target kvmlab/bare <= 1.05: {'met' if worst <= 1.05 else 'NOT met'} (worst {worst:.3f});"
+        " overhead = kvmlab's launch minus the bare launch, free of boot jitter"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
