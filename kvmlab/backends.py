@@ -68,7 +68,11 @@ class Backend(ABC):
 
 
 def find_qemu() -> str | None:
-    """The system's QEMU binary, if any."""
+    """``$KVMLAB_QEMU`` when set (or ``None`` if it is not executable), else the
+    system's QEMU binary, if any."""
+    explicit = os.environ.get("KVMLAB_QEMU")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
     for name in QEMU_NAMES:
         found = shutil.which(name)
         if found:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,27 +32,47 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes, before or after the command's name.
+
+    Subcommands get them with SUPPRESS defaults, so that one given after the
+    command overrides the top level's and an absent one leaves it alone.
+    """
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--state-dir",
+        default=default(os.environ.get("KVMLAB_STATE_DIR")),
+        help="state directory (default: $KVMLAB_STATE_DIR or $XDG_STATE_HOME/kvmlab)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=default(os.environ.get("KVMLAB_BACKEND", "auto")),
+        choices=["auto", "qemu", "fake"],
+        help="auto: real QEMU when installed, else the fake (default: $KVMLAB_BACKEND or auto)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="log details and show tracebacks",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kvmlab",
         description="A lab and testing harness for KVM/QEMU virtual machines.",
     )
-    parser.add_argument(
-        "--state-dir",
-        default=os.environ.get("KVMLAB_STATE_DIR"),
-        help="state directory (default: $KVMLAB_STATE_DIR or $XDG_STATE_HOME/kvmlab)",
-    )
-    parser.add_argument(
-        "--backend",
-        default=os.environ.get("KVMLAB_BACKEND", "auto"),
-        choices=["auto", "qemu", "fake"],
-        help="auto: real QEMU when installed, else the fake (default: $KVMLAB_BACKEND or auto)",
-    )
-    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    _global_options(parser, defaults=True)
+    common = _Parser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[common])
         p.set_defaults(handler=handler)
         return p
 
@@ -87,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
+
+    p = command(
+        "diff", cmd_diff, "compare two runtimes, instance files or golden trees, option by option"
+    )
+    p.add_argument("a", help="runtime file, instance file, golden .args file or directory")
+    p.add_argument("b", help="the same kind of thing to compare with")
 
     command("demo", cmd_demo, "run a whole lifecycle on the default backend, step by step")
 
@@ -227,6 +252,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from kvmlab.diff import cli_diff  # noqa: PLC0415
+
+    return cli_diff(args.a, args.b)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kvmlab.demo import run_demo  # noqa: PLC0415
 
@@ -283,10 +314,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KvmlabError as err:
         if args.debug:
+            import traceback  # noqa: PLC0415
+
             traceback.print_exc()
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = str(err).replace("\n", "\\n") or type(err).__name__
         print(f"kvmlab: error: {message}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:
+        # The reader went away (kvmlab list --json | head): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("kvmlab: interrupted", file=sys.stderr)
         return 130

@@ -427,12 +427,19 @@ def test_demo_on_the_fake_passes_and_shows_the_replay(run: Run) -> None:
     assert "backend: fake" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the global --backend/--state-dir options are refused after the"
-    " subcommand (`kvmlab demo --backend fake`: 'unrecognized arguments', exit 2)",
-)
 def test_demo_accepts_backend_after_the_subcommand(run: Run, state_dir: Path) -> None:
     result = run("demo", "--backend", "fake", "--state-dir", str(state_dir), globals_=False)
     assert result.returncode == 0, result.stderr
     assert "the saved runtime was replayed" in result.stdout
+
+
+def test_diff_exit_codes(run: Run, tmp_path: Path) -> None:
+    golden = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
+    same = run("diff", str(golden / "qemu-7.2"), str(golden / "qemu-7.2"), globals_=False)
+    assert same.returncode == 0, same.stderr
+    moved = run("diff", str(golden / "qemu-7.2"), str(golden / "qemu-10.0"), globals_=False)
+    assert moved.returncode == 1
+    assert "-no-acpi" in moved.stdout and "guest-visible" in moved.stdout
+    missing = run("diff", str(tmp_path / "nope.json"), str(tmp_path / "nope.json"), globals_=False)
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1
