@@ -66,7 +66,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,test]")  # the testing package imports pytest and hypothesis
     session.run("mypy", "--strict", "kvmlab")
 
 
