@@ -30,6 +30,7 @@ from typing import Any
 from kvmlab.errors import CapabilityError, ProbeError
 
 __all__ = [
+    "OPTION_FLAGS",
     "QemuCapabilities",
     "available_profiles",
     "load_profile",
@@ -42,6 +43,32 @@ _VERSION_RE = re.compile(
 )
 _DEVICE_RE = re.compile(r'^name "([^"]+)"(?:.*?, alias "([^"]+)")?', re.MULTILINE)
 _PROBE_TIMEOUT = 10.0
+
+
+#: ``has_*`` field -> the option whose presence (a help line starting with it) it reports.
+OPTION_FLAGS: dict[str, str] = {
+    "has_netdev": "netdev",
+    "has_device": "device",
+    "has_qmp": "qmp",
+    "has_display": "display",
+    "has_machine": "machine",
+    "has_accel": "accel",
+    "has_uuid": "uuid",
+    "has_no_acpi": "no-acpi",
+    "has_run_with": "run-with",
+    "has_runas": "runas",
+    "has_chroot": "chroot",
+    "has_balloon_option": "balloon",
+    "has_localtime_option": "localtime",
+    "has_rtc": "rtc",
+    "has_enable_kvm": "enable-kvm",
+    "has_no_kvm": "no-kvm",
+    "has_usbdevice": "usbdevice",
+    "has_nodefaults": "nodefaults",
+    "has_chardev": "chardev",
+    "has_mem_prealloc": "mem-prealloc",
+    "has_soundhw": "soundhw",
+}
 
 
 def _option_blocks(help_text: str) -> dict[str, str]:
@@ -145,32 +172,12 @@ class QemuCapabilities:
         return cls(
             version=version,
             version_extra=(match["extra"] or "").strip(),
-            has_netdev=has("netdev"),
-            has_device=has("device"),
-            has_qmp=has("qmp"),
-            has_display=has("display"),
-            has_machine=has("machine"),
-            has_accel=has("accel"),
-            has_uuid=has("uuid"),
-            has_no_acpi=has("no-acpi"),
-            has_run_with=has("run-with"),
-            has_runas=has("runas"),
-            has_chroot=has("chroot"),
-            has_balloon_option=has("balloon"),
-            has_localtime_option=has("localtime"),
-            has_rtc=has("rtc"),
-            has_enable_kvm=has("enable-kvm"),
-            has_no_kvm=has("no-kvm"),
-            has_usbdevice=has("usbdevice"),
-            has_nodefaults=has("nodefaults"),
-            has_chardev=has("chardev"),
+            **{field: has(option) for field, option in OPTION_FLAGS.items()},
             has_chardev_logfile="logfile=" in chardev,
             has_vhost="vhost=on" in net,
             has_drive_boot="boot=on" in drive,
             has_drive_readonly="readonly" in drive,
             has_drive_aio="aio=" in drive,
-            has_mem_prealloc=has("mem-prealloc"),
-            has_soundhw=has("soundhw"),
             has_object=has("object") and version >= (2, 5, 0),
             default_machine=default_machine,
             machines=machines,

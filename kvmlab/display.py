@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from kvmlab.invariants import InvariantReport
     from kvmlab.inventory import InstanceInfo
     from kvmlab.lifecycle import Hypervisor
-    from kvmlab.models import Instance
+    from kvmlab.models import Disk, Instance, Nic
     from kvmlab.runtime import KVMRuntime
 
 __all__ = [
@@ -350,6 +350,21 @@ def _non_default_hvparams(instance: Instance) -> list[tuple[str, object, object]
     return changed
 
 
+def _nics_and_disks_html(
+    nics: Sequence[Nic], disks: Sequence[Disk], nics_title: str, no_nic: str
+) -> list[str]:
+    """The NIC and disk tables an instance and a runtime both show."""
+    parts: list[str] = (
+        [_p(nics_title), _table(("#", "mac", "mode", "link"), _nic_rows(nics))]
+        if nics
+        else [_p(no_nic, _MUTED)]
+    )
+    if disks:
+        rows = [(i, _code(d.path), str(d.mode)) for i, d in enumerate(disks)]
+        parts.append(_table(("#", "disk", "mode"), rows))
+    return parts
+
+
 def _nic_rows(nics: Iterable[object]) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     for seq, nic in enumerate(nics):
@@ -374,18 +389,12 @@ def instance_html(instance: Instance) -> str:
         ],
     )
     parts: list[str] = [summary]
-    if instance.nics:
-        parts.append(_p(f"NICs ({len(instance.nics)}), kept as data until start:"))
-        parts.append(_table(("#", "mac", "mode", "link"), _nic_rows(instance.nics)))
-    else:
-        parts.append(_p("no NIC", _MUTED))
-    if instance.disks:
-        parts.append(
-            _table(
-                ("#", "disk", "mode"),
-                [(i, _code(d.path), str(d.mode)) for i, d in enumerate(instance.disks)],
-            )
-        )
+    parts += _nics_and_disks_html(
+        instance.nics,
+        instance.disks,
+        f"NICs ({len(instance.nics)}), kept as data until start:",
+        "no NIC",
+    )
     changed = _non_default_hvparams(instance)
     total = len(type(instance.hvparams).model_fields)
     if changed:
@@ -490,18 +499,12 @@ def runtime_html(runtime: KVMRuntime) -> str:
         row_styles=styles,
     )
     parts: list[str] = [table]
-    if runtime.nics:
-        parts.append(_p(f"NICs kept as data ({len(runtime.nics)}), expanded at start time:"))
-        parts.append(_table(("#", "mac", "mode", "link"), _nic_rows(runtime.nics)))
-    else:
-        parts.append(_p("no NIC: the executor adds -net none at start", _MUTED))
-    if runtime.disks:
-        parts.append(
-            _table(
-                ("#", "disk", "mode"),
-                [(i, _code(d.path), str(d.mode)) for i, d in enumerate(runtime.disks)],
-            )
-        )
+    parts += _nics_and_disks_html(
+        runtime.nics,
+        runtime.disks,
+        f"NICs kept as data ({len(runtime.nics)}), expanded at start time:",
+        "no NIC: the executor adds -net none at start",
+    )
     parts.append(_p("grey rows are host-only: the guest never sees them.", _MUTED))
     return _box(
         f"KVMRuntime {runtime.name}",

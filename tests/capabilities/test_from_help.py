@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.capabilities import QemuCapabilities
+from kvmlab.capabilities import OPTION_FLAGS, QemuCapabilities
 from kvmlab.errors import CapabilityError, ProbeError
 
 GANETI_HELP_FILES = [
@@ -21,31 +21,6 @@ GANETI_HELP_FILES = [
     "kvm_1.1.2_help.txt",
     "kvm_5.2.0_help.txt",
 ]
-
-#: has_* field -> the option whose presence (a line starting with it) it reports.
-OPTION_FIELDS = {
-    "has_netdev": "netdev",
-    "has_device": "device",
-    "has_qmp": "qmp",
-    "has_display": "display",
-    "has_machine": "machine",
-    "has_accel": "accel",
-    "has_uuid": "uuid",
-    "has_no_acpi": "no-acpi",
-    "has_run_with": "run-with",
-    "has_runas": "runas",
-    "has_chroot": "chroot",
-    "has_balloon_option": "balloon",
-    "has_localtime_option": "localtime",
-    "has_rtc": "rtc",
-    "has_enable_kvm": "enable-kvm",
-    "has_no_kvm": "no-kvm",
-    "has_usbdevice": "usbdevice",
-    "has_nodefaults": "nodefaults",
-    "has_chardev": "chardev",
-    "has_mem_prealloc": "mem-prealloc",
-    "has_soundhw": "soundhw",
-}
 
 
 def help_with_first_line(first: str) -> str:
@@ -143,11 +118,11 @@ def test_ganeti_help_versions(ganeti_fixtures: Path, filename: str) -> None:
 
 
 @pytest.mark.parametrize("filename", GANETI_HELP_FILES)
-@pytest.mark.parametrize("field", sorted(OPTION_FIELDS))
+@pytest.mark.parametrize("field", sorted(OPTION_FLAGS))
 def test_ganeti_help_options(ganeti_fixtures: Path, filename: str, field: str) -> None:
     text = (ganeti_fixtures / filename).read_text()
     caps = QemuCapabilities.from_help(text)
-    assert getattr(caps, field) is line_starts_with(text, OPTION_FIELDS[field])
+    assert getattr(caps, field) is line_starts_with(text, OPTION_FLAGS[field])
 
 
 def option_description(text: str, option: str) -> str:

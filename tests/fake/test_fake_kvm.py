@@ -30,7 +30,7 @@ import pytest
 
 import kvmlab
 from kvmlab import fake
-from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
+from kvmlab.capabilities import OPTION_FLAGS, QemuCapabilities, available_profiles, load_profile
 
 #: The folder holding the ``kvmlab`` package, so the fake runs without installing.
 SOURCE_ROOT = str(Path(kvmlab.__file__).resolve().parents[1])
@@ -478,29 +478,7 @@ def test_profile_options_agree_with_qemu_capabilities(name: str) -> None:
 
 
 def assert_agrees(profile: fake.Profile, caps: QemuCapabilities) -> None:
-    options = {
-        "has_netdev": "netdev",
-        "has_device": "device",
-        "has_qmp": "qmp",
-        "has_display": "display",
-        "has_machine": "machine",
-        "has_accel": "accel",
-        "has_uuid": "uuid",
-        "has_no_acpi": "no-acpi",
-        "has_run_with": "run-with",
-        "has_runas": "runas",
-        "has_chroot": "chroot",
-        "has_balloon_option": "balloon",
-        "has_localtime_option": "localtime",
-        "has_rtc": "rtc",
-        "has_enable_kvm": "enable-kvm",
-        "has_no_kvm": "no-kvm",
-        "has_usbdevice": "usbdevice",
-        "has_nodefaults": "nodefaults",
-        "has_chardev": "chardev",
-        "has_mem_prealloc": "mem-prealloc",
-    }
-    for field, option in options.items():
+    for field, option in OPTION_FLAGS.items():
         assert getattr(caps, field) == profile.accepts(option), (profile.name, field)
     assert profile.version == caps.version
 
