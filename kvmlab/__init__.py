@@ -3,7 +3,9 @@
 The public names are importable from here; each is loaded on first use, so that
 ``kvmlab --help`` and the fake kvm program (``python -m kvmlab.fake``, which must
 start faster than QEMU) pay for nothing they do not use. This module imports
-nothing at all at import time.
+nothing at import time, with one exception: inside a running IPython shell (a
+Jupyter kernel) it registers :mod:`kvmlab.display`'s renderers, which imports only
+the standard library, so that instances, runtimes and labs draw themselves as tables.
 """
 
 from __future__ import annotations
@@ -113,6 +115,21 @@ _HOMES = {
     "InvariantReport": "invariants",
     "Violation": "invariants",
 }
+
+
+def _register_notebook_display() -> None:
+    """Teach a running IPython shell how kvmlab's objects look (see :mod:`kvmlab.display`)."""
+    import sys  # noqa: PLC0415 - keep the module namespace to the public names
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        from kvmlab.display import register  # noqa: PLC0415
+
+        register(shell)
+
+
+_register_notebook_display()
 
 
 def __getattr__(name: str) -> object:

@@ -16,8 +16,10 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kvmlab.generator import Accel
+if TYPE_CHECKING:
+    from kvmlab.models import Accel
 
 __all__ = ["KVM_FAILURE_MARKERS", "probe_accelerator", "probe_kvm_boot"]
 

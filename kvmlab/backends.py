@@ -21,8 +21,7 @@ from pathlib import Path
 
 from kvmlab.capabilities import QemuCapabilities, load_profile
 from kvmlab.errors import InvalidInputError, KvmlabError, ProbeError
-from kvmlab.generator import Accel
-from kvmlab.models import HvParams
+from kvmlab.models import Accel, HvParams
 
 __all__ = [
     "Backend",

@@ -109,11 +109,6 @@ class GuestFacts:
     def macs(self) -> list[str]:
         return list(self.nics.values())
 
-    def _repr_html_(self) -> str:
-        from kvmlab.display import facts_html  # noqa: PLC0415
-
-        return facts_html(self)
-
 
 def parse_guest_facts(text: str) -> GuestFacts:
     """Parse the last boot's facts block.

@@ -36,10 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TextIO
 
+from kvmlab.argv import FLAG_OPTIONS
 from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import InvalidInputError
 from kvmlab.generator import generate_runtime
-from kvmlab.golden import ARGS_SUFFIX, ERROR_SUFFIX, GOLDEN_LAYOUT, parse_args_text
+from kvmlab.golden_format import ARGS_SUFFIX, ERROR_SUFFIX, GOLDEN_LAYOUT, parse_args_text
 from kvmlab.models import Nic, instance_from_data, load_instance, parse_instance_text
 from kvmlab.runtime import KVMRuntime
 
@@ -64,41 +65,6 @@ Section = Literal["argv", "start", "nics", "outcome"]
 BINARY: Final = "(binary)"
 #: Pseudo-option for a word that follows no option (old QEMU's positional disk image).
 POSITIONAL: Final = "(positional)"
-
-#: Options that take no value (QEMU's ``HAS_ARG``-less options that kvmlab or Ganeti emit,
-#: plus common ones), so the next word is parsed as an option of its own.
-FLAG_OPTIONS: Final = frozenset(
-    {
-        "-S",
-        "-daemonize",
-        "-no-acpi",
-        "-no-reboot",
-        "-no-shutdown",
-        "-no-hpet",
-        "-no-kvm",
-        "-enable-kvm",
-        "-nographic",
-        "-nodefaults",
-        "-no-user-config",
-        "-snapshot",
-        "-mem-prealloc",
-        "-localtime",
-        "-usb",
-        "-full-screen",
-        "-no-fd-bootchk",
-        "-no-quit",
-        "-s",
-        "-win2k-hack",
-        "-alt-grab",
-        "-ctrl-grab",
-        "-enable-fips",
-        "-only-migratable",
-        "-preconfig",
-        "-semihosting",
-        "-no-frame",
-        "-qmp-pretty",
-    }
-)
 
 #: Options whose whole value only concerns the host.
 HOST_ONLY_OPTIONS: Final = frozenset(

@@ -3,13 +3,18 @@
 Notebooks are a first-class way to use kvmlab, and a command line of forty words
 or a list of dataclasses is hard to read at a glance. Every function here is pure:
 it takes one object and returns a string, HTML (``*_html``) or plain text
-(``*_text``), so the classes' ``_repr_html_`` and ``_repr_pretty_`` can call them
-(lazily: nothing imports this module until something is displayed) and tests can
-check them without Jupyter::
+(``*_text``), so tests can check them without Jupyter::
 
     from IPython.display import HTML
     HTML(runtime_html(runtime))      # option | value | why it is there
     print(runtime_text(runtime))
+
+The data classes do not know this module: it sits above every layer whose objects
+it draws, and :func:`register` teaches IPython which renderer goes with which
+class, by module and class name, so nothing is imported until an object is shown.
+Importing kvmlab inside a running IPython shell (any Jupyter kernel) registers
+them; ``%load_ext kvmlab.display`` does it by hand elsewhere. That keeps the
+import graph one-way: models, runtimes and the lifecycle never import display.
 
 Everything that comes from outside kvmlab (names, kernel arguments, paths, guest
 output) is escaped with :func:`html.escape`: a ``kernel_args`` of
@@ -26,9 +31,11 @@ from __future__ import annotations
 import html
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
+
+from kvmlab.argv import FLAG_OPTIONS
 
 if TYPE_CHECKING:
     from kvmlab.capabilities import QemuCapabilities
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
     from kvmlab.runtime import KVMRuntime
 
 __all__ = [
+    "FORMATTERS",
     "OPTION_WHY",
     "ArgvRow",
     "CapabilityMatrix",
@@ -60,10 +68,12 @@ __all__ = [
     "info_text",
     "instance_html",
     "instance_text",
+    "load_ipython_extension",
     "matrix_html",
     "matrix_svg",
     "matrix_text",
     "option_features",
+    "register",
     "report_html",
     "report_text",
     "runtime_html",
@@ -134,27 +144,6 @@ _DEVICE_WHY: Final[Mapping[str, str]] = {
     "rtl8139": "a NIC's guest side (added at start time, never saved)",
 }
 
-#: Options that take no value (everything else takes the next word).
-_FLAGS: Final = frozenset(
-    {
-        "-daemonize",
-        "-no-acpi",
-        "-no-reboot",
-        "-mem-prealloc",
-        "-usb",
-        "-enable-kvm",
-        "-no-kvm",
-        "-nographic",
-        "-localtime",
-        "-S",
-        "-nodefaults",
-        "-no-hpet",
-        "-snapshot",
-        "-no-shutdown",
-        "-no-user-config",
-    }
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ArgvRow:
@@ -178,7 +167,7 @@ class ArgvRow:
 def _split_options(argv: Sequence[str]) -> list[tuple[int, str, str | None]]:
     """``(index, option, value)`` for every option after ``argv[0]``.
 
-    QEMU options take at most one value; the flags in :data:`_FLAGS` take none, an
+    QEMU options take at most one value; the flags in :data:`kvmlab.argv.FLAG_OPTIONS` take none, an
     unknown option takes the next word unless that word is itself an option.
     """
     out: list[tuple[int, str, str | None]] = []
@@ -188,7 +177,7 @@ def _split_options(argv: Sequence[str]) -> list[tuple[int, str, str | None]]:
         following = argv[index + 1] if index + 1 < len(argv) else None
         takes_value = (
             word.startswith("-")
-            and word not in _FLAGS
+            and word not in FLAG_OPTIONS
             and following is not None
             and (word in OPTION_WHY or not following.startswith("-"))
         )
@@ -1065,3 +1054,47 @@ def matrix_svg(matrix: CapabilityMatrix, *, only_differing: bool = True) -> str:
             )
     out.append("</svg>")
     return "".join(out)
+
+
+# --------------------------------------------------------------------------- IPython
+
+#: ``(module, class, HTML renderer, text renderer)`` for every class IPython should draw.
+#: By name, so that registering imports none of these modules; a subclass inherits
+#: its base's renderer. Diffs and capability matrices carry their own ``_repr_html_``.
+FORMATTERS: Final[
+    tuple[tuple[str, str, Callable[[Any], str], Callable[[Any], str] | None], ...]
+] = (
+    ("kvmlab.models", "Instance", instance_html, instance_text),
+    ("kvmlab.runtime", "KVMRuntime", runtime_html, runtime_text),
+    ("kvmlab.invariants", "InvariantReport", report_html, report_text),
+    ("kvmlab.lifecycle", "Hypervisor", hypervisor_html, hypervisor_text),
+    ("kvmlab.console", "GuestFacts", facts_html, None),
+)
+
+
+def _pretty(render: Callable[[Any], str]) -> Callable[[Any, Any, bool], None]:
+    """An IPython pretty-printer (``printer.text``) from a text renderer."""
+
+    def print_pretty(obj: Any, printer: Any, cycle: bool) -> None:
+        printer.text(f"{type(obj).__name__}(...)" if cycle else render(obj))
+
+    return print_pretty
+
+
+def register(shell: Any) -> None:
+    """Make ``shell`` (an IPython ``InteractiveShell``) draw kvmlab's objects.
+
+    Called by ``import kvmlab`` when IPython is running; calling it again is harmless.
+
+    :param shell: what ``IPython.get_ipython()`` returns.
+    """
+    formatters = shell.display_formatter.formatters
+    for module, name, to_html, to_text in FORMATTERS:
+        formatters["text/html"].for_type_by_name(module, name, to_html)
+        if to_text is not None:
+            formatters["text/plain"].for_type_by_name(module, name, _pretty(to_text))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext kvmlab.display``: :func:`register` for a shell kvmlab was imported before."""
+    register(ipython)

@@ -16,17 +16,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Literal
 
 from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import InstanceError
 from kvmlab.layout import DEFAULT_STATE_DIR, StateLayout
-from kvmlab.models import INSTANCE_UUID_NAMESPACE, BootOrder, HvParams, Instance, KvmFlag
+from kvmlab.models import INSTANCE_UUID_NAMESPACE, Accel, BootOrder, HvParams, Instance, KvmFlag
 from kvmlab.runtime import KVMRuntime
 
-__all__ = ["Accel", "generate_runtime", "qemu_opt"]
-
-Accel = Literal["kvm", "tcg"]
+__all__ = ["generate_runtime", "qemu_opt"]
 
 _DEFAULT_LAYOUT = StateLayout(DEFAULT_STATE_DIR)
 _VNC_BASE_PORT = 5900

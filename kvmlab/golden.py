@@ -31,6 +31,15 @@ from typing import Final, Literal
 from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
 from kvmlab.errors import InstanceError, InvalidInputError
 from kvmlab.generator import generate_runtime
+from kvmlab.golden_format import (
+    ARGS_SUFFIX,
+    ERROR_SUFFIX,
+    GOLDEN_LAYOUT,
+    START_MARKER,
+    GoldenError,
+    parse_args_text,
+    render_args,
+)
 from kvmlab.layout import StateLayout
 from kvmlab.models import Instance, NicMode, load_instance
 from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
@@ -71,9 +80,6 @@ __all__ = [
     "stale_files",
 ]
 
-#: The state directory every golden runtime is generated for: fixed, so the pidfile,
-#: socket and log paths in the files do not depend on the machine or the user.
-GOLDEN_LAYOUT: Final = StateLayout(Path("/var/lib/kvmlab"))
 #: Stands for the executor's private temp directory (``kvmlab-start-XXXX``) in
 #: tap up-script paths.
 PLACEHOLDER_TMPDIR: Final = "@TMPDIR@"
@@ -81,19 +87,11 @@ PLACEHOLDER_TMPDIR: Final = "@TMPDIR@"
 PLACEHOLDER_FD_BASE: Final = 100
 #: Stands for the cases directory in validation messages (they name the file).
 PLACEHOLDER_CASES: Final = "@CASES@"
-#: The line between the saved argv and the start-time arguments in a ``.args`` file.
-START_MARKER: Final = "#--- start-time arguments (placeholder NIC plans, docs/golden.md) ---#"
-ARGS_SUFFIX: Final = ".args"
-ERROR_SUFFIX: Final = ".error"
 CASE_SUFFIXES: Final = (".json", ".toml", ".yaml", ".yml")
 #: Environment variable that turns comparison into regeneration.
 REGENERATE_ENV: Final = "KVMLAB_REGENERATE"
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-class GoldenError(InvalidInputError):
-    """The cases or golden files cannot be used (duplicate case names, bad ``.args`` file)."""
 
 
 def default_cases_dir() -> Path:
@@ -245,36 +243,6 @@ def placeholder_facts(
         nic_dir=str(layout.nic_dir(runtime.name)),
         caps=caps,
     )
-
-
-def render_args(argv: Sequence[str], start_args: Sequence[str]) -> str:
-    """The ``.args`` text: one argument per line, the marker, the start-time arguments.
-
-    :raise GoldenError: an argument holds a newline or equals the marker line, which
-        would make the file ambiguous (the models forbid both; this is a safety net).
-    """
-    for word in (*argv, *start_args):
-        if "\n" in word or "\r" in word or word == START_MARKER:
-            raise GoldenError(f"argument {word!r} cannot be written one per line")
-    return "\n".join([*argv, START_MARKER, *start_args]) + "\n"
-
-
-def parse_args_text(text: str, source: str = "") -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Read an ``.args`` text back into (saved argv, start-time arguments).
-
-    :raise GoldenError: the marker line is missing or repeated, or the text does not
-        end with a newline (a truncated file).
-    """
-    where = f"{source}: " if source else ""
-    if not text.endswith("\n"):
-        raise GoldenError(f"{where}golden .args file does not end with a newline")
-    lines = text[:-1].split("\n")
-    if lines.count(START_MARKER) != 1:
-        raise GoldenError(
-            f"{where}golden .args file needs exactly one marker line {START_MARKER!r}"
-        )
-    cut = lines.index(START_MARKER)
-    return tuple(lines[:cut]), tuple(lines[cut + 1 :])
 
 
 def render_error(err: InvalidInputError, cases_dir: Path | None = None) -> str:

@@ -17,7 +17,6 @@ import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kvmlab.models import Instance
 from kvmlab.plan import StartFacts, plan_execution
@@ -84,16 +83,6 @@ class InvariantReport:
     @property
     def ok(self) -> bool:
         return not self.violations
-
-    def _repr_html_(self) -> str:
-        from kvmlab.display import report_html  # noqa: PLC0415 - only notebooks need it
-
-        return report_html(self)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        from kvmlab.display import report_text  # noqa: PLC0415
-
-        printer.text("InvariantReport(...)" if cycle else report_text(self))
 
     def __str__(self) -> str:
         if self.ok:

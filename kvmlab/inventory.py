@@ -11,13 +11,13 @@ full validation. A file the inventory cannot read is listed as ``invalid``;
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from kvmlab.argv import option_value
 from kvmlab.layout import StateLayout
 from kvmlab.process import owns_pidfile, read_cmdline, read_pidfile
 
@@ -89,14 +89,6 @@ class InstanceInfo:
             "runtime_file": self.runtime_file,
             **self.extra,
         }
-
-
-def option_value(argv: tuple[str, ...], option: str) -> str | None:
-    """The value following the first ``option`` in ``argv``."""
-    for word, value in itertools.pairwise(argv):
-        if word == option:
-            return value
-    return None
 
 
 def _int_prefix(text: str | None) -> int | None:

@@ -109,16 +109,6 @@ class Hypervisor:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
 
-    def _repr_html_(self) -> str:
-        from kvmlab.display import hypervisor_html  # noqa: PLC0415 - only notebooks need it
-
-        return hypervisor_html(self)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        from kvmlab.display import hypervisor_text  # noqa: PLC0415
-
-        printer.text("Hypervisor(...)" if cycle else hypervisor_text(self))
-
     def __repr__(self) -> str:
         return f"Hypervisor({str(self.layout.root)!r}, backend={self.backend.describe()!r})"
 

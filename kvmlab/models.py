@@ -43,6 +43,7 @@ from pydantic import (
 from kvmlab.errors import InstanceError
 
 __all__ = [
+    "Accel",
     "BootOrder",
     "Disk",
     "DiskMode",
@@ -120,6 +121,12 @@ class KvmFlag(StrEnum):
     DEFAULT = ""
     ENABLED = "enabled"
     DISABLED = "disabled"
+
+
+#: The accelerator a runtime is generated for: what ``kvm_flag`` resolves to once the
+#: backend has probed the host (``kvmlab.accel``). Generator, probe and backends all
+#: speak it, and this is the lowest module they share.
+Accel = Literal["kvm", "tcg"]
 
 
 # Enum members bound to module names: validators run for every NIC and every
@@ -463,16 +470,6 @@ class Instance(BaseModel):
                 f" x {hv.cpu_threads or '-'} threads = {product})",
             )
         return self
-
-    def _repr_html_(self) -> str:
-        from kvmlab.display import instance_html  # noqa: PLC0415 - only notebooks need it
-
-        return instance_html(self)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        from kvmlab.display import instance_text  # noqa: PLC0415
-
-        printer.text("Instance(...)" if cycle else instance_text(self))
 
     @property
     def system_uuid(self) -> uuidlib.UUID:

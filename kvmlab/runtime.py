@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
 )
 
+from kvmlab.argv import option_value
 from kvmlab.errors import RuntimeFormatError
 from kvmlab.models import (
     Disk,
@@ -188,16 +189,6 @@ class KVMRuntime(BaseModel):
             f"runtime must be a JSON object or Ganeti's list, got {type(data).__name__}"
         )
 
-    def _repr_html_(self) -> str:
-        from kvmlab.display import runtime_html  # noqa: PLC0415 - only notebooks need it
-
-        return runtime_html(self)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        from kvmlab.display import runtime_text  # noqa: PLC0415
-
-        printer.text("KVMRuntime(...)" if cycle else runtime_text(self))
-
     @property
     def binary(self) -> str:
         """The program the argv runs (``argv[0]``)."""
@@ -260,10 +251,10 @@ def upgrade_legacy_argv(argv: Iterable[object]) -> tuple[str, ...]:
 
 
 def _name_from_argv(argv: Sequence[str]) -> str:
-    for index, word in enumerate(argv[:-1]):
-        if word == "-name":
-            return argv[index + 1].split(",", 1)[0]
-    raise RuntimeFormatError("legacy runtime argv has no -name option")
+    name = option_value(argv, "-name")
+    if name is None:
+        raise RuntimeFormatError("legacy runtime argv has no -name option")
+    return name.split(",", 1)[0]
 
 
 def _legacy_nic(index: int, data: object) -> Nic:
