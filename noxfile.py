@@ -57,10 +57,12 @@ def regen(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff>=0.5")
+    """ruff check, ruff format --check, and the import layers (lint-imports, pyproject.toml)."""
+    session.install("ruff>=0.5", "import-linter>=2.1")
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
+    # import-linter reads the package from the working directory (no install needed).
+    session.run("lint-imports", "--no-cache")
 
 
 @nox.session(python=PYTHON)
