@@ -1,0 +1,185 @@
+"""A lab, its instances and what a guest reported, as HTML and as text."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING
+
+from kvmlab.display._markup import (
+    _BAD,
+    _MUTED,
+    _OK,
+    _box,
+    _code,
+    _e,
+    _Html,
+    _p,
+    _table,
+    _text_table,
+)
+from kvmlab.display.argv_view import argv_html
+
+if TYPE_CHECKING:
+    from kvmlab.console import GuestFacts
+    from kvmlab.inventory import InstanceInfo
+    from kvmlab.lifecycle import Hypervisor
+    from kvmlab.models import Instance
+
+__all__ = [
+    "facts_html",
+    "facts_text",
+    "hypervisor_html",
+    "hypervisor_text",
+    "info_html",
+    "info_text",
+]
+
+# --------------------------------------------------------------------------- hypervisor
+
+
+def _info_row(info: InstanceInfo) -> tuple[object, ...]:
+    state = str(info.state)
+    style = _OK if state == "running" else (_BAD if state == "invalid" else _MUTED)
+    macs = ", ".join(nic.get("mac", "") for nic in info.nics) or None
+    return (
+        info.name,
+        _Html(f"<span style='{style}'>{_e(state)}</span>"),
+        info.pid,
+        None if info.memory is None else f"{info.memory} MiB",
+        info.vcpus,
+        macs,
+    )
+
+
+def hypervisor_html(hypervisor: Hypervisor) -> str:
+    """The lab at a glance: its state directory, backend, and one row per instance.
+
+    Reads only the state directory and ``/proc`` (``list_instances``), never QMP, so it
+    is instant and works whatever state the instances are in.
+    """
+    infos = hypervisor.list_instances()
+    header = _p(
+        f"state dir {hypervisor.layout.root} · backend {hypervisor.backend.describe()}", _MUTED
+    )
+    if not infos:
+        return _box("Hypervisor", header, _p("no instance", _MUTED))
+    table = _table(("name", "state", "pid", "memory", "vcpus", "NICs"), map(_info_row, infos))
+    running = sum(1 for info in infos if str(info.state) == "running")
+    return _box("Hypervisor", header, table, subtitle=f"{len(infos)} instances, {running} running")
+
+
+def hypervisor_text(hypervisor: Hypervisor) -> str:
+    """Plain-text counterpart of :func:`hypervisor_html`."""
+    infos = hypervisor.list_instances()
+    head = f"Hypervisor {hypervisor.layout.root} ({hypervisor.backend.describe()})"
+    if not infos:
+        return f"{head}: no instance"
+    rows = [
+        (
+            info.name,
+            str(info.state),
+            info.pid,
+            info.memory,
+            info.vcpus,
+            ", ".join(n.get("mac", "") for n in info.nics) or None,
+        )
+        for info in infos
+    ]
+    return head + "\n" + _text_table(("name", "state", "pid", "MiB", "vcpus", "NICs"), rows)
+
+
+def info_html(info: InstanceInfo) -> str:
+    """One instance's ``info``: state, pid, size, and the *live* argv (from ``/proc``)
+    explained, with the start-time arguments marked against the saved argv."""
+    summary = _table(("name", "state", "pid", "memory", "vcpus", "NICs"), [_info_row(info)])
+    parts: list[str] = [summary]
+    if info.extra:
+        parts.append(_p(", ".join(f"{k}: {v}" for k, v in info.extra.items()), _MUTED))
+    if info.argv:
+        parts.append(argv_html(info.argv, saved=info.saved_argv, title=f"/proc/{info.pid}/cmdline"))
+    elif info.saved_argv:
+        parts.append(argv_html(info.saved_argv, title="saved argv (not running)"))
+    return _box(f"Instance {info.name}", *parts)
+
+
+def info_text(info: InstanceInfo) -> str:
+    """Plain-text counterpart of :func:`info_html`."""
+    head = (
+        f"{info.name}: {info.state}, pid {info.pid}, {info.memory} MiB, {info.vcpus} vCPU(s),"
+        f" {len(info.nics)} NIC(s)"
+    )
+    argv = info.argv or info.saved_argv
+    return head + ("\n" + shlex.join(argv) if argv else "")
+
+
+# --------------------------------------------------------------------------- guest facts
+
+
+def _memory_fits(mem_kb: int, memory_mib: int) -> bool:
+    """Whether a guest's ``MemTotal`` is what ``-m memory_mib`` gives.
+
+    Linux reports RAM minus what the kernel reserves (4 to 15 % for small guests), so an
+    exact match is impossible; a quarter is wide enough for 128 MiB guests and still tells
+    256 MiB from 384 MiB.
+    """
+    total = memory_mib * 1024
+    return 0.75 * total <= mem_kb <= total
+
+
+def _facts_checks(facts: GuestFacts, expected: Instance) -> list[tuple[str, str, str, bool]]:
+    macs = [nic.mac for nic in expected.nics]
+    return [
+        (
+            "memory",
+            f"{facts.mem_kb} kB (MemTotal)",
+            f"{expected.memory} MiB",
+            _memory_fits(facts.mem_kb, expected.memory),
+        ),
+        ("cpus", str(facts.cpus), str(expected.vcpus), facts.cpus == expected.vcpus),
+        ("NICs", ", ".join(facts.macs) or "none", ", ".join(macs) or "none", facts.macs == macs),
+    ]
+
+
+def facts_html(facts: GuestFacts, expected: Instance | None = None) -> str:
+    """What the guest reported on its console (``MEM``, ``CPUS``, ``NIC`` lines).
+
+    :param expected: compare with this instance: each mismatch is shown in red, which is
+        how a notebook shows that a soft reboot replayed the *old* runtime.
+    """
+    nics = _table(
+        ("interface", "mac"),
+        [(dev, _code(mac)) for dev, mac in facts.nics.items()] or [("none", None)],
+    )
+    summary = _p(
+        f"MemTotal {facts.mem_kb} kB (~{facts.mem_kb / 1024:.0f} MiB) · {facts.cpus} CPU(s)"
+        f" · {len(facts.nics)} NIC(s)"
+    )
+    parts: list[str] = [summary, nics]
+    if expected is not None:
+        checks = _facts_checks(facts, expected)
+        rows = [
+            (
+                what,
+                seen,
+                want,
+                _Html(f"<span style='{_OK}'>matches</span>")
+                if ok
+                else _Html(f"<span style='{_BAD}'>differs</span>"),
+            )
+            for what, seen, want, ok in checks
+        ]
+        styles = ["" if ok else "background:#ffebe9" for *_, ok in checks]
+        parts.append(_p(f"compared with instance {expected.name}:"))
+        parts.append(_table(("fact", "guest sees", "instance says", ""), rows, row_styles=styles))
+    return _box("Guest facts", *parts)
+
+
+def facts_text(facts: GuestFacts, expected: Instance | None = None) -> str:
+    """Plain-text counterpart of :func:`facts_html`."""
+    lines = [f"Guest facts: MemTotal {facts.mem_kb} kB, {facts.cpus} CPU(s)"]
+    lines += [f"  {dev} {mac}" for dev, mac in facts.nics.items()] or ["  no NIC"]
+    if expected is not None:
+        for what, seen, want, ok in _facts_checks(facts, expected):
+            verdict = "ok" if ok else "DIFFERS"
+            lines.append(f"  [{verdict}] {what}: guest sees {seen}, {expected.name} says {want}")
+    return "\n".join(lines)
