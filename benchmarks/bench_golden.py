@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmlab.golden import compare_all, default_ganeti_dir, golden_profiles
+from kvmlab.golden import compare_all, golden_profiles
 
 BUDGET_SECONDS = 5.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--no-pytest", action="store_true", help="skip the pytest subprocess")
     args = parser.parse_args()
 
-    profiles = golden_profiles(default_ganeti_dir())
+    profiles = golden_profiles()
     started = time.perf_counter()
     report = compare_all(profiles=profiles)
     cold = time.perf_counter() - started
