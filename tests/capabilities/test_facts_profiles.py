@@ -133,7 +133,7 @@ def test_any_capabilities_round_trip_through_facts(caps: QemuCapabilities, name:
 
 
 def document(**changes: Any) -> dict[str, Any]:
-    data = json.loads(facts_json(load_profile("ganeti-1.0"), PROVENANCE))
+    data: dict[str, Any] = json.loads(facts_json(load_profile("ganeti-1.0"), PROVENANCE))
     for key, value in changes.items():
         if key in data["capabilities"]:
             data["capabilities"][key] = value
