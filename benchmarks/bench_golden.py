@@ -4,7 +4,7 @@ The budget is 5 s on the 2-core reference machine, so that the golden suite can 
 on every change. Three figures:
 
 - ``cold``: :func:`kvmlab.golden.compare_all` once in this fresh process, including
-  parsing every profile's help text and reading every case file;
+  loading every profile (parsing the recorded help texts) and reading every case file;
 - ``warm``: the median of further runs (profiles and cases cached, golden files re-read);
 - ``pytest``: ``pytest tests/golden/test_golden_argv.py`` as a subprocess, start to
   end, which is what a developer waits for (``--no-pytest`` skips it).
