@@ -21,7 +21,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 def tests(session: nox.Session) -> None:
     """The whole suite: properties, fake kvm, and the real-QEMU lifecycle (required under CI)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    # The skip summary in every run, so a drop in coverage shows. "-ra" is "-rs" plus
+    # failures, errors and xfails: a bare "-rs" would replace pyproject's "-ra" and drop
+    # the FAILED lines from the summary (a later -r wins).
+    session.run("pytest", "-ra", *session.posargs)
 
 
 @nox.session(python=PYTHON)

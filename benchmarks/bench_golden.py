@@ -4,7 +4,7 @@ The budget is 5 s on the 2-core reference machine, so that the golden suite can 
 on every change. Three figures:
 
 - ``cold``: :func:`kvmlab.golden.compare_all` once in this fresh process, including
-  parsing every profile's help text and reading every case file;
+  loading every profile (parsing the recorded help texts) and reading every case file;
 - ``warm``: the median of further runs (profiles and cases cached, golden files re-read);
 - ``pytest``: ``pytest tests/golden/test_golden_argv.py`` as a subprocess, start to
   end, which is what a developer waits for (``--no-pytest`` skips it).
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmlab.golden import compare_all, default_ganeti_dir, golden_profiles
+from kvmlab.golden import compare_all, golden_profiles
 
 BUDGET_SECONDS = 5.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--no-pytest", action="store_true", help="skip the pytest subprocess")
     args = parser.parse_args()
 
-    profiles = golden_profiles(default_ganeti_dir())
+    profiles = golden_profiles()
     started = time.perf_counter()
     report = compare_all(profiles=profiles)
     cold = time.perf_counter() - started

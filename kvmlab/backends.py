@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
-from kvmlab.capabilities import QemuCapabilities, load_profile
+from kvmlab.capabilities import QemuCapabilities, load_profile, profile_kind
 from kvmlab.errors import InvalidInputError, KvmlabError, ProbeError
 from kvmlab.models import Accel, HvParams
 
@@ -143,6 +143,9 @@ class FakeBackend(Backend):
 
     :param profile: the recorded QEMU profile the fake imitates (``qemu-7.2``, ``qemu-10.0``).
     :param faults: ``KVMLAB_FAKE_*`` variables for fault injection (see ``kvmlab.fake``).
+    :raise InvalidInputError: bad fault variables, or a profile of facts only (the fake
+        answers ``-help`` with a recorded text, so it imitates recorded profiles only).
+    :raise CapabilityError: an unknown profile.
     """
 
     name = "fake"
@@ -153,6 +156,11 @@ class FakeBackend(Backend):
         bad = sorted(key for key in self.faults if not key.startswith("KVMLAB_FAKE_"))
         if bad:
             raise InvalidInputError(f"fault variables must start with KVMLAB_FAKE_: {bad}")
+        if profile_kind(profile) != "recorded":
+            raise InvalidInputError(
+                f"the fake kvm imitates recorded help texts only; profile {profile!r} holds"
+                " facts only (use it with `kvmlab generate --profile`)"
+            )
         self._caps = load_profile(profile)
 
     def binary(self, hv: HvParams) -> str:

@@ -7,7 +7,13 @@ places::
 
     caps = QemuCapabilities.probe("/usr/bin/qemu-system-x86_64")   # runs it, cached
     caps = QemuCapabilities.from_help(help_text, machine_text)      # recorded text
-    caps = load_profile("qemu-10.0")                                # bundled recording
+    caps = load_profile("qemu-10.0")                                # bundled profile
+
+A bundled profile is a folder under ``fixtures/profiles/`` (``kvmlab/_profiles`` when
+installed) holding either recorded texts (``help.txt``, ``machine.txt``, ``device.txt``
+from kvmlab's own QEMUs) or only the facts, ``capabilities.json`` (the fields of this
+class and where they were derived from: Ganeti's QEMU versions, whose recorded texts stay
+outside the project; ``tools/derive_profiles.py`` writes them, see docs/golden.md).
 
 ``QemuCapabilities()`` with no arguments describes Debian 12's QEMU 7.2, the
 default profile; a test keeps it equal to the recorded 7.2 output.
@@ -23,18 +29,24 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kvmlab.errors import CapabilityError, ProbeError
 
 __all__ = [
+    "FACTS_FILE",
+    "FACTS_FORMAT",
     "OPTION_FLAGS",
     "QemuCapabilities",
     "available_profiles",
+    "facts_json",
     "load_profile",
+    "parse_facts",
     "profile_dirs",
+    "profile_kind",
 ]
 
 _VERSION_RE = re.compile(
@@ -233,9 +245,81 @@ class QemuCapabilities:
         data["version"] = list(self.version)
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QemuCapabilities:
+        """The inverse of :meth:`to_dict`: every field, each of its type, nothing else.
+
+        No field may be missing: the defaults describe QEMU 7.2, and a profile of an
+        older QEMU that silently took them would claim features it does not have.
+
+        :raise CapabilityError: a field missing, unknown or of the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise CapabilityError(f"capabilities must be an object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        unknown = sorted(str(key) for key in data if key not in names)
+        if missing or unknown:
+            parts = [f"missing {', '.join(missing)}"] if missing else []
+            parts += [f"unknown {', '.join(unknown)}"] if unknown else []
+            raise CapabilityError(f"capabilities fields: {'; '.join(parts)}")
+        values: dict[str, Any] = {}
+        for name in names:
+            values[name] = _checked_field(name, _FIELD_KINDS[name], data[name])
+        return cls(**values)
+
 
 _DEFAULT = QemuCapabilities()
 _PROBE_CACHE: dict[tuple[str, int, int], QemuCapabilities] = {}
+
+
+def _field_kind(name: str, default: object) -> str:
+    if name == "version":
+        return "version"
+    if name == "default_machine":
+        return "optional-str"
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, str):
+        return "str"
+    if isinstance(default, tuple):
+        return "strings"
+    raise TypeError(f"no JSON kind for QemuCapabilities.{name}")  # a new field: add its kind
+
+
+#: How each field is written in JSON: checked by :meth:`QemuCapabilities.from_dict`.
+_FIELD_KINDS: dict[str, str] = {
+    f.name: _field_kind(f.name, getattr(_DEFAULT, f.name)) for f in dataclasses.fields(_DEFAULT)
+}
+
+
+def _checked_field(name: str, kind: str, value: object) -> object:
+    def ok_str(item: object) -> bool:
+        return isinstance(item, str) and "\x00" not in item
+
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "str" and ok_str(value):
+        return value
+    if kind == "optional-str" and (value is None or ok_str(value)):
+        return value
+    if kind == "strings" and isinstance(value, list | tuple) and all(map(ok_str, value)):
+        return tuple(value)
+    if (
+        kind == "version"
+        and isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(type(part) is int and 0 <= part < 1_000_000 for part in value)
+    ):
+        return tuple(value)
+    wanted = {
+        "bool": "true or false",
+        "str": "a string",
+        "optional-str": "a string or null",
+        "strings": "a list of strings",
+        "version": "a list of three non-negative integers",
+    }[kind]
+    raise CapabilityError(f"capabilities field {name}: {value!r:.60} is not {wanted}")
 
 
 def _parse_machines(machine_help: str | None) -> tuple[tuple[str, ...], str | None]:
@@ -274,20 +358,103 @@ def _run_help(binary: Path, args: list[str]) -> str:
     return result.stdout
 
 
+#: The file of a facts profile: a folder under ``fixtures/profiles/`` holding only it.
+FACTS_FILE = "capabilities.json"
+#: Version of the facts document :func:`facts_json` writes.
+FACTS_FORMAT = 1
+_FACTS_KEYS = ("kvmlab_capabilities", "capabilities", "provenance")
+_RECORDED_HELP = "help.txt"
+
+
+def facts_json(caps: QemuCapabilities, provenance: Mapping[str, str]) -> str:
+    """The text of a facts profile: the fields of ``caps`` and where they came from.
+
+    ``caps.profile`` must be set: it is the profile's (and its folder's) name.
+
+    :param provenance: short strings saying what the facts were derived from and by
+        which tool (never text of the recording itself).
+    :raise CapabilityError: ``caps`` has no profile name, or a provenance value is not a
+        string.
+    """
+    if not caps.profile or not _PROFILE_NAME_RE.fullmatch(caps.profile):
+        raise CapabilityError(f"a facts profile needs a valid profile name, not {caps.profile!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in provenance.items()):
+        raise CapabilityError("provenance keys and values must be strings")
+
+    def members(data: Mapping[str, object]) -> str:
+        # One member a line, each value on its line: a review diff names the field.
+        return ",\n".join(
+            f"    {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"
+            for key, value in data.items()
+        )
+
+    return (
+        f'{{\n  "kvmlab_capabilities": {FACTS_FORMAT},\n'
+        f'  "capabilities": {{\n{members(caps.to_dict())}\n  }},\n'
+        f'  "provenance": {{\n{members(provenance)}\n  }}\n}}\n'
+    )
+
+
+def parse_facts(text: str | bytes, source: str = "") -> QemuCapabilities:
+    """Read a facts profile written by :func:`facts_json` (strictly: see ``from_dict``).
+
+    :raise CapabilityError: not JSON, an unknown format version, missing or extra keys,
+        or a field of the wrong type.
+    """
+    where = f"{source}: " if source else ""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise CapabilityError(f"{where}facts profile is not valid JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise CapabilityError(f"{where}facts profile must be a JSON object")
+    if sorted(document) != sorted(_FACTS_KEYS):
+        keys = ", ".join(map(repr, sorted(document)))
+        raise CapabilityError(
+            f"{where}facts profile needs exactly the keys {', '.join(_FACTS_KEYS)}, got {keys}"
+        )
+    version = document["kvmlab_capabilities"]
+    if type(version) is not int or version != FACTS_FORMAT:
+        raise CapabilityError(
+            f"{where}facts profile format {version!r:.20} is not {FACTS_FORMAT}"
+            " (written by another kvmlab?)"
+        )
+    provenance = document["provenance"]
+    if not isinstance(provenance, dict) or not all(
+        isinstance(value, str) for value in provenance.values()
+    ):
+        raise CapabilityError(f"{where}facts profile provenance must map names to strings")
+    try:
+        return QemuCapabilities.from_dict(document["capabilities"])
+    except CapabilityError as err:
+        raise CapabilityError(f"{where}{err}") from None
+
+
 def profile_dirs() -> list[Path]:
-    """Where recorded profiles are looked for: the installed package, then a source tree."""
+    """Where bundled profiles are looked for: the installed package, then a source tree."""
     here = Path(__file__).resolve().parent
     candidates = [here / "_profiles", here.parent / "fixtures" / "profiles"]
     return [path for path in candidates if path.is_dir()]
 
 
+def _kind_of(folder: Path) -> Literal["recorded", "facts"] | None:
+    if (folder / _RECORDED_HELP).is_file():
+        return "recorded"
+    if (folder / FACTS_FILE).is_file():
+        return "facts"
+    return None
+
+
 def available_profiles() -> list[str]:
-    """Names of the recorded profiles (``qemu-7.2``, ``qemu-10.0``)."""
+    """Names of the bundled profiles, in natural order.
+
+    ``ganeti-0.9.1`` … ``ganeti-5.2.0`` (facts), then ``qemu-7.2``, ``qemu-10.0`` (recorded).
+    """
     names = {
         entry.name
         for directory in profile_dirs()
         for entry in directory.iterdir()
-        if (entry / "help.txt").is_file()
+        if _kind_of(entry) is not None
     }
     return sorted(names, key=_natural_key)
 
@@ -296,25 +463,44 @@ def _natural_key(name: str) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def load_profile(name: str) -> QemuCapabilities:
-    """Load a recorded profile by name.
+_PROFILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-    :raise CapabilityError: when no profile of that name is recorded.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+
+def _profile_folder(name: str) -> tuple[Path, Literal["recorded", "facts"]]:
+    if not _PROFILE_NAME_RE.fullmatch(name):
         raise CapabilityError(f"invalid profile name {name!r}")
     for directory in profile_dirs():
         folder = directory / name
-        if (folder / "help.txt").is_file():
-            return _load_profile_dir(folder)
+        kind = _kind_of(folder)
+        if kind is not None:
+            return folder, kind
     known = ", ".join(available_profiles()) or "none"
-    raise CapabilityError(f"unknown QEMU profile {name!r} (recorded: {known})")
+    raise CapabilityError(f"unknown QEMU profile {name!r} (bundled: {known})")
+
+
+def profile_kind(name: str) -> Literal["recorded", "facts"]:
+    """``"recorded"`` for a profile with kvmlab's recorded help texts (the fake kvm can
+    imitate it), ``"facts"`` for one holding only :data:`FACTS_FILE`.
+
+    :raise CapabilityError: when no profile of that name is bundled.
+    """
+    return _profile_folder(name)[1]
+
+
+def load_profile(name: str) -> QemuCapabilities:
+    """Load a bundled profile by name: recorded texts, or a facts file.
+
+    :raise CapabilityError: when no profile of that name is bundled, or its facts file
+        is invalid.
+    """
+    folder, kind = _profile_folder(name)
+    return _load_profile_dir(folder, kind)
 
 
 _PROFILE_CACHE: dict[Path, QemuCapabilities] = {}
 
 
-def _load_profile_dir(folder: Path) -> QemuCapabilities:
+def _load_profile_dir(folder: Path, kind: Literal["recorded", "facts"]) -> QemuCapabilities:
     cached = _PROFILE_CACHE.get(folder)
     if cached is None:
 
@@ -322,10 +508,22 @@ def _load_profile_dir(folder: Path) -> QemuCapabilities:
             path = folder / file
             return path.read_text(encoding="utf-8") if path.is_file() else None
 
-        meta = read("profile.json")
-        name = json.loads(meta).get("name", folder.name) if meta else folder.name
-        cached = QemuCapabilities.from_help(
-            read("help.txt") or "", read("machine.txt"), read("device.txt"), profile=str(name)
-        )
+        if kind == "facts":
+            cached = parse_facts((folder / FACTS_FILE).read_bytes(), str(folder / FACTS_FILE))
+            if cached.profile != folder.name:
+                raise CapabilityError(
+                    f"{folder / FACTS_FILE}: profile {cached.profile!r} is not its folder's name"
+                )
+        else:
+            if (folder / FACTS_FILE).exists():
+                raise CapabilityError(f"{folder}: holds both recorded texts and {FACTS_FILE}")
+            meta = read("profile.json")
+            name = json.loads(meta).get("name", folder.name) if meta else folder.name
+            cached = QemuCapabilities.from_help(
+                read(_RECORDED_HELP) or "",
+                read("machine.txt"),
+                read("device.txt"),
+                profile=str(name),
+            )
         _PROFILE_CACHE[folder] = cached
     return cached

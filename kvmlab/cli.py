@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", cmd_generate, "print the runtime an instance file generates")
     p.add_argument("file", help="instance file (.json, .toml, .yaml)")
-    p.add_argument("--profile", help="a recorded QEMU profile instead of the backend's binary")
+    p.add_argument(
+        "--profile",
+        help="a bundled QEMU profile (qemu-10.0, ganeti-1.1.2...) instead of the binary",
+    )
     p.add_argument("--argv", action="store_true", help="print the saved argv, one per line")
 
     p = command("start", cmd_start, "generate, save and start an instance")

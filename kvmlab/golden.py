@@ -49,6 +49,7 @@ __all__ = [
     "ARGS_SUFFIX",
     "CASE_SUFFIXES",
     "ERROR_SUFFIX",
+    "GANETI_PREFIX",
     "GOLDEN_LAYOUT",
     "PLACEHOLDER_FD_BASE",
     "PLACEHOLDER_TMPDIR",
@@ -63,7 +64,6 @@ __all__ = [
     "compare_all",
     "compare_case",
     "default_cases_dir",
-    "default_ganeti_dir",
     "default_golden_dir",
     "discover_cases",
     "ganeti_profiles",
@@ -104,11 +104,6 @@ def default_golden_dir() -> Path:
     return _PROJECT_ROOT / "fixtures" / "golden"
 
 
-def default_ganeti_dir() -> Path:
-    """Ganeti's recorded help texts, read in place from the shared folder (never copied)."""
-    return _PROJECT_ROOT.parent / "shared" / "fixtures" / "ganeti"
-
-
 def regenerate_requested() -> bool:
     """Whether ``KVMLAB_REGENERATE`` asks for the golden files to be rewritten."""
     return os.environ.get(REGENERATE_ENV, "").lower() in {"1", "true", "yes"}
@@ -117,58 +112,53 @@ def regenerate_requested() -> bool:
 # --- profiles ------------------------------------------------------------------------------
 
 
+#: Profiles named so hold facts derived from Ganeti's recorded help texts.
+GANETI_PREFIX: Final = "ganeti-"
+
+
 @dataclass(frozen=True)
 class GoldenProfile:
-    """A capability profile the cases are generated for.
+    """A bundled capability profile the cases are generated for.
 
-    :ivar name: the golden sub-directory (``qemu-7.2``, ``ganeti-1.1.2``).
-    :ivar source: ``"recorded"`` (bundled with kvmlab) or ``"ganeti"`` (Ganeti's fixtures).
-    :ivar help_path: the ``-help`` text of a Ganeti profile.
+    :ivar name: the profile and its golden sub-directory (``qemu-7.2``, ``ganeti-1.1.2``).
+    :ivar source: ``"recorded"`` (kvmlab's recordings of its own QEMUs) or ``"ganeti"``
+        (facts derived from Ganeti's recordings by ``tools/derive_profiles.py``).
     """
 
     name: str
     source: Literal["recorded", "ganeti"]
-    help_path: Path | None = None
 
     @cached_property
     def caps(self) -> QemuCapabilities:
-        """The capabilities, parsed on first use and kept (parsing is the slow part)."""
-        if self.help_path is None:
-            return load_profile(self.name)
-        return QemuCapabilities.from_help(
-            self.help_path.read_text(encoding="utf-8"), profile=self.name
-        )
+        """The capabilities, loaded on first use and kept."""
+        return load_profile(self.name)
 
 
 def recorded_profiles() -> tuple[GoldenProfile, ...]:
-    """kvmlab's own recordings (QEMU 7.2 and 10.0): always present."""
-    return tuple(GoldenProfile(name, "recorded") for name in available_profiles())
+    """kvmlab's own recordings (QEMU 7.2 and 10.0)."""
+    return tuple(
+        GoldenProfile(name, "recorded")
+        for name in available_profiles()
+        if not name.startswith(GANETI_PREFIX)
+    )
 
 
-def ganeti_profiles(ganeti_dir: Path | None = None) -> tuple[GoldenProfile, ...]:
-    """One profile per ``kvm_<version>_help.txt`` of Ganeti's fixtures; none when absent.
+def ganeti_profiles() -> tuple[GoldenProfile, ...]:
+    """Ganeti's QEMU versions (0.9.1 … 5.2.0), from the committed facts profiles.
 
-    Only the help texts count: Ganeti recorded no ``-machine help`` for these versions,
-    so their profiles have no default machine type, as Ganeti's tests assumed.
+    Ganeti recorded no ``-machine help`` for these versions, so their profiles have no
+    default machine type, as Ganeti's tests assumed.
     """
-    folder = default_ganeti_dir() if ganeti_dir is None else ganeti_dir
-    if not folder.is_dir():
-        return ()
-    found = []
-    for path in folder.glob("kvm_*_help.txt"):
-        version = path.name.removeprefix("kvm_").removesuffix("_help.txt")
-        found.append(GoldenProfile(f"ganeti-{version}", "ganeti", path))
-    return tuple(sorted(found, key=lambda p: _version_key(p.name)))
+    return tuple(
+        GoldenProfile(name, "ganeti")
+        for name in available_profiles()
+        if name.startswith(GANETI_PREFIX)
+    )
 
 
-def _version_key(name: str) -> tuple[int, ...]:
-    digits = name.rpartition("-")[2].split(".")
-    return tuple(int(part) if part.isdigit() else -1 for part in digits)
-
-
-def golden_profiles(ganeti_dir: Path | None = None) -> tuple[GoldenProfile, ...]:
-    """Every profile the suite covers here: the recorded ones, then Ganeti's if present."""
-    return recorded_profiles() + ganeti_profiles(ganeti_dir)
+def golden_profiles() -> tuple[GoldenProfile, ...]:
+    """Every profile the suite covers: the recorded ones, then Ganeti's."""
+    return recorded_profiles() + ganeti_profiles()
 
 
 # --- cases ---------------------------------------------------------------------------------
@@ -394,18 +384,13 @@ def regenerate_case(
 
 
 def stale_files(
-    golden_dir: Path,
-    cases: Iterable[GoldenCase],
-    profiles: Iterable[GoldenProfile],
-    *,
-    absent_prefixes: Sequence[str] = ("ganeti-",),
+    golden_dir: Path, cases: Iterable[GoldenCase], profiles: Iterable[GoldenProfile]
 ) -> list[Path]:
     """Golden files no (case, profile) produces any more, and unknown entries.
 
-    A profile directory whose source is absent on this machine (``ganeti-*`` without
-    Ganeti's fixtures) cannot be judged and is left alone; any other unknown
-    directory or file is stale. A case's file of the wrong kind (``.args`` for a
-    refused case) is left to :func:`compare_case`, which reports it with a diff.
+    Every profile is bundled, so any directory that is not one of ``profiles`` and any
+    file that is not a case's is stale. A case's file of the wrong kind (``.args`` for
+    a refused case) is left to :func:`compare_case`, which reports it with a diff.
     """
     if not golden_dir.is_dir():
         return []
@@ -417,8 +402,7 @@ def stale_files(
             stale.append(entry)
             continue
         if entry.name not in known:
-            if not entry.name.startswith(tuple(absent_prefixes)):
-                stale.append(entry)
+            stale.append(entry)
             continue
         for file in sorted(entry.iterdir()):
             if file.suffix not in (ARGS_SUFFIX, ERROR_SUFFIX) or file.stem not in names:

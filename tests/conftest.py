@@ -24,9 +24,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "d
 
 @pytest.fixture(scope="session")
 def ganeti_fixtures() -> Path:
-    """Ganeti's recorded help outputs and runtime file, read in place (not copied)."""
+    """Ganeti's recorded QEMU help texts, read in place (they are Ganeti's, never copied).
+
+    Only for the tests that parse those raw texts (and check the facts profiles derived
+    from them): everything else uses the committed ``fixtures/profiles/ganeti-*`` and
+    ``fixtures/legacy-runtimes/``, and a fixture file missing there is an error.
+    """
     if not GANETI_FIXTURES.is_dir():
-        pytest.skip(f"Ganeti fixtures not present at {GANETI_FIXTURES}")
+        pytest.skip(
+            f"raw-text test: Ganeti's recorded QEMU help texts are not at {GANETI_FIXTURES}"
+            " (optional; the facts profiles derived from them are committed)"
+        )
     return GANETI_FIXTURES
 
 

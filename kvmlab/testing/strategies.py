@@ -16,7 +16,12 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
+from kvmlab.capabilities import (
+    QemuCapabilities,
+    available_profiles,
+    load_profile,
+    profile_kind,
+)
 from kvmlab.layout import StateLayout
 from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode
 from kvmlab.plan import NicPlan, NicPlanKind, StartFacts
@@ -25,6 +30,7 @@ from kvmlab.runtime import KVMRuntime
 __all__ = [
     "capabilities",
     "disks",
+    "expresses_every_instance",
     "hvparams",
     "instance_names",
     "instances",
@@ -160,8 +166,19 @@ def instances(draw: st.DrawFn, max_nics: int = 4, max_disks: int = 3) -> Instanc
     )
 
 
-def _recorded() -> list[QemuCapabilities]:
-    return [load_profile(name) for name in available_profiles()]
+def expresses_every_instance(caps: QemuCapabilities) -> bool:
+    """Whether every instance :func:`instances` draws can be generated for ``caps``.
+
+    ACPI off needs ``-no-acpi`` or ``-machine``; confinement needs ``-run-with`` or both
+    ``-chroot`` and ``-runas``; read-only disks need ``-drive readonly``. Of the bundled
+    profiles, Ganeti's QEMU 0.9.1 and 0.12.5 lack some of these, and kvmlab refuses such
+    instances there (tests/properties checks it refuses exactly those).
+    """
+    return (
+        (caps.has_no_acpi or caps.has_machine)
+        and (caps.has_run_with or (caps.has_chroot and caps.has_runas))
+        and caps.has_drive_readonly
+    )
 
 
 @st.composite
@@ -171,9 +188,7 @@ def _random_capabilities(draw: st.DrawFn) -> QemuCapabilities:
         for name in QemuCapabilities.__dataclass_fields__
         if name.startswith("has_")
     }
-    # Keep every instance expressible: ACPI off needs -no-acpi or -machine, and
-    # confinement needs -run-with or both -chroot and -runas; read-only disks
-    # need -drive readonly.
+    # Keep every instance expressible (see expresses_every_instance).
     if not (flags["has_no_acpi"] or flags["has_machine"]):
         flags["has_machine"] = True
     if not flags["has_run_with"]:
@@ -185,10 +200,31 @@ def _random_capabilities(draw: st.DrawFn) -> QemuCapabilities:
 
 
 def capabilities() -> st.SearchStrategy[QemuCapabilities]:
-    """The recorded profiles, the built-in default, and random feature sets."""
-    recorded = _recorded()
-    fixed = st.sampled_from([QemuCapabilities(), *recorded])
-    return st.one_of(fixed, _random_capabilities())
+    """The bundled profiles that can express every instance drawn, the built-in
+    default, and random feature sets.
+
+    The bundled profiles are kvmlab's recorded QEMU 7.2 and 10.0, and Ganeti's QEMU
+    versions (facts profiles ``ganeti-*``) but for those that cannot express every
+    instance drawn (see :func:`expresses_every_instance`: 0.9.1 and 0.12.5). The
+    recorded ones (with the default) and Ganeti's are separate branches, newest first:
+    hypothesis favours the first elements of a ``sampled_from``, and the current QEMUs
+    should stay the most drawn.
+    """
+    newest_first = list(reversed(available_profiles()))
+    recorded = [load_profile(name) for name in newest_first if _recorded(name)]
+    ganeti = [
+        caps
+        for name in newest_first
+        if not _recorded(name) and expresses_every_instance(caps := load_profile(name))
+    ]
+    branches = [st.sampled_from([*recorded, QemuCapabilities()])]
+    if ganeti:
+        branches.append(st.sampled_from(ganeti))
+    return st.one_of(*branches, _random_capabilities())
+
+
+def _recorded(name: str) -> bool:
+    return profile_kind(name) == "recorded"
 
 
 def layouts() -> st.SearchStrategy[StateLayout]:

@@ -352,6 +352,18 @@ def test_generate_profile_chooses_how_acpi_is_disabled(
     assert ("acpi=off" in machine.split(",")) is not no_acpi
 
 
+def test_generate_on_a_ganeti_facts_profile(cli: Run, write_instance: Callable[..., Path]) -> None:
+    """Ganeti's QEMU 0.9.1 is bundled as facts: no -machine option, so -no-acpi."""
+    file = write_instance(hvparams={"kernel_path": "", "vnc_bind_address": "", "acpi": False})
+    result = cli("generate", str(file), "--profile", "ganeti-0.9.1")
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(result.stdout)["argv"]
+    assert "-no-acpi" in argv and "-machine" not in argv
+    unknown = cli("generate", str(file), "--profile", "ganeti-9.9")
+    assert unknown.returncode == 2
+    assert "ganeti-0.9.1" in unknown.stderr and "qemu-10.0" in unknown.stderr
+
+
 # -- --debug, environment --------------------------------------------------------------
 
 

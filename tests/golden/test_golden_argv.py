@@ -6,8 +6,8 @@ intended, review the diff and rewrite the files with::
     KVMLAB_REGENERATE=1 pytest tests/golden -k golden
 
 The suite also fails on golden files no case produces any more, and on cases
-without a golden file (see docs/golden.md). Ganeti's profiles come from the shared
-fixtures folder and are skipped when it is absent.
+without a golden file (see docs/golden.md). Every profile is bundled (Ganeti's QEMU
+versions as facts profiles), so nothing here skips.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from kvmlab.golden import (
     GoldenProfile,
     compare_all,
     compare_case,
-    default_ganeti_dir,
     default_golden_dir,
     discover_cases,
+    ganeti_profiles,
     golden_profiles,
     parse_args_text,
     regenerate_case,
@@ -43,29 +43,8 @@ from kvmlab.models import Instance
 CASES = discover_cases()
 GOLDEN_DIR = default_golden_dir()
 MIN_CASES = 40
-
-
-def _profiles() -> tuple[GoldenProfile, ...]:
-    """Every profile to check: present sources, plus golden Ganeti folders whose source
-    is absent here (collected so they show up as skipped, not silently dropped)."""
-    present = golden_profiles(default_ganeti_dir())
-    names = {profile.name for profile in present}
-    absent = tuple(
-        GoldenProfile(entry.name, "ganeti", None)
-        for entry in sorted(GOLDEN_DIR.glob("ganeti-*"))
-        if entry.is_dir() and entry.name not in names
-    )
-    return present + absent
-
-
-PROFILES = _profiles()
-
-
-def _require_source(profile: GoldenProfile, request: pytest.FixtureRequest) -> None:
-    if profile.source == "ganeti":
-        request.getfixturevalue("ganeti_fixtures")  # skips when the folder is absent
-        if profile.help_path is None:
-            pytest.skip(f"{profile.name}: no help text in Ganeti's fixtures any more")
+PROFILES = golden_profiles()
+GANETI_VERSIONS = ["0.9.1", "0.12.5", "0.15.90", "1.0", "1.1.2", "5.2.0"]
 
 
 @pytest.mark.parametrize(
@@ -73,8 +52,7 @@ def _require_source(profile: GoldenProfile, request: pytest.FixtureRequest) -> N
     [(profile, case) for profile in PROFILES for case in CASES],
     ids=[f"{profile.name}/{case.name}" for profile in PROFILES for case in CASES],
 )
-def test_golden(profile: GoldenProfile, case: GoldenCase, request: pytest.FixtureRequest) -> None:
-    _require_source(profile, request)
+def test_golden(profile: GoldenProfile, case: GoldenCase) -> None:
     if regenerate_requested():
         regenerate_case(case, profile, GOLDEN_DIR)
         return
@@ -85,7 +63,7 @@ def test_golden(profile: GoldenProfile, case: GoldenCase, request: pytest.Fixtur
 
 def test_golden_tree_has_no_stale_files() -> None:
     """Every golden file belongs to a (case, profile) that still exists."""
-    stale = stale_files(GOLDEN_DIR, CASES, golden_profiles(default_ganeti_dir()))
+    stale = stale_files(GOLDEN_DIR, CASES, PROFILES)
     if regenerate_requested():
         for path in stale:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -93,6 +71,21 @@ def test_golden_tree_has_no_stale_files() -> None:
     assert not stale, "golden files no case produces (KVMLAB_REGENERATE=1 removes them):\n" + (
         "\n".join(str(path.relative_to(GOLDEN_DIR)) for path in stale)
     )
+
+
+def test_golden_profiles_are_every_bundled_qemu_version() -> None:
+    """Ganeti's six versions come from the committed facts profiles, on every machine."""
+    assert [p.name for p in ganeti_profiles()] == [f"ganeti-{v}" for v in GANETI_VERSIONS]
+    assert {p.source for p in ganeti_profiles()} == {"ganeti"}
+    assert [p.name for p in PROFILES if p.source == "recorded"] == ["qemu-7.2", "qemu-10.0"]
+    assert sorted(p.name for p in PROFILES) == sorted(
+        entry.name for entry in GOLDEN_DIR.iterdir() if entry.is_dir()
+    ), "one golden folder per profile"
+    for profile in ganeti_profiles():
+        caps = profile.caps
+        assert caps.profile == profile.name
+        assert caps.version_string.startswith(profile.name.removeprefix("ganeti-"))
+        assert (caps.default_machine, caps.machines, caps.devices) == (None, (), ())
 
 
 def test_golden_case_set_covers_the_hvparams_space() -> None:
@@ -199,9 +192,14 @@ def test_golden_stale_files_are_found(scratch: tuple[Path, Path, GoldenProfile])
     (golden_dir / profile.name / "gone.args").write_text("x\n")
     (golden_dir / profile.name / "notes.txt").write_text("x\n")
     (golden_dir / "qemu-0.1").mkdir()
-    (golden_dir / "ganeti-9.9").mkdir()  # a source absent here: not judged
+    (golden_dir / "ganeti-9.9").mkdir()  # no such profile: stale like any other
     stale = stale_files(golden_dir, cases, [profile])
-    assert sorted(path.name for path in stale) == ["gone.args", "notes.txt", "qemu-0.1"]
+    assert sorted(path.name for path in stale) == [
+        "ganeti-9.9",
+        "gone.args",
+        "notes.txt",
+        "qemu-0.1",
+    ]
     assert not compare_all(cases_dir, golden_dir, [profile]).ok
 
 
@@ -226,8 +224,8 @@ def test_golden_args_format_round_trips_and_rejects_ambiguity() -> None:
 
 
 def test_golden_whole_suite_is_fast() -> None:
-    """All cases on all present profiles, as ``benchmarks/bench_golden.py`` times it."""
-    report = compare_all(profiles=golden_profiles(default_ganeti_dir()))
+    """All cases on all profiles, as ``benchmarks/bench_golden.py`` times it."""
+    report = compare_all()
     if regenerate_requested():
         return
     assert report.ok, str(report)

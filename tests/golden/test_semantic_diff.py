@@ -31,6 +31,7 @@ from kvmlab.runtime import KVMRuntime
 UUID = "12345678-1234-5678-1234-567812345678"
 LAYOUT = StateLayout(Path("/var/lib/kvmlab"))
 GOLDEN = default_golden_dir()
+LEGACY = Path(__file__).resolve().parents[2] / "fixtures" / "legacy-runtimes"
 CASES = default_cases_dir()
 
 
@@ -222,18 +223,18 @@ def test_inputs_of_every_kind(tmp_path: Path) -> None:
     assert not diff_paths(toml, yaml).equal
 
 
-def test_ganeti_legacy_runtime_against_an_instance(ganeti_fixtures: Path) -> None:
-    diff = diff_paths(ganeti_fixtures / "kvm_runtime.json", CASES / "vnc-any-address.json")
+def test_legacy_runtime_against_an_instance() -> None:
+    legacy = LEGACY / "spice-era-with-disks.json"
+    diff = diff_paths(legacy, CASES / "vnc-any-address.json")
     assert isinstance(diff, RuntimeDiff)
     machine = only(diff, "-machine")
     assert (machine.old, machine.guest_visible) == ("pc-1.1", True)
     assert any(c.section == "nics" and c.kind == "removed" for c in diff.changes)
+    assert diff_paths(legacy, legacy).equal
 
 
 def test_refusals_are_compared() -> None:
     refused = GOLDEN / "ganeti-0.12.5" / "disk-boot-two-disks-ro.error"
-    if not refused.exists():
-        pytest.skip("Ganeti golden files not generated here")
     generated = GOLDEN / "qemu-7.2" / "disk-boot-two-disks-ro.args"
     diff = diff_paths(generated, refused)
     assert isinstance(diff, RuntimeDiff)

@@ -15,7 +15,8 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import QemuCapabilities
+from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
+from kvmlab.errors import InstanceError
 from kvmlab.generator import generate_runtime
 from kvmlab.invariants import (
     check_execution,
@@ -165,6 +166,52 @@ def test_6_and_7_execution_leaves_the_runtime_and_only_appends(args, data) -> No
     assert plan.argv[len(runtime.argv) :] == plan.start_args
     for nic in runtime.nics:
         assert any(nic.mac in word for word in plan.start_args)
+
+
+def fields_it_cannot_express(instance: Instance, caps: QemuCapabilities) -> set[str]:
+    """The fields of ``instance`` that need a feature ``caps`` lacks (the rules of
+    ``kst.expresses_every_instance``, per instance)."""
+    hv = instance.hvparams
+    fields = {f"disks.{i}.mode" for i, d in enumerate(instance.disks) if str(d.mode) == "ro"}
+    if caps.has_drive_readonly:
+        fields.clear()
+    if not hv.acpi and not (caps.has_no_acpi or caps.has_machine):
+        fields.add("hvparams.acpi")
+    if not caps.has_run_with:
+        if hv.use_chroot and not caps.has_chroot:
+            fields.add("hvparams.use_chroot")
+        if hv.security_model == "user" and not caps.has_runas:
+            fields.add("hvparams.security_model")
+    return fields
+
+
+EVERY_PROFILE = [load_profile(name) for name in available_profiles()]
+
+
+@given(kst.instances(), st.sampled_from(EVERY_PROFILE), kst.layouts(), st.data())
+def test_every_bundled_qemu_generates_or_refuses_what_it_cannot_express(
+    instance: Instance, caps: QemuCapabilities, layout, data
+) -> None:
+    """Ganeti's QEMU 0.9.1 and 0.12.5 included: kvmlab refuses an instance exactly when it
+    needs a feature the QEMU lacks (naming that field), and otherwise keeps the invariants."""
+    missing = fields_it_cannot_express(instance, caps)
+    try:
+        runtime = generate_runtime(instance, caps, layout=layout)
+    except InstanceError as err:
+        assert err.field in missing, (caps.profile, str(err), missing)
+        return
+    assert not missing, (caps.profile, missing)
+    assert check_nics_deferred(runtime, instance) == []
+    assert check_round_trip(runtime) == []
+    assert check_execution(runtime, data.draw(kst.start_facts(runtime, caps))) == []
+
+
+def test_the_strategies_draw_old_qemus_only_when_asked() -> None:
+    every = [caps.profile for caps in EVERY_PROFILE]
+    assert {"ganeti-0.9.1", "ganeti-0.12.5"} <= set(every)
+    limited = [caps.profile for caps in EVERY_PROFILE if not kst.expresses_every_instance(caps)]
+    assert limited == ["ganeti-0.9.1", "ganeti-0.12.5"]
+    assert all(kst.expresses_every_instance(caps) for caps in EVERY_PROFILE[2:])
 
 
 def test_the_default_capabilities_are_used_when_none_are_given() -> None:

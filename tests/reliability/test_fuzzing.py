@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import QemuCapabilities, load_profile
+from kvmlab.capabilities import FACTS_FILE, QemuCapabilities, facts_json, load_profile, parse_facts
 from kvmlab.errors import CapabilityError, InstanceError, KvmlabError, RuntimeFormatError
 from kvmlab.generator import generate_runtime
 from kvmlab.layout import StateLayout
@@ -47,6 +47,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 CASES = PROJECT / "fixtures" / "cases"
 PROFILES = PROJECT / "fixtures" / "profiles"
 CORPUS = PROJECT / "fixtures" / "fuzz"
+LEGACY = PROJECT / "fixtures" / "legacy-runtimes"
 GANETI = PROJECT.parent / "shared" / "fixtures" / "ganeti"
 SUFFIXES = (".json", ".toml", ".yaml", ".yml")
 DEADLINE_S = 2.0
@@ -83,8 +84,9 @@ def runtime_seeds() -> list[bytes]:
                 continue
             seeds.append(runtime.to_json().encode())
             seeds.append(legacy_of(runtime).encode())
-    if (GANETI / "kvm_runtime.json").exists():
-        seeds.append((GANETI / "kvm_runtime.json").read_bytes())
+    legacy = sorted(LEGACY.glob("*.json"))
+    assert legacy, f"no legacy runtime files in {LEGACY}"
+    seeds += [path.read_bytes() for path in legacy]
     return seeds
 
 
@@ -291,6 +293,33 @@ def check_help(text: str, machine: str | None = None, device: str | None = None)
     assert len(caps.version) == 3 and all(isinstance(v, int) for v in caps.version)
 
 
+@cache
+def facts_seeds() -> list[bytes]:
+    seeds = [path.read_bytes() for path in sorted(PROFILES.glob(f"*/{FACTS_FILE}"))]
+    assert seeds, f"no facts profiles under {PROFILES}"
+    seeds.append(facts_json(load_profile("qemu-10.0"), {"tool": "tests"}).encode())
+    return seeds
+
+
+def check_facts(data: str | bytes) -> None:
+    """A facts profile either loads into valid capabilities or is refused in one line."""
+    try:
+        caps = parse_facts(data, "fuzzed.json")
+    except CapabilityError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert len(caps.version) == 3 and all(type(v) is int for v in caps.version)
+    assert QemuCapabilities.from_dict(caps.to_dict()) == caps
+
+
+@FUZZ
+@given(st.data())
+def test_parse_facts_on_mutated_profiles(data: st.DataObject) -> None:
+    seeds = facts_seeds()
+    blob = data.draw(mutated(seeds) | json_tree_mutated(seeds))
+    check_facts(blob)
+
+
 @FUZZ
 @given(st.binary(max_size=2048) | st.text(max_size=1024))
 def test_from_json_on_arbitrary_input(data: bytes | str) -> None:
@@ -364,6 +393,10 @@ def test_the_seeds_are_valid() -> None:
     assert len(runtime_seeds()) > 100
     for blob in runtime_seeds()[:20]:
         KVMRuntime.from_json(blob)
+    for path in sorted(LEGACY.glob("*.json")):
+        KVMRuntime.from_json(path.read_bytes())
+    for blob in facts_seeds():
+        parse_facts(blob)
     assert len(instance_seeds()) > 60 and len(help_seeds()) >= 2
     for text in help_seeds():
         QemuCapabilities.from_help(text)

@@ -26,11 +26,11 @@ LoadCaps = Callable[[str], QemuCapabilities]
 
 
 @pytest.fixture
-def ganeti_caps(ganeti_fixtures: Path) -> LoadCaps:
-    """Capabilities from Ganeti's recorded ``kvm --help`` of a version (skips without them)."""
+def ganeti_caps() -> LoadCaps:
+    """Capabilities of one of Ganeti's QEMU versions (the bundled ``ganeti-<version>`` profile)."""
 
     def load(version: str) -> QemuCapabilities:
-        return QemuCapabilities.from_help((ganeti_fixtures / f"kvm_{version}_help.txt").read_text())
+        return load_profile(f"ganeti-{version}")
 
     return load
 

@@ -1,4 +1,4 @@
-"""The saved runtime's JSON format, and the upgrade of Ganeti's legacy runtime files."""
+"""The saved runtime's JSON format, and the upgrade of legacy runtimes (Ganeti's list format)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from kvmlab.errors import RuntimeFormatError
 from kvmlab.generator import generate_runtime
 from kvmlab.layout import StateLayout
 from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode
-from kvmlab.runtime import FORMAT_VERSION, KVMRuntime, upgrade_legacy_argv
+from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
+from kvmlab.runtime import (
+    FORMAT_VERSION,
+    GANETI_UNMODELLED_HVPARAMS,
+    KVMRuntime,
+    upgrade_legacy_argv,
+)
 
 MAC = "02:00:00:00:00:01"
 
@@ -88,44 +94,180 @@ def test_leading_whitespace_is_fine() -> None:
     assert KVMRuntime.from_json("\n  " + runtime.to_json()) == runtime
 
 
-# --- Ganeti's legacy runtime file ---------------------------------------------------------
+# --- legacy runtime files (kvmlab's own, in Ganeti's list format) --------------------------
+#
+# fixtures/legacy-runtimes/ holds hand-written runtimes in the shapes Ganeti's releases
+# saved (see its README.md): 2, 3 and 4 elements, integers in the argv, NIC dicts of
+# several generations, hvparams of several release lines, disk entries with metadata.
+
+LEGACY_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "legacy-runtimes"
+LEGACY_FILES = {
+    "early-kvm-72-net-nic": 3,
+    "chroot-runas-no-vnc": 3,
+    "spice-era-with-disks": 4,
+    "two-elements-bridge-nic": 2,
+}
+DEPRECATED = {"-balloon", "-localtime", "-chroot"}
 
 
-def test_ganeti_legacy_runtime_upgrades(ganeti_fixtures: Path) -> None:
-    text = (ganeti_fixtures / "kvm_runtime.json").read_text()
-    original = json.loads(text)
-    runtime = KVMRuntime.from_json(text)
+def legacy_file(name: str) -> tuple[list[Any], KVMRuntime]:
+    text = (LEGACY_DIR / f"{name}.json").read_text(encoding="utf-8")
+    return json.loads(text), KVMRuntime.from_json(text)
 
+
+def rewritten(cmd: list[Any]) -> list[str]:
+    """The upgrade written out by hand: each deprecated option replaced in place."""
+    out: list[str] = []
+    words = [str(word) for word in cmd]
+    skip = False
+    for index, word in enumerate(words):
+        if skip:
+            skip = False
+        elif word == "-localtime":
+            out += ["-rtc", "base=localtime"]
+        elif word == "-balloon":
+            out += ["-device", "virtio-balloon"] if words[index + 1].startswith("virtio") else []
+            skip = True
+        elif word == "-chroot":
+            out += ["-run-with", "chroot=" + words[index + 1].replace(",", ",,")]
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
+def test_the_legacy_runtime_files_are_all_there() -> None:
+    assert sorted(path.stem for path in LEGACY_DIR.glob("*.json")) == sorted(LEGACY_FILES)
+    lengths = {name: len(legacy_file(name)[0]) for name in LEGACY_FILES}
+    assert lengths == LEGACY_FILES
+    everything = " ".join(json.dumps(legacy_file(name)[0][0]) for name in LEGACY_FILES)
+    for option in ("-vnc", "-nographic", "-chroot", "-runas", "-localtime", "-balloon"):
+        assert f'"{option}"' in everything, option
+
+
+@pytest.mark.parametrize("name", LEGACY_FILES)
+def test_legacy_runtime_upgrades(name: str) -> None:
+    original, runtime = legacy_file(name)
     assert runtime.format == FORMAT_VERSION
-    assert runtime.name == "xen-test-inst2"
-    assert all(isinstance(word, str) for word in runtime.argv)
-    words = list(runtime.argv)
-    assert words[words.index("-m") + 1] == "1024"
-    assert "-balloon" not in words
-    index = words.index("virtio-balloon")
-    assert words[index - 1] == "-device"
-    # Everything else is kept, in order.
-    kept = [str(w) for w in original[0] if w not in ("-balloon", "virtio")]
-    assert [w for w in words if w not in ("-device", "virtio-balloon")] == kept
-
-    assert runtime.nics == (Nic(mac="aa:00:00:bf:2f:16", mode=NicMode.BRIDGED, link="br0"),)
-    assert [disk.path for disk in runtime.disks] == [
-        "/var/run/ganeti/instance-disks/xen-test-inst2:0",
-        "/var/run/ganeti/instance-disks/xen-test-inst2:1",
-    ]
-    assert [disk.mode for disk in runtime.disks] == ["rw", "rw"]
-
-    hvparams = original[2]
-    for key in ("kernel_path", "serial_speed", "kvm_path", "root_path", "vnc_bind_address"):
-        assert getattr(runtime.hvparams, key) == hvparams[key]
-    assert runtime.hvparams.kernel_path == "", "Ganeti's empty kernel_path is not our default"
+    assert runtime.name == original[0][original[0].index("-name") + 1]
+    assert list(runtime.argv) == rewritten(original[0]), "deprecated options replaced in place"
+    assert not DEPRECATED & set(runtime.argv)
+    assert [nic.mac for nic in runtime.nics] == [nic["mac"].lower() for nic in original[1]]
+    hvparams = original[2] if len(original) > 2 else {}
+    modelled = {key: value for key, value in hvparams.items() if key in HvParams.model_fields}
+    assert runtime.hvparams == HvParams.model_validate(modelled)
+    disks = original[3] if len(original) > 3 else []
+    assert runtime.disks == tuple(Disk(path=path, mode=meta["mode"]) for meta, path, _ in disks)
 
 
-def test_ganeti_legacy_runtime_upgrade_is_a_fixed_point(ganeti_fixtures: Path) -> None:
-    upgraded = KVMRuntime.from_json((ganeti_fixtures / "kvm_runtime.json").read_text())
-    again = KVMRuntime.from_json(upgraded.to_json())
+@pytest.mark.parametrize("name", LEGACY_FILES)
+def test_legacy_runtime_upgrade_is_a_fixed_point(name: str) -> None:
+    _, upgraded = legacy_file(name)
+    text = upgraded.to_json()
+    again = KVMRuntime.from_json(text)
     assert again == upgraded
+    assert again.to_json() == text
     assert upgrade_legacy_argv(upgraded.argv) == upgraded.argv
+
+
+def test_early_runtime_keeps_vnc_and_integers_become_strings() -> None:
+    original, runtime = legacy_file("early-kvm-72-net-nic")
+    words = list(runtime.argv)
+    assert original[0][original[0].index("-m") + 1] == 512
+    assert words[words.index("-m") + 1] == "512" and words[words.index("-smp") + 1] == "1"
+    assert words[words.index("-vnc") + 1] == "127.0.0.1:3"
+    assert words[-2:] == ["-rtc", "base=localtime"]
+    assert runtime.nics == (
+        Nic(mac="aa:00:00:3c:51:0a", mode=NicMode.BRIDGED, link="xen-br0"),
+        Nic(mac="aa:00:00:3c:51:0b", mode=NicMode.ROUTED, link="100"),
+    )
+    assert runtime.hvparams.use_localtime and runtime.hvparams.usb_mouse == "tablet"
+    assert runtime.hvparams.kernel_path == "/boot/vmlinuz-2.6-kvmU"
+
+
+def nic_start_args(runtime: KVMRuntime, profile: str) -> tuple[str, ...]:
+    plans = (
+        NicPlan(NicPlanKind.SCRIPT, script_path="/tmp/kvmlab-start-x/up-0"),
+        NicPlan(NicPlanKind.FD, fd=7),
+    )[: len(runtime.nics)]
+    facts = StartFacts(nic_plans=plans, qmp_socket="/srv/q.qmp", caps=load_profile(profile))
+    return plan_execution(runtime, facts).start_args
+
+
+def test_early_runtime_starts_with_net_nic_on_its_old_qemu() -> None:
+    """QEMU 0.9.1 (kvm-72) has no -netdev: the NICs kept as data become -net nic/-net tap."""
+    _, runtime = legacy_file("early-kvm-72-net-nic")
+    assert nic_start_args(runtime, "ganeti-0.9.1") == (
+        "-net",
+        "nic,vlan=0,macaddr=aa:00:00:3c:51:0a,model=virtio",
+        "-net",
+        "tap,vlan=0,script=/tmp/kvmlab-start-x/up-0,downscript=no",
+        "-net",
+        "nic,vlan=1,macaddr=aa:00:00:3c:51:0b,model=virtio",
+        "-net",
+        "tap,vlan=1,fd=7,vnet_hdr=on",
+    ), "and no -qmp: QEMU 0.9.1 has none"
+    modern = nic_start_args(runtime, "qemu-10.0")
+    assert modern[:4] == (
+        "-netdev",
+        "tap,id=net0,script=/tmp/kvmlab-start-x/up-0,downscript=no",
+        "-device",
+        "virtio-net-pci,netdev=net0,mac=aa:00:00:3c:51:0a,id=nic0",
+    )
+    assert modern[-2:] == ("-qmp", "unix:/srv/q.qmp,server=on,wait=off")
+
+
+def test_confined_runtime_without_vnc_is_rewritten_completely() -> None:
+    """Ganeti's own upgrade skipped rewrites when no -vnc was present; kvmlab's does not."""
+    _, runtime = legacy_file("chroot-runas-no-vnc")
+    words = list(runtime.argv)
+    assert "-vnc" not in words and "-nographic" in words
+    assert words[-8:] == [
+        "-serial",
+        "none",
+        "-rtc",
+        "base=localtime",
+        "-runas",
+        "ganeti-kvm",
+        "-run-with",
+        "chroot=/var/run/ganeti/kvm-hypervisor/chroot/legacy-db2",
+    ]
+    at = words.index("-mem-prealloc")
+    assert words[at + 1 : at + 3] == ["-device", "virtio-balloon"]
+    hv = runtime.hvparams
+    assert (hv.use_chroot, hv.security_model, hv.security_domain) == (True, "user", "ganeti-kvm")
+    assert (hv.mem_path, hv.vhost_net, hv.kvm_flag, hv.acpi) == (
+        "/hugepages",
+        True,
+        "enabled",
+        False,
+    )
+
+
+def test_late_runtime_with_disks_drops_what_kvmlab_does_not_model() -> None:
+    original, runtime = legacy_file("spice-era-with-disks")
+    words = list(runtime.argv)
+    assert words[words.index("-machine") + 1] == "pc-1.1"
+    assert words[words.index("virtio-balloon") - 1] == "-device", "-balloon virtio,addr= too"
+    assert words[words.index("-vnc") + 1] == ":7,password"
+    unmodelled = {key for key in original[2] if key not in HvParams.model_fields}
+    assert unmodelled >= {"spice_bind", "migration_caps", "kvm_pci_reservations"}
+    assert unmodelled <= GANETI_UNMODELLED_HVPARAMS
+    hv = runtime.hvparams
+    assert (hv.serial_speed, hv.cpu_cores, hv.keymap, hv.vnet_hdr) == (115200, 2, "en-us", True)
+    assert runtime.nics[1] == Nic(mac="aa:00:00:c1:9d:21", mode=NicMode.ROUTED, link="200")
+    assert runtime.disks == (
+        Disk(path="/var/run/ganeti/instance-disks/legacy-app3:0"),
+        Disk(path="/dev/rbd/rbd/9a8b7c6d.rbd.disk1", mode="ro"),
+    )
+
+
+def test_two_element_runtime_takes_the_default_hvparams() -> None:
+    _, runtime = legacy_file("two-elements-bridge-nic")
+    assert runtime.hvparams == HvParams()
+    assert runtime.disks == ()
+    assert runtime.nics == (Nic(mac="aa:00:00:05:0e:01", mode=NicMode.BRIDGED, link="xen-br0"),)
+    assert runtime.argv[runtime.argv.index("-m") + 1] == "128"
 
 
 def test_legacy_list_of_two() -> None:
