@@ -234,7 +234,7 @@ def _profile_dirs() -> list[str]:
 
     The same places as :func:`kvmlab.capabilities.profile_dirs`, without its imports.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kvmlab/
     candidates = [os.path.join(here, "_profiles"), os.path.join(here, "..", "fixtures", "profiles")]
     return [os.path.normpath(path) for path in candidates if os.path.isdir(path)]
 
@@ -2294,7 +2294,3 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.daemonize:
         return _daemonize(lambda: Machine(cfg, profile, faults, log, prog))
     return Machine(cfg, profile, faults, log, prog).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
