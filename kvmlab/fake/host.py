@@ -1,0 +1,127 @@
+"""What a fake VM process does to its host besides sockets: pidfile, file checks, signals.
+
+QEMU checks its pidfile, disks, kernel, initrd and ``-runas`` user before it
+is ready, and reports each with its own wording; these checks, the signal
+numbers the process handles and the helpers for running scripts are plain
+functions here so the machine's start-up reads as a list of steps in QEMU's
+order. ``_signal`` is used instead of ``signal``, whose enums cost ~5 ms.
+"""
+
+from __future__ import annotations
+
+# ``signal`` builds its enums at import (~5 ms); the C module has the same functions.
+import _signal  # type: ignore[import-not-found]
+import fcntl
+import os
+import pwd
+
+from kvmlab.fake.errors import FakeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmlab.fake.config import Config
+
+__all__ = [
+    "JOB_SIGNALS",
+    "SIGABRT",
+    "TERMINATING_SIGNALS",
+    "check_boot_files",
+    "check_file",
+    "check_user",
+    "ignore_signal",
+    "spawn_wait",
+    "unlink",
+    "write_pidfile",
+]
+
+_SIGHUP: int = _signal.SIGHUP
+_SIGINT: int = _signal.SIGINT
+_SIGTERM: int = _signal.SIGTERM
+SIGABRT: int = _signal.SIGABRT
+#: QEMU exits cleanly on these (``terminating on signal N``).
+TERMINATING_SIGNALS = (_SIGTERM, _SIGINT, _SIGHUP)
+#: Ignored by Python or by a daemon; reset to default for the scripts it runs.
+JOB_SIGNALS = (_signal.SIGTSTP, _signal.SIGTTOU, _signal.SIGTTIN)
+_RESET_FOR_CHILDREN: tuple[int, ...] = (_signal.SIGPIPE, _signal.SIGXFSZ, *JOB_SIGNALS)
+
+
+def ignore_signal(signum: int, frame: object) -> None:
+    """Python-level handler: the byte on the wakeup fd does the work."""
+
+
+def unlink(path: str) -> None:
+    """Remove ``path`` if it is there; a file that cannot go is left alone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def spawn_wait(argv: list[str]) -> int:
+    """Run a script like QEMU's ``launch_script``: fork, exec, wait; the raw wait status."""
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, setsigdef=_RESET_FOR_CHILDREN)
+    except OSError:
+        return 256  # QEMU's child does _exit(1) when execv fails
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def write_pidfile(path: str) -> int:
+    """Create, lock (``lockf``) and fill the pidfile; the descriptor that holds the lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise FakeError(
+            f"cannot create PID file: Could not create '{path}': {err.strerror}"
+        ) from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        raise FakeError(f"cannot create PID file: Cannot lock pid file: {err.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def check_file(path: str, where: str, writable: bool) -> None:
+    """A disk image must open (read-write unless read-only), as QEMU's block layer asks."""
+    try:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except OSError as err:
+        raise FakeError(f"Could not open '{path}': {err.strerror}", where) from None
+    os.close(fd)
+
+
+def check_boot_files(cfg: Config) -> None:
+    """``-kernel`` and ``-initrd`` must be readable, with QEMU's loader messages."""
+    if cfg.kernel is not None:
+        try:
+            os.close(os.open(cfg.kernel, os.O_RDONLY))
+        except OSError as err:
+            message = f"qemu: could not open kernel file '{cfg.kernel}': {err.strerror}"
+            raise FakeError(message, raw=True) from None
+    if cfg.initrd is not None:
+        try:
+            os.close(os.open(cfg.initrd, os.O_RDONLY))
+        except OSError as err:
+            message = (
+                f"qemu: error reading initrd {cfg.initrd}: Failed to open file "
+                f"\u201c{cfg.initrd}\u201d: open() failed: {err.strerror}"
+            )
+            raise FakeError(message, raw=True) from None
+
+
+def check_user(user: str, where: str) -> None:
+    """``-runas``/``-run-with user=``: a known user or ``uid:gid`` (not applied)."""
+    try:
+        pwd.getpwnam(user)
+        return
+    except KeyError:
+        pass
+    uid, sep, gid = user.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()):
+        raise FakeError(f'User "{user}" doesn\'t exist (and is not <uid>:<gid>)', where)
