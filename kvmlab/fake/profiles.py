@@ -121,7 +121,17 @@ class Profile:
     :param texts: recordings given in memory (the built-in fallback).
     """
 
-    __slots__ = ("_texts", "folder", "help_text", "name", "options", "version", "version_extra")
+    __slots__ = (
+        "_devices",
+        "_machines",
+        "_texts",
+        "folder",
+        "help_text",
+        "name",
+        "options",
+        "version",
+        "version_extra",
+    )
 
     def __init__(
         self,
@@ -134,6 +144,8 @@ class Profile:
         self.help_text = help_text
         self.folder = folder
         self._texts: dict[str, str] = dict(texts or {})
+        self._machines: frozenset[str] | None = None
+        self._devices: dict[str, str] | None = None
         self.options = _option_names(help_text)
         self.version, self.version_extra = _parse_version(help_text)
 
@@ -166,26 +178,31 @@ class Profile:
 
     def machines(self) -> frozenset[str]:
         """Machine types from ``-machine help``; empty when not recorded (accept any)."""
-        names = set()
-        for line in self.text("machine").splitlines():
-            if line.strip() and not line.startswith(("Supported machines", " ")):
-                names.add(line.split()[0])
-        return frozenset(names)
+        if self._machines is None:
+            names = set()
+            for line in self.text("machine").splitlines():
+                if line.strip() and not line.startswith(("Supported machines", " ")):
+                    names.add(line.split()[0])
+            self._machines = frozenset(names)
+        return self._machines
 
     def devices(self) -> dict[str, str]:
         """Device models (and their aliases) from ``-device help``, each to its real name.
 
-        Empty when not recorded: then any model is accepted.
+        Empty when not recorded: then any model is accepted. Read once: kvmlab
+        passes several ``-device`` options and the recording has ~500 lines.
         """
-        names: dict[str, str] = {}
-        for line in self.text("device").splitlines():
-            if line.startswith('name "'):
-                name = line[6:].split('"', 1)[0]
-                names[name] = name
-                _, found, alias = line.partition(', alias "')
-                if found:
-                    names[alias.split('"', 1)[0]] = name
-        return names
+        if self._devices is None:
+            names: dict[str, str] = {}
+            for line in self.text("device").splitlines():
+                if line.startswith('name "'):
+                    name = line[6:].split('"', 1)[0]
+                    names[name] = name
+                    _, found, alias = line.partition(', alias "')
+                    if found:
+                        names[alias.split('"', 1)[0]] = name
+            self._devices = names
+        return self._devices
 
 
 def builtin_profile() -> Profile:
