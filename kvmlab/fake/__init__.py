@@ -62,9 +62,9 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
 - :mod:`~kvmlab.fake.profiles`: the imitated QEMU (:class:`Profile`);
 - :mod:`~kvmlab.fake.cmdline` (with ``cmdline_chardev``, ``cmdline_net``) and
   :mod:`~kvmlab.fake.qemuopts`: argv into a :class:`Config` (:mod:`~kvmlab.fake.config`);
-- :mod:`~kvmlab.fake.faults`, :mod:`~kvmlab.fake.eventlog`: ``KVMLAB_FAKE_*``;
-- :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`), using
-  :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.taps`, :mod:`~kvmlab.fake.loop`,
+- :mod:`~kvmlab.fake.faults`: ``KVMLAB_FAKE_*`` and the event log;
+- :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
+  to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
   :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.qmp` (+ ``qmp_commands``),
   :mod:`~kvmlab.fake.hmp` and :mod:`~kvmlab.fake.guest`;
 - :mod:`~kvmlab.fake.errors`, :mod:`~kvmlab.fake.lazy`: shared by all.
@@ -86,12 +86,14 @@ from __future__ import annotations
 from kvmlab.fake.cmdline import parse_argv
 from kvmlab.fake.config import ChardevSpec, Config, NetBackend, Nic
 from kvmlab.fake.errors import FakeError
-from kvmlab.fake.eventlog import EventLog
-from kvmlab.fake.faults import Faults
-from kvmlab.fake.machine import Machine
+from kvmlab.fake.faults import EventLog, Faults
 from kvmlab.fake.profiles import DEFAULT_PROFILE, Profile, builtin_profile, load_profile
 from kvmlab.fake.program import PROG, main
 from kvmlab.fake.qemuopts import parse_opts
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from kvmlab.fake.machine import Machine
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -111,3 +113,14 @@ __all__ = [
     "parse_argv",
     "parse_opts",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``Machine``, loaded on first use: ``-version``, ``-help`` and command-line
+    errors never need the VM side (:func:`main` loads it only to run a VM)."""
+    if name == "Machine":
+        from kvmlab.fake.machine import Machine  # noqa: PLC0415 - see the docstring
+
+        globals()["Machine"] = Machine
+        return Machine
+    raise AttributeError(f"module 'kvmlab.fake' has no attribute {name!r}")

@@ -4,7 +4,7 @@ The NICs are what the guest facts report and the tap backends are what kvmlab's
 scripts configure, so their rules (ids, one NIC per netdev, MACs, legacy
 ``-net nic,vlan=``, which models are NICs) are kept together. The handlers fill
 :attr:`Config.net_backends <kvmlab.fake.config.Config.net_backends>` and
-``nics``; :mod:`kvmlab.fake.taps` acts on the tap backends at start.
+``nics``; :mod:`kvmlab.fake.host` starts the tap backends.
 ``-device`` lives here because the only devices the fake models are NICs; the
 tables below are what QMP hotplug (``device_add``) will check against too.
 """

@@ -1,18 +1,23 @@
-"""Fault injection: the ``KVMLAB_FAKE_*`` variables, read once at start.
+"""What tests set and what they read back: ``KVMLAB_FAKE_*`` faults and the event log.
 
 Tests make a "VM" misbehave (fail to start, crash, hang, ignore the power
-button, be slow) by setting these variables; reading them in one place, once,
-means a fault sticks to the process it was given to and a bad value is one
-clear start error. ``docs/fake-kvm.md`` lists them.
+button, be slow) by setting :class:`Faults` variables; reading them in one
+place, once, means a fault sticks to the process it was given to and a bad
+value is one clear start error. They then assert on what happened inside a
+daemonized fake (which QMP commands it got, whether a script ran, why it
+exited) by reading the :class:`EventLog` (``KVMLAB_FAKE_LOG``), one JSON
+object per line. ``docs/fake-kvm.md`` lists both.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from kvmlab.fake.errors import FakeError
+from kvmlab.fake.lazy import json_module
 
-__all__ = ["Faults"]
+__all__ = ["EventLog", "Faults"]
 
 
 def _env_float(name: str, default: float | None) -> float | None:
@@ -76,3 +81,28 @@ class Faults:
     def to_dict(self) -> dict[str, object]:
         """The active faults, for the log."""
         return {key: getattr(self, key) for key in self.__slots__}
+
+
+class EventLog:
+    """``KVMLAB_FAKE_LOG``: one JSON object per line, appended by every fake process.
+
+    Each line is one ``write`` on an ``O_APPEND`` descriptor, so lines from
+    several processes never interleave. Without a path, recording is free.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = os.path.abspath(path) if path else None
+
+    def __call__(self, event: str, **fields: object) -> None:
+        if self.path is None:
+            return
+        record = {"time": round(time.time(), 6), "pid": os.getpid(), "event": event, **fields}
+        line = (json_module().dumps(record, default=str) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

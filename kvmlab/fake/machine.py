@@ -8,8 +8,8 @@
 on (run status, the device list, the chardevs) and the run-state transitions
 (``stop``, ``cont``, power button, reset, shutdown) with their QMP events;
 the protocols (:mod:`~kvmlab.fake.qmp`, :mod:`~kvmlab.fake.hmp`), the guest
-(:mod:`~kvmlab.fake.guest`) and the host work (:mod:`~kvmlab.fake.host`,
-:mod:`~kvmlab.fake.taps`) are delegated.
+(:mod:`~kvmlab.fake.guest`) and the host work (:mod:`~kvmlab.fake.host`: files,
+signals, taps) are delegated.
 """
 
 from __future__ import annotations
@@ -26,17 +26,16 @@ from kvmlab.fake.chardevs import Chardev
 from kvmlab.fake.errors import FakeError, Shutdown
 from kvmlab.fake.guest import Guest
 from kvmlab.fake.hmp import HumanMonitor
+from kvmlab.fake.host import Taps
 from kvmlab.fake.loop import EventLoop
 from kvmlab.fake.qmp import QmpMonitor
-from kvmlab.fake.taps import Taps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
     from kvmlab.fake.config import ChardevSpec, Config, Nic
-    from kvmlab.fake.eventlog import EventLog
-    from kvmlab.fake.faults import Faults
+    from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["Machine"]

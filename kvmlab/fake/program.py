@@ -5,6 +5,7 @@ profile and the command line (errors before anything is created), read the
 faults, print start-up warnings, then run a :class:`~kvmlab.fake.machine.Machine`
 in the foreground or, with ``-daemonize``, in a grandchild whose readiness the
 first process waits for, so the caller's exit status means "ready" or "failed".
+The VM side is imported only once there is a VM to run.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import sys
 
 from kvmlab.fake.cmdline import parse_argv
 from kvmlab.fake.errors import EarlyExit, FakeError
-from kvmlab.fake.eventlog import EventLog
-from kvmlab.fake.faults import Faults
+from kvmlab.fake.faults import EventLog, Faults
 from kvmlab.fake.host import JOB_SIGNALS
-from kvmlab.fake.machine import Machine
 from kvmlab.fake.profiles import load_profile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from kvmlab.fake.machine import Machine
 
 __all__ = ["PROG", "main"]
 
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in cfg.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
+    # The VM side (sockets, QMP, the guest) is loaded only now: ``-version``,
+    # ``-help`` and command-line errors, which probes and tests run often, skip it.
+    from kvmlab.fake.machine import Machine  # noqa: PLC0415
+
     if cfg.daemonize:
         return _daemonize(lambda: Machine(cfg, profile, faults, log, prog))
     return Machine(cfg, profile, faults, log, prog).run()
