@@ -1,14 +1,15 @@
-"""The fake VM's event loop: one thread, ``epoll`` and a timer heap.
+"""The fake VM's event loop: one thread, ``epoll`` and a sorted list of timers.
 
 Everything a fake VM does after start (accepting clients, answering QMP,
 printing the boot, powering off later) is a callback on a file descriptor or a
 timer here. ``asyncio`` would do the same but costs more to import than QEMU
 takes to start, and ``selectors`` pulls in ``collections`` and enums (~15 ms).
+There are never more than a few timers, so a list kept sorted does the job of
+``heapq`` without its import (~0.3 ms at every start).
 """
 
 from __future__ import annotations
 
-import heapq
 import select
 import time
 
@@ -42,7 +43,8 @@ class EventLoop:
     def after(self, delay: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, ``delay`` seconds from now (in order, for equal times)."""
         self._timer_seq += 1
-        heapq.heappush(self.timers, (time.monotonic() + delay, self._timer_seq, callback))
+        self.timers.append((time.monotonic() + delay, self._timer_seq, callback))
+        self.timers.sort()  # by time, then by order of scheduling (sequence numbers differ)
 
     def dispatch(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``None``: forever) and run the ready callbacks."""
@@ -60,7 +62,7 @@ class EventLoop:
             self.dispatch(timeout)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
-                _, _, callback = heapq.heappop(self.timers)
+                _, _, callback = self.timers.pop(0)
                 callback()
 
     def sleep(self, seconds: float) -> None:
