@@ -116,8 +116,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``Machine``, loaded on first use: ``-version``, ``-help`` and command-line
-    errors never need the VM side (:func:`main` loads it only to run a VM)."""
+    """Load ``Machine`` on first use.
+
+    ``-version``, ``-help`` and command-line errors never need the VM side, and
+    :func:`main` imports it only to run a VM; importing the package should not.
+    """
     if name == "Machine":
         from kvmlab.fake.machine import Machine  # noqa: PLC0415 - see the docstring
 
