@@ -458,8 +458,8 @@ def test_no_acpi_under_qemu_10_fails_the_process(vm: FakeVM) -> None:
 
 
 def test_qemu_opts_escaped_commas_and_short_booleans() -> None:
-    assert fake._parse_opts("file=/a,,b,,c,if=virtio", "") == {"file": "/a,b,c", "if": "virtio"}
-    assert fake._parse_opts("/p,server,nowait", "", "path") == {
+    assert fake.parse_opts("file=/a,,b,,c,if=virtio", "") == {"file": "/a,b,c", "if": "virtio"}
+    assert fake.parse_opts("/p,server,nowait", "", "path") == {
         "path": "/p",
         "server": "on",
         "wait": "off",
@@ -490,7 +490,7 @@ def test_old_help_texts_load_as_profiles(ganeti_fixtures: Path) -> None:
 
 
 def test_builtin_profile_matches_the_7_2_defaults() -> None:
-    builtin = fake._builtin_profile()
+    builtin = fake.builtin_profile()
     caps = QemuCapabilities.from_help(builtin.help_text, builtin.text("machine"))
     defaults = QemuCapabilities()
     for field in defaults.to_dict():

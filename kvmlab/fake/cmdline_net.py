@@ -1,0 +1,172 @@
+"""Command-line networking and devices: ``-netdev``, ``-net``, ``-nic``, ``-device``.
+
+The NICs are what the guest facts report and the tap backends are what kvmlab's
+scripts configure, so their rules (ids, one NIC per netdev, MACs, legacy
+``-net nic,vlan=``, which models are NICs) are kept together. The handlers fill
+:attr:`Config.net_backends <kvmlab.fake.config.Config.net_backends>` and
+``nics``; :mod:`kvmlab.fake.host` starts the tap backends.
+``-device`` lives here because the only devices the fake models are NICs; the
+tables below are what QMP hotplug (``device_add``) will check against too.
+"""
+
+from __future__ import annotations
+
+from kvmlab.fake.config import NetBackend, Nic
+from kvmlab.fake.errors import FakeError
+from kvmlab.fake.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmlab.fake.cmdline import OptionHandler, Parser
+
+__all__ = ["LEGACY_NIC_MODELS", "NETDEV_TYPES", "NIC_DRIVERS", "OPTIONS"]
+
+#: ``-device`` drivers that are network cards.
+NIC_DRIVERS = frozenset(
+    """
+    virtio-net-pci virtio-net-pci-transitional virtio-net-pci-non-transitional
+    virtio-net-device e1000 e1000e e1000-82544gc e1000-82545em igb rtl8139 ne2k_pci
+    pcnet vmxnet3 tulip i82550 i82551 i82557a i82557b i82557c i82558a i82558b i82559a
+    i82559b i82559c i82559er i82562 i82801 usb-net
+    """.split()  # noqa: SIM905 - a word list reads like QEMU's own documentation
+)
+#: ``-net nic,model=`` names; ``virtio`` is the legacy alias of ``virtio-net-pci``.
+LEGACY_NIC_MODELS = {"virtio": "virtio-net-pci", **{name: name for name in NIC_DRIVERS}}
+_DEFAULT_NIC_MODEL = "e1000"
+NETDEV_TYPES = frozenset(
+    {"user", "tap", "bridge", "socket", "stream", "dgram", "vde", "vhost-user", "vhost-vdpa"}
+    | {"hubport", "l2tpv3"}
+)
+
+
+def _backend(p: Parser, kind: str, ident: str, opts: dict[str, str], where: str) -> NetBackend:
+    backend = NetBackend(ident, kind, where)
+    if kind == "tap":
+        backend.ifname = opts.get("ifname") or None
+        backend.vnet_hdr = parse_bool(opts, "vnet_hdr", False, where)
+        parse_bool(opts, "vhost", False, where)
+        if "fd" in opts:
+            backend.fd = parse_int(
+                opts["fd"], f"{ident}: Can't use file descriptor {opts['fd']}", where
+            )
+        else:
+            script = opts.get("script", "/etc/qemu-ifup")
+            backend.script = None if script in ("", "no") else script
+            down = opts.get("downscript", "/etc/qemu-ifdown")
+            backend.downscript = None if down in ("", "no") else down
+    p.cfg.net_backends.append(backend)
+    return backend
+
+
+def _netdev(p: Parser, value: str, where: str) -> None:
+    opts = parse_opts(value, where, "type")
+    kind = opts.get("type", "")
+    if kind in ("help", "?"):
+        p.ask_help("netdev")
+        return
+    if kind not in NETDEV_TYPES:
+        raise FakeError(f"Parameter 'type' does not accept value '{kind}'", where)
+    ident = opts.get("id")
+    if not ident:
+        raise FakeError("Parameter 'id' is missing", where)
+    if ident in p.netdev_ids:
+        raise FakeError(f"Duplicate ID '{ident}' for netdev", where)
+    if kind not in ("user", "tap"):
+        raise FakeError(f"-netdev {kind} is not simulated by kvmlab-fake", where)
+    p.netdev_ids.add(ident)
+    _backend(p, kind, ident, opts, where)
+
+
+def _check_vlan(p: Parser, opts: dict[str, str], where: str) -> None:
+    # QEMU 3.0 removed the "vlan" hubs; older recordings still take it.
+    if "vlan" in opts and p.profile.version >= (3, 0, 0):
+        raise FakeError("Invalid parameter 'vlan'", where)
+
+
+def _net(p: Parser, value: str, where: str) -> None:
+    opts = parse_opts(value, where, "type")
+    kind = opts.get("type", "")
+    _check_vlan(p, opts, where)
+    if kind == "none":
+        return
+    if kind == "nic":
+        model = opts.get("model", _DEFAULT_NIC_MODEL)
+        if model in ("help", "?"):
+            p.ask_help_text("Available NIC models:\n" + "\n".join(sorted(LEGACY_NIC_MODELS)))
+            return
+        if model not in LEGACY_NIC_MODELS:
+            raise FakeError(f"Unsupported NIC model: {model}")
+        _add_nic(p, LEGACY_NIC_MODELS[model], opts.get("macaddr"), None, where, key="macaddr")
+        return
+    if kind not in ("user", "tap"):
+        if kind in NETDEV_TYPES or kind in ("dump", "socket"):
+            raise FakeError(f"-net {kind} is not simulated by kvmlab-fake", where)
+        raise FakeError(f"Parameter 'type' does not accept value '{kind}'", where)
+    ident = opts.get("name") or opts.get("id") or f"{kind}.{len(p.cfg.net_backends)}"
+    _backend(p, kind, ident, opts, where)
+
+
+def _nic(p: Parser, value: str, where: str) -> None:
+    opts = parse_opts(value, where, "type")
+    kind = opts.get("type", "user")
+    if kind == "none":
+        return
+    if kind not in ("user", "tap"):
+        raise FakeError(f"-nic {kind} is not simulated by kvmlab-fake", where)
+    model = opts.get("model", _DEFAULT_NIC_MODEL)
+    if model not in LEGACY_NIC_MODELS:
+        raise FakeError(f"Unsupported NIC model: {model}")
+    ident = opts.get("id") or f"__org.qemu.nic{len(p.cfg.nics)}"
+    p.netdev_ids.add(ident)
+    _backend(p, kind, ident, opts, where)
+    _add_nic(p, LEGACY_NIC_MODELS[model], opts.get("mac"), ident, where, key="mac")
+
+
+def _add_nic(
+    p: Parser, model: str, mac: str | None, netdev: str | None, where: str, *, key: str
+) -> None:
+    owner = "virtio-net-device" if model.startswith("virtio-net") else model
+    if mac is None:
+        # Real QEMU would invent 52:54:00:12:34:5x; kvmlab always gives one,
+        # so a missing MAC is a generator bug worth failing on.
+        raise FakeError(
+            f"NIC {model} has no MAC address ({key}= is missing); "
+            "kvmlab always gives one (real QEMU would invent 52:54:00:12:34:56)",
+            where,
+        )
+    normal = normal_mac(mac)
+    if normal is None:
+        raise FakeError(f"Property '{owner}.mac' doesn't take value '{mac}'", where)
+    if netdev is not None:
+        user = p.used_netdevs.get(netdev)
+        if user is not None:
+            raise FakeError(
+                f"Property '{owner}.netdev' can't take value '{netdev}', it's in use", where
+            )
+        p.used_netdevs[netdev] = where
+    p.cfg.nics.append(Nic(model, normal, netdev, where))
+
+
+def _device(p: Parser, value: str, where: str) -> None:
+    opts = parse_opts(value, where, "driver")
+    driver = opts.get("driver", "")
+    if driver in ("help", "?"):
+        p.ask_help("device")
+        return
+    devices = p.profile.devices()
+    if devices and driver not in devices:
+        raise FakeError(f"'{driver}' is not a valid device model name", where)
+    driver = devices.get(driver, driver)
+    if opts.get("help") == "on" or opts.get("?") == "on":
+        p.ask_help_text(f"{driver} options:\n")
+        return
+    if driver in NIC_DRIVERS:
+        _add_nic(p, driver, opts.get("mac"), opts.get("netdev"), where, key="mac")
+
+
+OPTIONS: dict[str, OptionHandler] = {
+    "netdev": _netdev,
+    "net": _net,
+    "nic": _nic,
+    "device": _device,
+}

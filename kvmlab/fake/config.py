@@ -1,0 +1,171 @@
+"""What a fake VM is made of, as the command line describes it.
+
+The parser (:mod:`kvmlab.fake.cmdline`) fills a :class:`Config` and checks
+nothing on disk; the machine (:mod:`kvmlab.fake.machine`) builds sockets,
+files and its device list from it. Keeping these plain ``__slots__`` classes
+apart from both lets each side be read (and tested) on its own, and gives
+later features (hotplug, migration) one description of a device to reuse.
+"""
+
+from __future__ import annotations
+
+from kvmlab.fake.qemuopts import MIB
+
+# ``typing`` costs ~3 ms to import; mypy honours a module constant of this name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["ChardevSpec", "Config", "NetBackend", "Nic"]
+
+
+class ChardevSpec:
+    """One character device backend: a unix socket, a file, stdio or nothing.
+
+    :ivar backend: ``socket``, ``file``, ``stdio`` or ``null``.
+    :ivar where: the option that created it, for error messages.
+    :ivar frontend: ``serial``, ``hmp``, ``qmp`` or ``""`` once something uses it.
+    """
+
+    __slots__ = (
+        "backend",
+        "frontend",
+        "id",
+        "logappend",
+        "logfile",
+        "path",
+        "pretty",
+        "server",
+        "spec",
+        "wait",
+        "where",
+    )
+
+    def __init__(self, ident: str, backend: str, where: str, spec: str = "") -> None:
+        self.id = ident
+        self.backend = backend
+        self.where = where
+        self.spec = spec
+        self.path: str | None = None
+        self.server = False
+        self.wait = True
+        self.logfile: str | None = None
+        self.logappend = False
+        self.frontend = ""
+        self.pretty = False
+
+
+class NetBackend:
+    """A host side of a NIC: ``-netdev`` or legacy ``-net user|tap``.
+
+    :ivar kind: ``user`` or ``tap``.
+    :ivar script: up-script path, or ``None`` (``script=no``, or an ``fd``).
+    :ivar fd: an inherited tap file descriptor, or ``None``.
+    """
+
+    __slots__ = ("downscript", "fd", "id", "ifname", "kind", "script", "vnet_hdr", "where")
+
+    def __init__(self, ident: str, kind: str, where: str) -> None:
+        self.id = ident
+        self.kind = kind
+        self.where = where
+        self.script: str | None = None
+        self.downscript: str | None = None
+        self.fd: int | None = None
+        self.ifname: str | None = None
+        self.vnet_hdr = False
+
+
+class Nic:
+    """A guest network card, in the order the guest enumerates it.
+
+    :ivar model: the device model (``virtio-net-pci``, ``e1000``...).
+    :ivar mac: normalised MAC address.
+    :ivar netdev: the ``-netdev`` id it is plugged into, or ``None``.
+    """
+
+    __slots__ = ("mac", "model", "netdev", "where")
+
+    def __init__(self, model: str, mac: str, netdev: str | None, where: str) -> None:
+        self.model = model
+        self.mac = mac
+        self.netdev = netdev
+        self.where = where
+
+
+class Config:
+    """Everything a fake VM process needs, read from QEMU's argv.
+
+    Filled in by :func:`~kvmlab.fake.cmdline.parse_argv`; file-system facts
+    (does the kernel exist?) are checked later, at start, where QEMU checks them.
+    """
+
+    __slots__ = (
+        "accel",
+        "acpi",
+        "append",
+        "argv",
+        "chardevs",
+        "chroot",
+        "cpus",
+        "daemonize",
+        "drives",
+        "initrd",
+        "kernel",
+        "machine",
+        "memory",
+        "monitors",
+        "name",
+        "net_backends",
+        "nics",
+        "no_reboot",
+        "no_shutdown",
+        "nographic",
+        "pidfile",
+        "runas",
+        "serials",
+        "start_paused",
+        "warnings",
+    )
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.name: str | None = None
+        #: Guest RAM in bytes (QEMU's default is 128 MiB).
+        self.memory = 128 * MIB
+        self.cpus = 1
+        self.machine: str | None = None
+        self.accel = "tcg"
+        self.acpi = True
+        self.daemonize = False
+        self.pidfile: str | None = None
+        self.start_paused = False
+        self.no_reboot = False
+        self.no_shutdown = False
+        self.nographic = False
+        self.kernel: str | None = None
+        self.initrd: str | None = None
+        self.append: str | None = None
+        #: ``(where, path, writable)`` for each disk image.
+        self.drives: list[tuple[str, str, bool]] = []
+        self.chardevs: list[ChardevSpec] = []
+        self.serials: list[ChardevSpec] = []
+        #: Monitors: chardevs whose frontend is ``hmp`` or ``qmp``.
+        self.monitors: list[ChardevSpec] = []
+        self.net_backends: list[NetBackend] = []
+        self.nics: list[Nic] = []
+        self.chroot: str | None = None
+        self.runas: tuple[str, str] | None = None
+        #: Warnings QEMU would print at start (``netdev n0 has no peer``).
+        self.warnings: list[str] = []
+
+    @property
+    def memory_mib(self) -> int:
+        """``-m`` in MiB."""
+        return self.memory // MIB
+
+    @property
+    def guest_mem_kb(self) -> int:
+        """The ``MemTotal`` a Linux guest would report: RAM minus a 4 % kernel reserve."""
+        total_kb = self.memory // 1024
+        return total_kb - max(1, total_kb // 25)

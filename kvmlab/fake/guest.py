@@ -1,0 +1,117 @@
+"""The simulated guest: its boot on the serial console and how it answers the buttons.
+
+kvmlab's real test guest prints the guest facts (``KVMLAB-BOOT-OK``, ``MEM``,
+``CPUS``, one ``NIC eth<N> <mac>`` per NIC, ``KVMLAB-FACTS-END``) on ttyS0 and
+powers off on ACPI power-button events; this module is the fake's version of
+that guest, kept apart from the machine (run state, QMP events, sockets) the
+way a guest is apart from QEMU. It reads the NICs from the machine's device
+list, so a NIC hotplugged before a reset shows up in the next boot's facts.
+"""
+
+from __future__ import annotations
+
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmlab.fake.machine import Machine
+
+__all__ = ["Guest", "facts"]
+
+
+def facts(mem_kb: int, cpus: int, macs: list[str]) -> list[str]:
+    """The guest facts lines, as kvmlab's test guest prints them."""
+    lines = ["KVMLAB-BOOT-OK", f"MEM {mem_kb}", f"CPUS {cpus}"]
+    lines += [f"NIC eth{index} {mac}" for index, mac in enumerate(macs)]
+    lines.append("KVMLAB-FACTS-END")
+    return lines
+
+
+class Guest:
+    """What runs inside a fake VM: boots when the vCPUs first run, powers off on ACPI.
+
+    :param machine: the VM it runs in.
+    :ivar needs_boot: the guest boots (prints its facts) at the next run: at
+        start, after a reset while paused.
+    :ivar boots: counts resets, so a power-off scheduled before one does not
+        hit the next boot.
+    :ivar pending_powerdown: the power button was pressed while paused.
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.booted_at: float | None = None
+        self.needs_boot = True
+        self.boots = 0
+        self.pending_powerdown = False
+
+    def vcpus_started(self) -> None:
+        """The vCPUs run (start, ``cont``): boot the first time, deliver a pending ACPI event."""
+        if self.needs_boot:
+            self.needs_boot = False
+            self.machine.loop.after(self.machine.faults.boot_delay, self.boot)
+        if self.pending_powerdown:
+            self.pending_powerdown = False
+            self._schedule_poweroff()
+
+    def boot(self) -> None:
+        """Print a boot and the guest facts, as kvmlab's test guest does."""
+        m = self.machine
+        cfg = m.cfg
+        nics = m.nics
+        self.booted_at = time.monotonic()
+        lines = [
+            "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+            "Booting from ROM.." if cfg.kernel else "Booting from Hard Disk...",
+            "[    0.000000] Linux version 6.1.0-kvmlab-fake (kvmlab@fake) #1 SMP",
+        ]
+        if cfg.append is not None:
+            lines.append(f"[    0.000000] Command line: {cfg.append}")
+        lines += [
+            f"[    0.010000] Memory: {cfg.guest_mem_kb}K available",
+            f"[    0.100000] smp: Brought up 1 node, {cfg.cpus} CPUs",
+            "[    0.500000] Run /init as init process",
+        ]
+        lines += facts(cfg.guest_mem_kb, cfg.cpus, [nic.mac for nic in nics])
+        m.console("".join(line + "\r\n" for line in lines))
+        m.log("boot", nics=[nic.mac for nic in nics], cpus=cfg.cpus, mem_kb=cfg.guest_mem_kb)
+
+    def power_button(self) -> None:
+        """The ACPI power button: a guest with ACPI powers off soon after."""
+        m = self.machine
+        acpi = m.cfg.acpi
+        ignored = m.faults.ignore_powerdown
+        m.log("powerdown", acpi=acpi, ignored=ignored, status=m.status)
+        if not acpi or ignored:
+            return
+        if m.status == "running":
+            self._schedule_poweroff()
+        else:
+            self.pending_powerdown = True
+
+    def reset(self) -> None:
+        """A system reset: reboot now if running, else at the next ``cont``."""
+        self.boots += 1
+        self.pending_powerdown = False
+        if self.machine.status == "running":
+            self.machine.loop.after(self.machine.faults.boot_delay, self.boot)
+        else:
+            self.needs_boot = True
+
+    def _uptime(self) -> str:
+        elapsed = time.monotonic() - self.booted_at if self.booted_at is not None else 0.0
+        return f"[{elapsed + 0.6:12.6f}]"
+
+    def _schedule_poweroff(self) -> None:
+        boots = self.boots
+        self.machine.loop.after(self.machine.faults.powerdown_delay, lambda: self._poweroff(boots))
+
+    def _poweroff(self, boots: int) -> None:
+        if boots != self.boots:
+            return  # reset since the button was pressed
+        m = self.machine
+        if m.status != "running":
+            self.pending_powerdown = True
+            return
+        m.console(f"{self._uptime()} reboot: Power down\r\n")
+        m.shutdown(guest=True, reason="guest-shutdown")

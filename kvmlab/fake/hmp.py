@@ -1,0 +1,158 @@
+"""The human monitor (``-monitor``, ``-mon mode=readline``, ``human-monitor-command``).
+
+kvmlab and its tests use a handful of HMP commands; each is one function in
+:data:`COMMANDS` (and ``info`` subcommands in :data:`INFO`), shared by the
+monitor socket and QMP's ``human-monitor-command``. Output uses ``\\r\\n``
+line ends and the ``(qemu)`` prompt, as QEMU's readline monitor does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kvmlab.fake.chardevs import Frontend
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kvmlab.fake.chardevs import Chardev
+    from kvmlab.fake.machine import Machine
+
+__all__ = ["COMMANDS", "INFO", "HumanMonitor", "run_command"]
+
+_HMP_STATUS = {
+    "running": "running",
+    "prelaunch": "paused (prelaunch)",
+    "paused": "paused",
+    "shutdown": "paused (shutdown)",
+}
+_HELP = (
+    "cont|c  -- resume emulation\r\ninfo [subcommand] -- show various information\r\n"
+    "quit|q  -- quit the emulator\r\nstop|s  -- stop emulation\r\n"
+    "system_powerdown  -- send system power down event\r\n"
+    "system_reset  -- reset the system\r\n"
+)
+
+
+class HumanMonitor(Frontend):
+    """The readline monitor on one chardev: banner, echo, one command per line.
+
+    :param machine: the VM the commands act on.
+    :param dev: the chardev it answers on.
+    """
+
+    def __init__(self, machine: Machine, dev: Chardev) -> None:
+        self.machine = machine
+        self.dev = dev
+        self.inbuf = b""
+
+    def connected(self) -> None:
+        self.inbuf = b""
+        version = self.machine.profile.version_string
+        banner = f"QEMU {version} monitor - type 'help' for more information\r\n(qemu) "
+        self.dev.send(banner.encode())
+
+    def received(self, data: bytes) -> None:
+        self.inbuf += data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        while b"\n" in self.inbuf:
+            raw, self.inbuf = self.inbuf.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace").strip()
+            self.machine.log("hmp", command=line)
+            self.dev.send((line + "\r\n").encode())
+            if line in ("quit", "q"):
+                self.machine.host_quit()
+            output = run_command(self.machine, line)
+            self.dev.send((output + "(qemu) ").encode())
+
+
+def run_command(m: Machine, line: str) -> str:
+    """Run a human monitor command; its output, ``\\r\\n``-terminated lines."""
+    words = line.split()
+    if not words:
+        return ""
+    handler = COMMANDS.get(words[0])
+    output = handler(m, words[1:]) if handler is not None else None
+    return f"unknown command: '{line}'\r\n" if output is None else output
+
+
+# Each command gets the words after its name; ``None`` means "unknown command".
+
+
+def _quit(m: Machine, args: list[str]) -> str | None:
+    m.loop.after(0.0, m.host_quit)  # after human-monitor-command's reply
+    return ""
+
+
+def _info(m: Machine, args: list[str]) -> str | None:
+    show = INFO.get(args[0]) if args else None
+    return show(m) if show is not None else None
+
+
+def _stop(m: Machine, args: list[str]) -> str | None:
+    m.stop()
+    return ""
+
+
+def _cont(m: Machine, args: list[str]) -> str | None:
+    m.resume()
+    return ""
+
+
+def _system_powerdown(m: Machine, args: list[str]) -> str | None:
+    m.powerdown()
+    return ""
+
+
+def _system_reset(m: Machine, args: list[str]) -> str | None:
+    m.loop.after(0.0, m.reset)
+    return ""
+
+
+def _help(m: Machine, args: list[str]) -> str | None:
+    return _HELP
+
+
+def _info_status(m: Machine) -> str:
+    return f"VM status: {_HMP_STATUS[m.status]}\r\n"
+
+
+def _info_name(m: Machine) -> str:
+    return f"{m.cfg.name}\r\n" if m.cfg.name else ""
+
+
+def _info_version(m: Machine) -> str:
+    return f"{m.profile.version_string} (kvmlab-fake)\r\n"
+
+
+def _info_kvm(m: Machine) -> str:
+    return f"kvm support: {'enabled' if m.cfg.accel == 'kvm' else 'disabled'}\r\n"
+
+
+def _info_cpus(m: Machine) -> str:
+    pid = os.getpid()
+    marks = ("*", " ")
+    return "".join(f"{marks[min(i, 1)]} CPU #{i}: thread_id={pid}\r\n" for i in range(m.cfg.cpus))
+
+
+COMMANDS: dict[str, Callable[[Machine, list[str]], str | None]] = {
+    "quit": _quit,
+    "q": _quit,
+    "info": _info,
+    "stop": _stop,
+    "s": _stop,
+    "cont": _cont,
+    "c": _cont,
+    "system_powerdown": _system_powerdown,
+    "system_reset": _system_reset,
+    "help": _help,
+    "?": _help,
+}
+
+INFO: dict[str, Callable[[Machine], str]] = {
+    "status": _info_status,
+    "name": _info_name,
+    "version": _info_version,
+    "kvm": _info_kvm,
+    "cpus": _info_cpus,
+}

@@ -1,0 +1,154 @@
+"""The QMP commands the fake answers: one handler and one table row each.
+
+:class:`~kvmlab.fake.qmp.QmpMonitor` checks a request's arguments against a
+row's ``allowed`` and ``required`` names, calls its ``run`` for the ``return``
+value and, once the reply is sent, its ``after`` (for work that ends or resets
+the machine, which QEMU also does after replying). Commands for hotplug or
+migration are new rows here, whatever module their handlers live in.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kvmlab.fake.hmp import run_command
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kvmlab.fake.machine import Machine
+    from kvmlab.fake.profiles import Profile
+
+__all__ = ["COMMANDS", "QmpCommand", "version_info"]
+
+
+class QmpCommand:
+    """One row of the command table.
+
+    :param run: ``run(machine, arguments)``: the reply's ``return`` value.
+    :param allowed: argument names the command takes.
+    :param required: argument names it cannot do without.
+    :param after: ``after(machine)``, called once the reply has been sent.
+    """
+
+    __slots__ = ("after", "allowed", "required", "run")
+
+    def __init__(
+        self,
+        run: Callable[[Machine, dict[str, object]], object],
+        allowed: frozenset[str] = frozenset(),
+        required: tuple[str, ...] = (),
+        after: Callable[[Machine], None] | None = None,
+    ) -> None:
+        self.run = run
+        self.allowed = allowed
+        self.required = required
+        self.after = after
+
+
+def version_info(profile: Profile) -> dict[str, object]:
+    """``query-version``'s answer (and the greeting's ``version``) for a profile."""
+    major, minor, micro = profile.version
+    qemu = {"major": major, "minor": minor, "micro": micro}
+    return {"qemu": qemu, "package": "kvmlab-fake"}
+
+
+def _empty(m: Machine, arguments: dict[str, object]) -> object:
+    return {}
+
+
+def _query_status(m: Machine, arguments: dict[str, object]) -> object:
+    status: dict[str, object] = {"status": m.status}
+    if m.profile.version < (9, 0, 0):
+        status["singlestep"] = False
+    status["running"] = m.status == "running"
+    return status
+
+
+def _query_version(m: Machine, arguments: dict[str, object]) -> object:
+    return version_info(m.profile)
+
+
+def _query_name(m: Machine, arguments: dict[str, object]) -> object:
+    return {"name": m.cfg.name} if m.cfg.name is not None else {}
+
+
+def _query_kvm(m: Machine, arguments: dict[str, object]) -> object:
+    return {"enabled": m.cfg.accel == "kvm", "present": True}
+
+
+def _query_cpus_fast(m: Machine, arguments: dict[str, object]) -> object:
+    # Every vCPU reports the process's own pid: a fake thread id could name
+    # another process, and a test pinning vCPUs would then pin that.
+    pid = os.getpid()
+    return [
+        {
+            "thread-id": pid,
+            "props": {"core-id": index, "thread-id": 0, "socket-id": 0},
+            "qom-path": f"/machine/unattached/device[{index}]",
+            "cpu-index": index,
+            "target": "x86_64",
+        }
+        for index in range(m.cfg.cpus)
+    ]
+
+
+def _query_memory_size_summary(m: Machine, arguments: dict[str, object]) -> object:
+    return {"base-memory": m.cfg.memory, "plugged-memory": 0}
+
+
+def _query_commands(m: Machine, arguments: dict[str, object]) -> object:
+    return [{"name": name} for name in sorted(COMMANDS)]
+
+
+def _stop(m: Machine, arguments: dict[str, object]) -> object:
+    m.stop()
+    return {}
+
+
+def _system_powerdown(m: Machine, arguments: dict[str, object]) -> object:
+    m.powerdown()
+    return {}
+
+
+def _quit(m: Machine, arguments: dict[str, object]) -> object:
+    # QEMU 7.2 sends SHUTDOWN before quit's reply, then exits.
+    m.event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
+    return {}
+
+
+def _human_monitor_command(m: Machine, arguments: dict[str, object]) -> object:
+    return run_command(m, str(arguments["command-line"]))
+
+
+def _resume(m: Machine) -> None:
+    m.resume()
+
+
+def _reset(m: Machine) -> None:
+    m.reset()
+
+
+def _exit(m: Machine) -> None:
+    m.quit()
+
+
+COMMANDS: dict[str, QmpCommand] = {
+    "qmp_capabilities": QmpCommand(_empty, frozenset({"enable"})),
+    "query-status": QmpCommand(_query_status),
+    "query-version": QmpCommand(_query_version),
+    "query-name": QmpCommand(_query_name),
+    "query-kvm": QmpCommand(_query_kvm),
+    "query-cpus-fast": QmpCommand(_query_cpus_fast),
+    "query-memory-size-summary": QmpCommand(_query_memory_size_summary),
+    "query-commands": QmpCommand(_query_commands),
+    "stop": QmpCommand(_stop),
+    "cont": QmpCommand(_empty, after=_resume),
+    "system_powerdown": QmpCommand(_system_powerdown),
+    "system_reset": QmpCommand(_empty, after=_reset),
+    "quit": QmpCommand(_quit, after=_exit),
+    "human-monitor-command": QmpCommand(
+        _human_monitor_command, frozenset({"command-line", "cpu-index"}), ("command-line",)
+    ),
+}
