@@ -17,6 +17,7 @@ import os
 from kvmlab.fake import cmdline_chardev, cmdline_net
 from kvmlab.fake.config import Config
 from kvmlab.fake.errors import EarlyExit, FakeError
+from kvmlab.fake.parse_state import ParseState
 from kvmlab.fake.profiles import NO_ARG_OPTIONS, load_profile
 from kvmlab.fake.qemuopts import parse_bool, parse_int, parse_opts, parse_size
 
@@ -24,33 +25,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from kvmlab.fake.config import ChardevSpec
+    from kvmlab.fake.parse_state import OptionHandler
     from kvmlab.fake.profiles import Profile
-
-    #: ``handler(parser, value, where)``; ``where`` is ``"-option value"`` for messages.
-    OptionHandler = Callable[["Parser", str, str], None]
 
 __all__ = ["FLAGS", "OPTIONS", "Parser", "parse_argv"]
 
 _BOOT_DEVICES = frozenset("abcdn")
 
 
-class Parser:
-    """Turns QEMU options into a :class:`Config`; the handlers share this state.
-
-    :ivar help_request: what a ``help`` value asked to print instead of starting.
-    :ivar named: ``-chardev`` backends by id.
-    :ivar netdev_ids: ``-netdev`` (and ``-nic``) ids, for the NICs that name them.
-    :ivar used_netdevs: netdev id -> the option of the NIC plugged into it.
-    """
-
-    def __init__(self, profile: Profile, argv: Sequence[str]) -> None:
-        self.profile = profile
-        self.cfg = Config(argv)
-        self.help_request: str | None = None
-        self.named: dict[str, ChardevSpec] = {}
-        self.netdev_ids: set[str] = set()
-        self.used_netdevs: dict[str, str] = {}
+class Parser(ParseState):
+    """Turns QEMU options into a :class:`Config`: the walk, then the cross-option checks."""
 
     def parse(self) -> Config:
         """Walk the options like QEMU's ``qemu_init``: one handler per option, then checks.
@@ -89,15 +73,6 @@ class Parser:
             raise EarlyExit(0, self.help_request)
         self._finish()
         return self.cfg
-
-    def ask_help(self, kind: str) -> None:
-        """A ``help`` value: print the profile's ``kind`` text instead of starting."""
-        if self.help_request is None:
-            self.help_request = self.profile.text(kind)
-
-    def ask_help_text(self, text: str) -> None:
-        """A ``help`` value whose answer is not recorded: print ``text``."""
-        self.help_request = self.help_request or text
 
     def _finish(self) -> None:
         """Cross-option checks QEMU makes before it touches any file."""
@@ -140,12 +115,12 @@ def parse_argv(argv: Sequence[str], profile: Profile | None = None) -> Config:
 # --------------------------------------------------------------------------- general
 
 
-def _name(p: Parser, value: str, where: str) -> None:
+def _name(p: ParseState, value: str, where: str) -> None:
     allowed = frozenset({"guest", "process", "debug-threads"})
     p.cfg.name = parse_opts(value, where, "guest", allowed).get("guest")
 
 
-def _memory(p: Parser, value: str, where: str) -> None:
+def _memory(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "size", frozenset({"size", "slots", "maxmem"}))
     if "size" in opts:
         size = parse_size(opts["size"], where)
@@ -153,7 +128,7 @@ def _memory(p: Parser, value: str, where: str) -> None:
             p.cfg.memory = size
 
 
-def _smp(p: Parser, value: str, where: str) -> None:
+def _smp(p: ParseState, value: str, where: str) -> None:
     keys = "cpus maxcpus sockets dies clusters cores threads books drawers modules"
     opts = parse_opts(value, where, "cpus", frozenset(keys.split()))
     numbers = {k: parse_int(v, f"Parameter 'smp.{k}' expects integer") for k, v in opts.items()}
@@ -178,7 +153,7 @@ def _smp(p: Parser, value: str, where: str) -> None:
     p.cfg.cpus = max(cpus, 1)
 
 
-def _machine(p: Parser, value: str, where: str) -> None:
+def _machine(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "type")
     kind = opts.get("type")
     if kind in ("help", "?"):
@@ -199,14 +174,14 @@ def _machine(p: Parser, value: str, where: str) -> None:
         p.cfg.acpi = opts["acpi"] != "off" and p.cfg.acpi
 
 
-def _accel(p: Parser, value: str, where: str) -> None:
+def _accel(p: ParseState, value: str, where: str) -> None:
     accel = parse_opts(value, where, "accel").get("accel", "tcg")
     if accel in ("help", "?"):
         raise EarlyExit(0, "Accelerators supported in QEMU binary:\ntcg\nkvm\n")
     p.cfg.accel = accel
 
 
-def _boot(p: Parser, value: str, where: str) -> None:
+def _boot(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "order")
     for key in ("order", "once"):
         for device in opts.get(key, ""):
@@ -214,12 +189,12 @@ def _boot(p: Parser, value: str, where: str) -> None:
                 raise FakeError(f"Invalid boot device '{device}'")
 
 
-def _cpu(p: Parser, value: str, where: str) -> None:
+def _cpu(p: ParseState, value: str, where: str) -> None:
     if value.split(",", 1)[0] in ("help", "?"):
         p.ask_help_text("Available CPUs:\nx86 host\nx86 max\nx86 qemu64\nx86 kvm64\n")
 
 
-def _uuid(p: Parser, value: str, where: str) -> None:
+def _uuid(p: ParseState, value: str, where: str) -> None:
     groups = value.split("-")
     if [len(g) for g in groups] != [8, 4, 4, 4, 12] or not all(
         all(c in "0123456789abcdefABCDEF" for c in g) for g in groups
@@ -230,49 +205,49 @@ def _uuid(p: Parser, value: str, where: str) -> None:
 # --------------------------------------------------------------------------- disks, boot files
 
 
-def _drive(p: Parser, value: str, where: str) -> None:
+def _drive(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where)
     if opts.get("file"):
         readonly = parse_bool(opts, "readonly", False, where)
         p.cfg.drives.append((where, opts["file"], not readonly))
 
 
-def _disk(p: Parser, value: str, where: str) -> None:
+def _disk(p: ParseState, value: str, where: str) -> None:
     p.cfg.drives.append((where, value, True))
 
 
-def _cdrom(p: Parser, value: str, where: str) -> None:
+def _cdrom(p: ParseState, value: str, where: str) -> None:
     p.cfg.drives.append((where, value, False))
 
 
-def _kernel(p: Parser, value: str, where: str) -> None:
+def _kernel(p: ParseState, value: str, where: str) -> None:
     p.cfg.kernel = value
 
 
-def _initrd(p: Parser, value: str, where: str) -> None:
+def _initrd(p: ParseState, value: str, where: str) -> None:
     p.cfg.initrd = value
 
 
-def _append(p: Parser, value: str, where: str) -> None:
+def _append(p: ParseState, value: str, where: str) -> None:
     p.cfg.append = value
 
 
-def _pidfile(p: Parser, value: str, where: str) -> None:
+def _pidfile(p: ParseState, value: str, where: str) -> None:
     p.cfg.pidfile = os.path.abspath(value)
 
 
 # --------------------------------------------------------------------------- privileges
 
 
-def _runas(p: Parser, value: str, where: str) -> None:
+def _runas(p: ParseState, value: str, where: str) -> None:
     p.cfg.runas = (value, where)
 
 
-def _chroot(p: Parser, value: str, where: str) -> None:
+def _chroot(p: ParseState, value: str, where: str) -> None:
     p.cfg.chroot = value
 
 
-def _run_with(p: Parser, value: str, where: str) -> None:
+def _run_with(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, None, frozenset({"chroot", "user", "async-teardown"}))
     if "chroot" in opts:
         p.cfg.chroot = opts["chroot"]

@@ -18,12 +18,12 @@ from kvmlab.fake.qemuopts import parse_bool, parse_opts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.cmdline import OptionHandler, Parser
+    from kvmlab.fake.parse_state import OptionHandler, ParseState
 
 __all__ = ["OPTIONS"]
 
 
-def _chardev(p: Parser, value: str, where: str) -> None:
+def _chardev(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "backend")
     backend = opts.get("backend", "")
     if backend in ("help", "?"):
@@ -41,7 +41,7 @@ def _chardev(p: Parser, value: str, where: str) -> None:
 
 
 def _make_chardev(
-    p: Parser, ident: str, backend: str, opts: dict[str, str], where: str, *, text: str
+    p: ParseState, ident: str, backend: str, opts: dict[str, str], where: str, *, text: str
 ) -> ChardevSpec:
     if backend in ("vc", "null", "pty", "msmouse", "ringbuf", "memory"):
         backend = "null"  # nothing a test can see: output is dropped
@@ -66,7 +66,7 @@ def _make_chardev(
     return spec
 
 
-def _compat_chardev(p: Parser, value: str, where: str, label: str) -> ChardevSpec | None:
+def _compat_chardev(p: ParseState, value: str, where: str, label: str) -> ChardevSpec | None:
     """The ``-serial``/``-monitor``/``-qmp`` shorthand: ``unix:PATH,server=on,wait=off``..."""
     ident = f"compat_{label}{len(p.cfg.chardevs)}"
     if value in ("none",):
@@ -92,7 +92,7 @@ def _use(spec: ChardevSpec, frontend: str, where: str) -> None:
     spec.frontend = frontend
 
 
-def _serial(p: Parser, value: str, where: str) -> None:
+def _serial(p: ParseState, value: str, where: str) -> None:
     spec = _compat_chardev(p, value, where, "serial")
     if spec is None:
         if value.startswith("chardev:"):
@@ -104,21 +104,21 @@ def _serial(p: Parser, value: str, where: str) -> None:
     p.cfg.serials.append(spec)
 
 
-def _monitor(p: Parser, value: str, where: str) -> None:
+def _monitor(p: ParseState, value: str, where: str) -> None:
     _add_monitor(p, value, where, "hmp")
 
 
-def _qmp(p: Parser, value: str, where: str) -> None:
+def _qmp(p: ParseState, value: str, where: str) -> None:
     _add_monitor(p, value, where, "qmp")
 
 
-def _qmp_pretty(p: Parser, value: str, where: str) -> None:
+def _qmp_pretty(p: ParseState, value: str, where: str) -> None:
     spec = _add_monitor(p, value, where, "qmp")
     if spec is not None:
         spec.pretty = True
 
 
-def _add_monitor(p: Parser, value: str, where: str, frontend: str) -> ChardevSpec | None:
+def _add_monitor(p: ParseState, value: str, where: str, frontend: str) -> ChardevSpec | None:
     spec = _compat_chardev(p, value, where, frontend)
     if spec is None:
         if value.startswith("chardev:"):
@@ -129,7 +129,7 @@ def _add_monitor(p: Parser, value: str, where: str, frontend: str) -> ChardevSpe
     return spec
 
 
-def _mon(p: Parser, value: str, where: str) -> None:
+def _mon(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(
         value, where, "chardev", frozenset({"chardev", "mode", "pretty", "id", "default"})
     )

@@ -17,7 +17,7 @@ from kvmlab.fake.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.cmdline import OptionHandler, Parser
+    from kvmlab.fake.parse_state import OptionHandler, ParseState
 
 __all__ = ["LEGACY_NIC_MODELS", "NETDEV_TYPES", "NIC_DRIVERS", "OPTIONS"]
 
@@ -39,7 +39,7 @@ NETDEV_TYPES = frozenset(
 )
 
 
-def _backend(p: Parser, kind: str, ident: str, opts: dict[str, str], where: str) -> NetBackend:
+def _backend(p: ParseState, kind: str, ident: str, opts: dict[str, str], where: str) -> NetBackend:
     backend = NetBackend(ident, kind, where)
     if kind == "tap":
         backend.ifname = opts.get("ifname") or None
@@ -58,7 +58,7 @@ def _backend(p: Parser, kind: str, ident: str, opts: dict[str, str], where: str)
     return backend
 
 
-def _netdev(p: Parser, value: str, where: str) -> None:
+def _netdev(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "type")
     kind = opts.get("type", "")
     if kind in ("help", "?"):
@@ -77,13 +77,13 @@ def _netdev(p: Parser, value: str, where: str) -> None:
     _backend(p, kind, ident, opts, where)
 
 
-def _check_vlan(p: Parser, opts: dict[str, str], where: str) -> None:
+def _check_vlan(p: ParseState, opts: dict[str, str], where: str) -> None:
     # QEMU 3.0 removed the "vlan" hubs; older recordings still take it.
     if "vlan" in opts and p.profile.version >= (3, 0, 0):
         raise FakeError("Invalid parameter 'vlan'", where)
 
 
-def _net(p: Parser, value: str, where: str) -> None:
+def _net(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "type")
     kind = opts.get("type", "")
     _check_vlan(p, opts, where)
@@ -106,7 +106,7 @@ def _net(p: Parser, value: str, where: str) -> None:
     _backend(p, kind, ident, opts, where)
 
 
-def _nic(p: Parser, value: str, where: str) -> None:
+def _nic(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "type")
     kind = opts.get("type", "user")
     if kind == "none":
@@ -123,7 +123,7 @@ def _nic(p: Parser, value: str, where: str) -> None:
 
 
 def _add_nic(
-    p: Parser, model: str, mac: str | None, netdev: str | None, where: str, *, key: str
+    p: ParseState, model: str, mac: str | None, netdev: str | None, where: str, *, key: str
 ) -> None:
     owner = "virtio-net-device" if model.startswith("virtio-net") else model
     if mac is None:
@@ -147,7 +147,7 @@ def _add_nic(
     p.cfg.nics.append(Nic(model, normal, netdev, where))
 
 
-def _device(p: Parser, value: str, where: str) -> None:
+def _device(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where, "driver")
     driver = opts.get("driver", "")
     if driver in ("help", "?"):

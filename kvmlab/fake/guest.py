@@ -14,7 +14,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.machine import Machine
+    from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["Guest", "facts"]
 
@@ -38,7 +38,7 @@ class Guest:
     :ivar pending_powerdown: the power button was pressed while paused.
     """
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: MachineView) -> None:
         self.machine = machine
         self.booted_at: float | None = None
         self.needs_boot = True

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kvmlab.fake.chardevs import Chardev
-    from kvmlab.fake.machine import Machine
+    from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["COMMANDS", "INFO", "HumanMonitor", "run_command"]
 
@@ -42,7 +42,7 @@ class HumanMonitor(Frontend):
     :param dev: the chardev it answers on.
     """
 
-    def __init__(self, machine: Machine, dev: Chardev) -> None:
+    def __init__(self, machine: MachineView, dev: Chardev) -> None:
         self.machine = machine
         self.dev = dev
         self.inbuf = b""
@@ -66,7 +66,7 @@ class HumanMonitor(Frontend):
             self.dev.send((output + "(qemu) ").encode())
 
 
-def run_command(m: Machine, line: str) -> str:
+def run_command(m: MachineView, line: str) -> str:
     """Run a human monitor command; its output, ``\\r\\n``-terminated lines."""
     words = line.split()
     if not words:
@@ -79,63 +79,63 @@ def run_command(m: Machine, line: str) -> str:
 # Each command gets the words after its name; ``None`` means "unknown command".
 
 
-def _quit(m: Machine, args: list[str]) -> str | None:
+def _quit(m: MachineView, args: list[str]) -> str | None:
     m.loop.after(0.0, m.host_quit)  # after human-monitor-command's reply
     return ""
 
 
-def _info(m: Machine, args: list[str]) -> str | None:
+def _info(m: MachineView, args: list[str]) -> str | None:
     show = INFO.get(args[0]) if args else None
     return show(m) if show is not None else None
 
 
-def _stop(m: Machine, args: list[str]) -> str | None:
+def _stop(m: MachineView, args: list[str]) -> str | None:
     m.stop()
     return ""
 
 
-def _cont(m: Machine, args: list[str]) -> str | None:
+def _cont(m: MachineView, args: list[str]) -> str | None:
     m.resume()
     return ""
 
 
-def _system_powerdown(m: Machine, args: list[str]) -> str | None:
+def _system_powerdown(m: MachineView, args: list[str]) -> str | None:
     m.powerdown()
     return ""
 
 
-def _system_reset(m: Machine, args: list[str]) -> str | None:
+def _system_reset(m: MachineView, args: list[str]) -> str | None:
     m.loop.after(0.0, m.reset)
     return ""
 
 
-def _help(m: Machine, args: list[str]) -> str | None:
+def _help(m: MachineView, args: list[str]) -> str | None:
     return _HELP
 
 
-def _info_status(m: Machine) -> str:
+def _info_status(m: MachineView) -> str:
     return f"VM status: {_HMP_STATUS[m.status]}\r\n"
 
 
-def _info_name(m: Machine) -> str:
+def _info_name(m: MachineView) -> str:
     return f"{m.cfg.name}\r\n" if m.cfg.name else ""
 
 
-def _info_version(m: Machine) -> str:
+def _info_version(m: MachineView) -> str:
     return f"{m.profile.version_string} (kvmlab-fake)\r\n"
 
 
-def _info_kvm(m: Machine) -> str:
+def _info_kvm(m: MachineView) -> str:
     return f"kvm support: {'enabled' if m.cfg.accel == 'kvm' else 'disabled'}\r\n"
 
 
-def _info_cpus(m: Machine) -> str:
+def _info_cpus(m: MachineView) -> str:
     pid = os.getpid()
     marks = ("*", " ")
     return "".join(f"{marks[min(i, 1)]} CPU #{i}: thread_id={pid}\r\n" for i in range(m.cfg.cpus))
 
 
-COMMANDS: dict[str, Callable[[Machine, list[str]], str | None]] = {
+COMMANDS: dict[str, Callable[[MachineView, list[str]], str | None]] = {
     "quit": _quit,
     "q": _quit,
     "info": _info,
@@ -149,7 +149,7 @@ COMMANDS: dict[str, Callable[[Machine, list[str]], str | None]] = {
     "?": _help,
 }
 
-INFO: dict[str, Callable[[Machine], str]] = {
+INFO: dict[str, Callable[[MachineView], str]] = {
     "status": _info_status,
     "name": _info_name,
     "version": _info_version,

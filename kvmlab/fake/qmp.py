@@ -18,7 +18,7 @@ from kvmlab.fake.qmp_commands import COMMANDS, version_info
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kvmlab.fake.chardevs import Chardev
-    from kvmlab.fake.machine import Machine
+    from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["JsonSplitter", "QmpMonitor"]
 
@@ -72,7 +72,7 @@ class QmpMonitor(Frontend):
     :param dev: the chardev it answers on.
     """
 
-    def __init__(self, machine: Machine, dev: Chardev) -> None:
+    def __init__(self, machine: MachineView, dev: Chardev) -> None:
         self.machine = machine
         self.dev = dev
         self.negotiated = False

@@ -17,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from kvmlab.fake.machine import Machine
+    from kvmlab.fake.machine_view import MachineView
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["COMMANDS", "QmpCommand", "version_info"]
@@ -36,10 +36,10 @@ class QmpCommand:
 
     def __init__(
         self,
-        run: Callable[[Machine, dict[str, object]], object],
+        run: Callable[[MachineView, dict[str, object]], object],
         allowed: frozenset[str] = frozenset(),
         required: tuple[str, ...] = (),
-        after: Callable[[Machine], None] | None = None,
+        after: Callable[[MachineView], None] | None = None,
     ) -> None:
         self.run = run
         self.allowed = allowed
@@ -54,11 +54,11 @@ def version_info(profile: Profile) -> dict[str, object]:
     return {"qemu": qemu, "package": "kvmlab-fake"}
 
 
-def _empty(m: Machine, arguments: dict[str, object]) -> object:
+def _empty(m: MachineView, arguments: dict[str, object]) -> object:
     return {}
 
 
-def _query_status(m: Machine, arguments: dict[str, object]) -> object:
+def _query_status(m: MachineView, arguments: dict[str, object]) -> object:
     status: dict[str, object] = {"status": m.status}
     if m.profile.version < (9, 0, 0):
         status["singlestep"] = False
@@ -66,19 +66,19 @@ def _query_status(m: Machine, arguments: dict[str, object]) -> object:
     return status
 
 
-def _query_version(m: Machine, arguments: dict[str, object]) -> object:
+def _query_version(m: MachineView, arguments: dict[str, object]) -> object:
     return version_info(m.profile)
 
 
-def _query_name(m: Machine, arguments: dict[str, object]) -> object:
+def _query_name(m: MachineView, arguments: dict[str, object]) -> object:
     return {"name": m.cfg.name} if m.cfg.name is not None else {}
 
 
-def _query_kvm(m: Machine, arguments: dict[str, object]) -> object:
+def _query_kvm(m: MachineView, arguments: dict[str, object]) -> object:
     return {"enabled": m.cfg.accel == "kvm", "present": True}
 
 
-def _query_cpus_fast(m: Machine, arguments: dict[str, object]) -> object:
+def _query_cpus_fast(m: MachineView, arguments: dict[str, object]) -> object:
     # Every vCPU reports the process's own pid: a fake thread id could name
     # another process, and a test pinning vCPUs would then pin that.
     pid = os.getpid()
@@ -94,43 +94,43 @@ def _query_cpus_fast(m: Machine, arguments: dict[str, object]) -> object:
     ]
 
 
-def _query_memory_size_summary(m: Machine, arguments: dict[str, object]) -> object:
+def _query_memory_size_summary(m: MachineView, arguments: dict[str, object]) -> object:
     return {"base-memory": m.cfg.memory, "plugged-memory": 0}
 
 
-def _query_commands(m: Machine, arguments: dict[str, object]) -> object:
+def _query_commands(m: MachineView, arguments: dict[str, object]) -> object:
     return [{"name": name} for name in sorted(COMMANDS)]
 
 
-def _stop(m: Machine, arguments: dict[str, object]) -> object:
+def _stop(m: MachineView, arguments: dict[str, object]) -> object:
     m.stop()
     return {}
 
 
-def _system_powerdown(m: Machine, arguments: dict[str, object]) -> object:
+def _system_powerdown(m: MachineView, arguments: dict[str, object]) -> object:
     m.powerdown()
     return {}
 
 
-def _quit(m: Machine, arguments: dict[str, object]) -> object:
+def _quit(m: MachineView, arguments: dict[str, object]) -> object:
     # QEMU 7.2 sends SHUTDOWN before quit's reply, then exits.
     m.event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
     return {}
 
 
-def _human_monitor_command(m: Machine, arguments: dict[str, object]) -> object:
+def _human_monitor_command(m: MachineView, arguments: dict[str, object]) -> object:
     return run_command(m, str(arguments["command-line"]))
 
 
-def _resume(m: Machine) -> None:
+def _resume(m: MachineView) -> None:
     m.resume()
 
 
-def _reset(m: Machine) -> None:
+def _reset(m: MachineView) -> None:
     m.reset()
 
 
-def _exit(m: Machine) -> None:
+def _exit(m: MachineView) -> None:
     m.quit()
 
 

@@ -1,0 +1,50 @@
+"""The state the option handlers share while they turn a command line into a Config.
+
+The walk over the options (:mod:`kvmlab.fake.cmdline`) calls handlers that live in
+several modules (:mod:`~kvmlab.fake.cmdline_chardev`, :mod:`~kvmlab.fake.cmdline_net`);
+they all read and fill this state. It sits below all of them, so a handler module
+never needs the module that merges the handler tables.
+"""
+
+from __future__ import annotations
+
+from kvmlab.fake.config import Config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from kvmlab.fake.config import ChardevSpec
+    from kvmlab.fake.profiles import Profile
+
+    #: ``handler(parser, value, where)``; ``where`` is ``"-option value"`` for messages.
+    OptionHandler = Callable[["ParseState", str, str], None]
+
+__all__ = ["ParseState"]
+
+
+class ParseState:
+    """What the option handlers share while a command line becomes a :class:`Config`.
+
+    :ivar help_request: what a ``help`` value asked to print instead of starting.
+    :ivar named: ``-chardev`` backends by id.
+    :ivar netdev_ids: ``-netdev`` (and ``-nic``) ids, for the NICs that name them.
+    :ivar used_netdevs: netdev id -> the option of the NIC plugged into it.
+    """
+
+    def __init__(self, profile: Profile, argv: Sequence[str]) -> None:
+        self.profile = profile
+        self.cfg = Config(argv)
+        self.help_request: str | None = None
+        self.named: dict[str, ChardevSpec] = {}
+        self.netdev_ids: set[str] = set()
+        self.used_netdevs: dict[str, str] = {}
+
+    def ask_help(self, kind: str) -> None:
+        """A ``help`` value: print the profile's ``kind`` text instead of starting."""
+        if self.help_request is None:
+            self.help_request = self.profile.text(kind)
+
+    def ask_help_text(self, text: str) -> None:
+        """A ``help`` value whose answer is not recorded: print ``text``."""
+        self.help_request = self.help_request or text
