@@ -70,6 +70,7 @@ def clear_stale_files(layout: StateLayout, name: str) -> None:
         layout.monitor_socket(name),
         layout.serial_socket(name),
         layout.qmp_socket(name),
+        layout.cmd_socket(name),
     ):
         remove_quietly(path)
 

@@ -153,6 +153,18 @@ def generate_runtime(
         )
     else:
         argv += ("-serial", f"unix:{paths.serial},{switches}")
+    if hv.serial_console:
+        # The guest command channel, ttyS1 (kvmlab.guest_channel). Only beside a console:
+        # after "-serial none" the next -serial would become ttyS0 instead.
+        if caps.has_chardev and caps.has_chardev_logfile:  # the console's spelling
+            argv += (
+                "-chardev",
+                f"socket,id=cmd0,path={paths.cmd},{switches}",
+                "-serial",
+                "chardev:cmd0",
+            )
+        else:
+            argv += ("-serial", f"unix:{paths.cmd},{switches}")
 
     argv += _display_args(instance, caps)
     if hv.use_localtime:

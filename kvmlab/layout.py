@@ -51,6 +51,8 @@ class InstancePaths(NamedTuple):
     serial_log: str
     qmp: str
     chroot: str
+    #: The guest command channel (ttyS1), see :mod:`kvmlab.guest_channel`.
+    cmd: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,10 @@ class StateLayout:
 
     def qmp_socket(self, name: str) -> Path:
         return self._socket(name, "qmp")
+
+    def cmd_socket(self, name: str) -> Path:
+        """The guest command channel: the second serial port (ttyS1)."""
+        return self._socket(name, "cmd")
 
     def nic_dir(self, name: str) -> Path:
         """Holds one file per NIC sequence number with the tap's name."""
@@ -135,4 +141,5 @@ def _instance_paths(layout: StateLayout, name: str) -> InstancePaths:
         serial_log=str(layout.serial_log(name)),
         qmp=str(layout.qmp_socket(name)),
         chroot=str(layout.chroot_dir(name)),
+        cmd=str(layout.cmd_socket(name)),
     )

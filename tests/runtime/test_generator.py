@@ -82,6 +82,8 @@ def test_whole_argv_minimal_kernel_boot_on_qemu_7_2() -> None:
         "socket,id=serial0,path=/srv/kvmlab/ctrl/vm1.serial,server=on,wait=off,"
         "logfile=/srv/kvmlab/log/vm1.serial.log,logappend=off",
         "-serial", "chardev:serial0",
+        "-chardev", "socket,id=cmd0,path=/srv/kvmlab/ctrl/vm1.cmd,server=on,wait=off",
+        "-serial", "chardev:cmd0",
         "-usb", "-device", "usb-tablet",
         "-vnc", "none",
         "-uuid", UUID,
@@ -133,6 +135,8 @@ DB2_CONTROL = [
     "socket,id=serial0,path=/srv/kvmlab/ctrl/db2.serial,server=on,wait=off,"
     "logfile=/srv/kvmlab/log/db2.serial.log,logappend=off",
     "-serial", "chardev:serial0",
+    "-chardev", "socket,id=cmd0,path=/srv/kvmlab/ctrl/db2.cmd,server=on,wait=off",
+    "-serial", "chardev:cmd0",
     "-usb", "-device", "usb-tablet",
     "-vnc", ":1",
     "-rtc", "base=localtime",
@@ -387,7 +391,9 @@ def test_machine_version_overrides_the_default_machine() -> None:
 def test_long_booleans_on_modern_qemu(caps_name: str, switches: str) -> None:
     words = argv(caps=load_profile(caps_name))
     assert value_of(words, "-monitor").endswith(f",{switches}")
-    assert f",{switches}," in value_of(words, "-chardev")
+    console, channel = option_values(words, "-chardev")
+    assert f",{switches}," in console
+    assert channel.endswith(f",{switches}")
     assert not [w for w in words if "nowait" in w]
 
 
@@ -400,8 +406,24 @@ def test_short_booleans_before_qemu_6(version: str, ganeti_caps: LoadCaps) -> No
 
 def test_serial_socket_without_chardev_logfile(ganeti_caps: LoadCaps) -> None:
     words = argv(caps=ganeti_caps("1.1.2"))
-    assert value_of(words, "-serial") == "unix:/srv/kvmlab/ctrl/vm1.serial,server,nowait"
+    assert option_values(words, "-serial") == [
+        "unix:/srv/kvmlab/ctrl/vm1.serial,server,nowait",
+        "unix:/srv/kvmlab/ctrl/vm1.cmd,server,nowait",
+    ]
     assert "-chardev" not in words
+
+
+def test_command_channel_is_the_second_serial_port_beside_the_console() -> None:
+    words = argv()
+    assert option_values(words, "-serial") == ["chardev:serial0", "chardev:cmd0"]
+    assert "socket,id=cmd0,path=/srv/kvmlab/ctrl/vm1.cmd,server=on,wait=off" in words
+
+
+def test_no_command_channel_without_a_serial_console() -> None:
+    # After "-serial none" the next -serial would be ttyS0, not ttyS1.
+    words = argv(make(hvparams={"serial_console": False}))
+    assert option_values(words, "-serial") == ["none"]
+    assert not [w for w in words if "cmd" in w]
 
 
 @pytest.mark.parametrize(
@@ -589,8 +611,8 @@ def test_no_kernel_no_append() -> None:
 
 def test_serial_console_on_is_a_logged_socket() -> None:
     words = argv()
-    assert value_of(words, "-serial") == "chardev:serial0"
-    chardev = value_of(words, "-chardev").split(",")
+    assert option_values(words, "-serial")[0] == "chardev:serial0"
+    chardev = option_values(words, "-chardev")[0].split(",")
     assert chardev[:3] == ["socket", "id=serial0", "path=/srv/kvmlab/ctrl/vm1.serial"]
     assert "logfile=/srv/kvmlab/log/vm1.serial.log" in chardev
 
