@@ -19,6 +19,8 @@ apart by type::
           +-- LaunchError             the hypervisor binary failed to start
           +-- StopError               the process would not go away
           +-- ProbeError              running a binary for its capabilities failed
+          +-- GuestChannelError       the guest command channel failed
+               +-- GuestTimeoutError  the guest did not answer in time
 
 This module imports nothing but the standard library: the fake kvm program
 shares it and must start fast.
@@ -31,6 +33,8 @@ from collections.abc import Sequence
 __all__ = [
     "AlreadyRunningError",
     "CapabilityError",
+    "GuestChannelError",
+    "GuestTimeoutError",
     "InstanceError",
     "InvalidInputError",
     "KvmlabError",
@@ -148,3 +152,18 @@ class StopError(OperationError):
 
 class ProbeError(OperationError):
     """A QEMU binary could not be run to read its capabilities."""
+
+
+class GuestChannelError(OperationError):
+    """A command could not be run in the guest: no channel, or it closed mid-reply."""
+
+
+class GuestTimeoutError(GuestChannelError):
+    """The guest's command channel did not answer, or the command did not finish, in time.
+
+    :ivar output: what the command printed before the deadline (``""`` if it never ran).
+    """
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output

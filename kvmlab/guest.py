@@ -763,6 +763,29 @@ ip link set lo up
 # The power button: acpid runs /etc/acpi/PWRF/00000080 (poweroff -f). Started before the
 # facts so that a host which powers down right after KVMLAB-FACTS-END is heard.
 acpid -c /etc/acpi -l /tmp/acpid.log
+# The command channel on ttyS1 (kvmlab.guest_channel, docs/guest.md): each request line
+# "<nonce> <seconds> <command line>" runs under sh -c, stdin /dev/null, killed after
+# <seconds>; the reply is its output (stdout and stderr), a newline, then
+# "KVMLAB-EXIT <nonce> <status>". The tty is raw: no echo, no CR/LF rewriting; the
+# output goes through a pipe, so commands see no tty (ls prints one name a line).
+# Without a second serial port the open fails; stderr stays off the console.
+(
+    set -o pipefail
+    while true; do
+        {
+            stty raw -echo 115200
+            while IFS= read -r req; do
+                nonce=${req%% *}
+                rest=${req#* }
+                secs=${rest%% *}
+                cmd=${rest#* }
+                timeout -s KILL "$secs" sh -c "$cmd" </dev/null 2>&1 | cat
+                printf '\nKVMLAB-EXIT %s %s\n' "$nonce" "$?"
+            done
+        } </dev/ttyS1 >/dev/ttyS1
+        sleep 1
+    done
+) 2>/dev/null &
 out=/dev/console
 [ -c /dev/ttyS0 ] && out=/dev/ttyS0
 facts="KVMLAB-BOOT-OK
