@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect", metavar="RE", help="wait until this regex appears, then exit 0")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for --expect")
 
+    p = command(
+        "exec", cmd_exec, "run a command in the guest, print its output, exit with its status"
+    )
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds the command may take")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the guest may take to answer first (still booting)",
+    )
+    p.add_argument("words", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
 
@@ -247,6 +260,25 @@ def cmd_console(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     sys.stdout.write(seen + "\n")
     return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from kvmlab.errors import InvalidInputError  # noqa: PLC0415
+
+    words = list(args.words)
+    if words[:1] == ["--"]:
+        words = words[1:]
+    if not words:
+        raise InvalidInputError("no command given: kvmlab exec NAME -- CMD ARGS...")
+    # The words are the command's argv, each quoted: use "sh -c '...'" for globs and pipes.
+    result = (
+        _lab(args)
+        .guest(args.name)
+        .run(words, timeout=args.timeout, ready_timeout=args.ready_timeout)
+    )
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    return result.exit_code
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
