@@ -210,6 +210,8 @@ def _drive(p: ParseState, value: str, where: str) -> None:
     if opts.get("file"):
         readonly = parse_bool(opts, "readonly", False, where)
         p.cfg.drives.append((where, opts["file"], not readonly))
+        if opts.get("if") == "virtio" and opts.get("media", "disk") == "disk":
+            p.cfg.virtio_disks.append(opts["file"])
 
 
 def _disk(p: ParseState, value: str, where: str) -> None:

@@ -125,6 +125,7 @@ class Config:
         "runas",
         "serials",
         "start_paused",
+        "virtio_disks",
         "warnings",
     )
 
@@ -148,6 +149,8 @@ class Config:
         self.append: str | None = None
         #: ``(where, path, writable)`` for each disk image.
         self.drives: list[tuple[str, str, bool]] = []
+        #: Image paths of the ``if=virtio`` drives: the guest's ``vda``, ``vdb``...
+        self.virtio_disks: list[str] = []
         self.chardevs: list[ChardevSpec] = []
         self.serials: list[ChardevSpec] = []
         #: Monitors: chardevs whose frontend is ``hmp`` or ``qmp``.

@@ -142,8 +142,14 @@ class Machine:
     def _open_chardev(self, spec: ChardevSpec) -> None:
         dev = Chardev(spec, self.loop, self.prog)
         self.chardevs.append(dev)
-        if self.cfg.serials and spec is self.cfg.serials[0]:
+        serials = self.cfg.serials
+        if serials and spec is serials[0]:
             self.serial = dev
+        elif len(serials) > 1 and spec is serials[1]:
+            # ttyS1: the guest command channel (imported only where there is one).
+            from kvmlab.fake.cmdchannel import CommandChannel  # noqa: PLC0415
+
+            dev.frontend = CommandChannel(self, dev, self.guest)
         if spec.frontend == "qmp":
             monitor = QmpMonitor(self, dev)
             self.qmp_monitors.append(monitor)
