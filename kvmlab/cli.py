@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds the guest may take to answer first (still booting)",
     )
-    p.add_argument("words", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    # main() hands over the words after "--" (see there).
+    p.add_argument("words", nargs="*", metavar="-- CMD ARGS...")
 
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
@@ -266,8 +267,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from kvmlab.errors import InvalidInputError  # noqa: PLC0415
 
     words = list(args.words)
-    if words[:1] == ["--"]:
-        words = words[1:]
     if not words:
         raise InvalidInputError("no command given: kvmlab exec NAME -- CMD ARGS...")
     # The words are the command's argv, each quoted: use "sh -c '...'" for globs and pipes.
@@ -338,7 +337,16 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # "exec NAME [OPTIONS] -- CMD ARGS...": argparse would bind the command's words before
+    # it sees the options, so everything after the first "--" is the command's, as is.
+    command: list[str] = []
+    if "--" in words and "exec" in words[: words.index("--")]:
+        split = words.index("--")
+        words, command = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    if args.handler is cmd_exec:
+        args.words = [*args.words, *command]
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="kvmlab: %(levelname)s: %(message)s",

@@ -455,3 +455,52 @@ def test_diff_exit_codes(run: Run, tmp_path: Path) -> None:
     missing = run("diff", str(tmp_path / "nope.json"), str(tmp_path / "nope.json"), globals_=False)
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+# -- exec: commands in the guest ---------------------------------------------------------
+
+
+def test_exec_prints_the_output_and_exits_with_the_command_status(
+    run: Run, write_instance: Callable[..., Path]
+) -> None:
+    assert run("start", str(write_instance())).returncode == 0
+    result = run("exec", "vm1", "--", "cat", "/sys/class/net/eth0/address")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "52:54:00:6b:02:01\n", "")
+    failed = run("exec", "vm1", "--", "sh", "-c", "echo -n partial; exit 3")
+    assert (failed.returncode, failed.stdout) == (3, "partial")
+    missing = run("exec", "vm1", "--", "nope")
+    assert (missing.returncode, missing.stdout) == (127, "sh: nope: not found\n")
+
+
+def test_exec_timeout_is_exit_1_in_one_line(cli: Run, write_instance: Callable[..., Path]) -> None:
+    assert cli("start", str(write_instance())).returncode == 0
+    result = cli("exec", "vm1", "--timeout", "0.5", "--", "sleep", "5")
+    assert result.returncode == 1
+    assert "did not finish within 0.5 s" in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["exec", "nope", "--", "true"], 2),  # unknown instance
+        (["exec", "vm1"], 2),  # no command
+        (["exec", "vm1", "--", "echo", "a\nb"], 2),  # not one line
+    ],
+)
+def test_exec_bad_input_is_exit_2(
+    cli: Run, write_instance: Callable[..., Path], args: list[str], code: int
+) -> None:
+    assert cli("start", str(write_instance())).returncode == 0
+    result = cli(*args)
+    assert result.returncode == code
+    one_line_error(result.stderr)
+
+
+def test_exec_on_a_stopped_instance_is_exit_1(
+    cli: Run, write_instance: Callable[..., Path]
+) -> None:
+    assert cli("start", str(write_instance())).returncode == 0
+    assert cli("stop", "vm1", "--force").returncode == 0
+    result = cli("exec", "vm1", "--", "true")
+    assert result.returncode == 1
+    assert "not running" in one_line_error(result.stderr)
