@@ -40,8 +40,8 @@ class CommandChannel(Frontend):
         self.pending = b""
         self.queue: list[bytes] = []
         self.shell: GuestShell | None = None
-        #: The guest boot the shell state belongs to (``Guest.boots``, booted_at).
-        self.boot: tuple[int, float | None] | None = None
+        #: The guest boot (``Guest.boots``, counting resets) the shell state belongs to.
+        self.boot: int | None = None
         self.busy = False
         #: Bumped when the running command ends or is dropped, so stale timers do nothing.
         self.generation = 0
@@ -50,26 +50,28 @@ class CommandChannel(Frontend):
 
     def received(self, data: bytes) -> None:
         """Bytes typed on ttyS1: complete lines join the queue."""
+        self._sync()  # what was queued before a reset went with the old boot
         self.pending += data
         *lines, self.pending = self.pending.split(b"\n")
         self.queue.extend(lines)
         self._next()
 
-    def _up(self) -> bool:
-        """The guest's loop is running: booted, not paused; a new boot restarts the shell."""
-        guest = self.guest
-        if self.machine.status != "running" or guest.booted_at is None or guest.needs_boot:
-            return False
-        boot = (guest.boots, guest.booted_at)
-        if boot != self.boot:
-            # A reset: the tty's queue, the command and the files went with the old boot.
+    def _sync(self) -> None:
+        """After a reset, the tty's queue, the running command and the files are gone."""
+        if self.guest.boots != self.boot:
             if self.boot is not None:
                 self.queue.clear()
+                self.pending = b""
                 self.busy = False
                 self.generation += 1
-            self.boot = boot
+            self.boot = self.guest.boots
             self.shell = None
-        return True
+
+    def _up(self) -> bool:
+        """The guest's loop is running: booted since the last reset, and not paused."""
+        self._sync()
+        guest = self.guest
+        return self.machine.status == "running" and guest.booted == guest.boots
 
     def _next(self) -> None:
         if self.busy or not self.queue:

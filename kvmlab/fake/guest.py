@@ -36,6 +36,8 @@ class Guest:
     :ivar boots: counts resets, so a power-off scheduled before one does not
         hit the next boot.
     :ivar pending_powerdown: the power button was pressed while paused.
+    :ivar booted: the ``boots`` count of the last boot that printed its facts (``-1``
+        before the first), so ``booted == boots`` means the current boot is up.
     """
 
     def __init__(self, machine: MachineView) -> None:
@@ -43,6 +45,7 @@ class Guest:
         self.booted_at: float | None = None
         self.needs_boot = True
         self.boots = 0
+        self.booted = -1
         self.pending_powerdown = False
 
     def vcpus_started(self) -> None:
@@ -60,6 +63,7 @@ class Guest:
         cfg = m.cfg
         nics = m.nics
         self.booted_at = time.monotonic()
+        self.booted = self.boots
         lines = [
             "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
             "Booting from ROM.." if cfg.kernel else "Booting from Hard Disk...",

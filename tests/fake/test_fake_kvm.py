@@ -973,3 +973,85 @@ def test_same_error_as_real_qemu(
     code, _, err = run_main([*base, *argv], capsys)
     assert (code, real.returncode) == (1, 1)
     assert err.replace(PROG, os.path.basename(qemu_binary)) == real.stderr
+
+
+# --------------------------------------------------------------------------- command channel
+
+
+def channel_args(vm: FakeVM) -> tuple[str, ...]:
+    """kvmlab's second serial: the guest command channel (ttyS1)."""
+    path = vm.dir / f"{vm.name}.cmd"
+    return ("-chardev", f"socket,id=cmd0,path={path},server=on,wait=off", "-serial", "chardev:cmd0")
+
+
+CHANNEL_MAC = "52:54:00:6b:0c:01"
+
+
+def ask(sock: socket.socket, nonce: str, line: str, seconds: int = 5) -> bytes:
+    """Send one request; the reply up to its marker line's end."""
+    sock.sendall(f"{nonce} {seconds} {line}\n".encode())
+    data = read_until(sock, f"KVMLAB-EXIT {nonce} ".encode())
+    while not data.endswith(b"\n"):
+        data += read_until(sock, b"\n")
+    return data
+
+
+def test_channel_answers_only_once_running_and_in_order(vm: FakeVM) -> None:
+    vm.start("-S", *channel_args(vm))
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.connect(str(vm.dir / "vm1.cmd"))
+    channel.sendall(b"n1 5 sleep 0.2; echo first\nn2 5 echo second\n")
+    channel.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        channel.recv(100)  # prelaunch: the guest's loop is not running yet
+    client = vm.qmp()
+    assert client.cmd("cont") == {"return": {}}
+    seen = read_until(channel, b"KVMLAB-EXIT n2 0\n")
+    assert seen == b"first\n\nKVMLAB-EXIT n1 0\nsecond\n\nKVMLAB-EXIT n2 0\n"
+    channel.close()
+    client.close()
+    vm.quit()
+
+
+def test_channel_shell_syntax_and_errors_like_busybox(vm: FakeVM) -> None:
+    vm.start(
+        *channel_args(vm),
+        nics=("-netdev", "user,id=n0", "-device", f"e1000,netdev=n0,mac={CHANNEL_MAC}"),
+    )
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.connect(str(vm.dir / "vm1.cmd"))
+    assert ask(channel, "a", "cat /sys/class/net/*/address") == (
+        f"{CHANNEL_MAC}\n00:00:00:00:00:00\n\nKVMLAB-EXIT a 0\n".encode()
+    )
+    assert (
+        ask(channel, "b", "false || echo 'x  y' && echo \"z\"") == b"x  y\nz\n\nKVMLAB-EXIT b 0\n"
+    )
+    assert ask(channel, "c", "cat /nope 2>/dev/null; echo $?") == (
+        b"sh: kvmlab-fake: unsupported shell syntax '$'\n\nKVMLAB-EXIT c 2\n"
+    )
+    assert ask(channel, "d", "cat /nope") == (
+        b"cat: can't open '/nope': No such file or directory\n\nKVMLAB-EXIT d 1\n"
+    )
+    assert ask(channel, "e", "echo a >> /tmp/f; echo b >> /tmp/f; cat /tmp/f") == (
+        b"a\nb\n\nKVMLAB-EXIT e 0\n"
+    )
+    assert ask(channel, "f", "sleep 5", seconds=1) == b"\nKVMLAB-EXIT f 137\n"  # killed
+    assert ask(channel, "g", "echo x > /proc/meminfo").endswith(b"KVMLAB-EXIT g 1\n")
+    channel.close()
+    vm.quit()
+
+
+def test_channel_reset_drops_files_and_renews_the_boot_id(vm: FakeVM) -> None:
+    vm.start(*channel_args(vm))
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.connect(str(vm.dir / "vm1.cmd"))
+    before = ask(channel, "a", "cat /proc/sys/kernel/random/boot_id; echo x > /tmp/f")
+    client = vm.qmp()
+    assert client.cmd("system_reset") == {"return": {}}
+    assert wait_until(lambda: vm.serial_text().count("KVMLAB-FACTS-END") == 2)
+    after = ask(channel, "b", "cat /proc/sys/kernel/random/boot_id")
+    assert before.split(b"\n")[0] != after.split(b"\n")[0]
+    assert ask(channel, "c", "cat /tmp/f").endswith(b"KVMLAB-EXIT c 1\n")
+    channel.close()
+    client.close()
+    vm.quit()
