@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from kvmlab.errors import (
         AlreadyRunningError,
         CapabilityError,
+        GuestChannelError,
+        GuestTimeoutError,
         InstanceError,
         InvalidInputError,
         KvmlabError,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
         UnknownInstanceError,
     )
     from kvmlab.generator import generate_runtime
+    from kvmlab.guest_channel import GuestChannel, GuestResult
     from kvmlab.invariants import InvariantReport, Violation, check_runtime
     from kvmlab.inventory import InstanceInfo, InstanceState
     from kvmlab.layout import StateLayout
@@ -67,6 +70,8 @@ __all__ = [
     "InstanceState",
     "Console",
     "GuestFacts",
+    "GuestChannel",
+    "GuestResult",
     # Invariants
     "check_runtime",
     "InvariantReport",
@@ -87,6 +92,8 @@ __all__ = [
     "LaunchError",
     "StopError",
     "ProbeError",
+    "GuestChannelError",
+    "GuestTimeoutError",
 ]
 
 _HOMES = {
@@ -111,6 +118,8 @@ _HOMES = {
     "InstanceState": "inventory",
     "Console": "console",
     "GuestFacts": "console",
+    "GuestChannel": "guest_channel",
+    "GuestResult": "guest_channel",
     "check_runtime": "invariants",
     "InvariantReport": "invariants",
     "Violation": "invariants",
