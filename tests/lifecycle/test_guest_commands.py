@@ -3,6 +3,7 @@ the fake kvm and on real QEMU with the test guest (docs/guest.md, docs/fake-kvm.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +118,23 @@ def test_after_a_soft_reboot_the_channel_works_with_a_new_boot_id(lab, make_inst
     after = shell.run(["cat", "/proc/sys/kernel/random/boot_id"], ready_timeout=BOOT_TIMEOUT)
     assert after.exit_code == 0 and after.stdout != boot_id.stdout
     assert shell.run(["cat", "/tmp/mark"]).exit_code == 1  # the old boot's files are gone
+
+
+def test_concurrent_runs_on_one_vm_take_turns(lab, make_instance) -> None:
+    lab.start(make_instance())
+    boot_facts(lab, "vm1")
+    shell = lab.guest("vm1")
+    results: dict[int, GuestResult] = {}
+
+    def run(index: int) -> None:
+        results[index] = shell.run(["sh", "-c", f"sleep 1; echo {index}"], timeout=20)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {index: GuestResult(0, f"{index}\n") for index in range(3)}
 
 
 # -- errors (the fake is enough: they happen before the guest is asked) ---------------------
