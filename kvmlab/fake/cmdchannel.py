@@ -47,6 +47,7 @@ class CommandChannel(Frontend):
         self.generation = 0
         self.polling = False
         self.current_nonce = ""
+        self.current_command = ""
 
     def received(self, data: bytes) -> None:
         """Bytes typed on ttyS1: complete lines join the queue."""
@@ -87,6 +88,7 @@ class CommandChannel(Frontend):
         nonce, _, rest = line.partition(" ")
         secs, _, command = rest.partition(" ")
         self.current_nonce = nonce
+        self.current_command = command
         if self.shell is None:
             from kvmlab.fake.guest_shell import GuestShell  # noqa: PLC0415 - first use only
 
@@ -130,6 +132,7 @@ class CommandChannel(Frontend):
         output = self.shell.take_output()
         self.busy = False
         self.generation += 1
+        self.machine.log("guest-command", command=self.current_command, status=status)
         self._answer(self.current_nonce, output, status)
 
     def _answer(self, nonce: str, output: str, status: int) -> None:

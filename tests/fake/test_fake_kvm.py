@@ -1008,6 +1008,8 @@ def test_channel_answers_only_once_running_and_in_order(vm: FakeVM) -> None:
     assert client.cmd("cont") == {"return": {}}
     seen = read_until(channel, b"KVMLAB-EXIT n2 0\n")
     assert seen == b"first\n\nKVMLAB-EXIT n1 0\nsecond\n\nKVMLAB-EXIT n2 0\n"
+    logged = [(e["command"], e["status"]) for e in vm.events("guest-command")]
+    assert logged == [("sleep 0.2; echo first", 0), ("echo second", 0)]
     channel.close()
     client.close()
     vm.quit()
