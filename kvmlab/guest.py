@@ -42,7 +42,10 @@ image and an unchanged one is reused without being rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import gzip
 import hashlib
 import importlib
@@ -867,6 +870,37 @@ def _atomic_write(path: Path, chunks: Iterator[bytes]) -> None:
         raise
 
 
+#: The lock file in the cache directory: held by every build (or reuse) of the guest.
+LOCK_NAME = ".build.lock"
+
+
+@contextlib.contextmanager
+def _build_lock(cache: Path, progress: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``CACHE/.build.lock`` while a build runs.
+
+    Parallel test workers (pytest-xdist) and concurrent ``kvmlab guest build`` commands
+    then build, or download, once: the first one holds the lock, the others wait for it
+    and find the finished image. A cache directory where the lock file cannot be created
+    (read-only) is used without a lock: nothing can be written there anyway.
+    """
+    try:
+        fd = os.open(cache / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build of the test guest ({cache / LOCK_NAME})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -882,7 +916,9 @@ def build_guest(
     """Build the test guest (or find it already built) and return its kernel and initrd.
 
     The first build downloads two Debian packages (about 28 MB) and unpacks them; later
-    builds hash the inputs and return the existing files.
+    builds hash the inputs and return the existing files. Builds sharing a cache
+    directory take turns (an ``flock`` on ``CACHE/.build.lock``), so parallel test
+    workers build and download once.
 
     :param cache_dir: where downloads, unpacked kernels and images live; defaults to
         :func:`default_cache_dir`.
@@ -896,7 +932,11 @@ def build_guest(
     """
     report: Callable[[str], None] = progress or (lambda message: log.info("%s", message))
     cache = _mkdir(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    with _build_lock(cache, report):
+        return _build_locked(cache, kernel, report)
 
+
+def _build_locked(cache: Path, kernel: Path | None, report: Callable[[str], None]) -> GuestImage:
     kern = _find_kernel(kernel, cache, report)
     busybox, busybox_origin = _find_busybox(cache, report)
     init = render_init_script([name for name, _ in kern.modules])
