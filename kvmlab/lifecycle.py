@@ -59,7 +59,7 @@ from kvmlab.inventory import (
 from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
 from kvmlab.models import Instance
-from kvmlab.process import remove_quietly, signal_process, wait_for_exit
+from kvmlab.process import reap_adopted, remove_quietly, signal_process, wait_for_exit
 from kvmlab.runtime import KVMRuntime
 from kvmlab.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 
@@ -280,6 +280,7 @@ class Hypervisor:
             # command can be writing it.
             sweep_stale_temp_dirs()
             remove_stale_writes(self.layout.runtime_file(name))
+            reap_adopted()  # daemons of ours that exited on their own since
             yield
 
     def _load(self, name: str) -> KVMRuntime:
@@ -329,6 +330,7 @@ class Hypervisor:
         else:
             # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
             self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
+        reap_adopted()  # the exited daemon, when this process started it
         self._release_nics(name)
         clear_stale_files(self.layout, name)
 
