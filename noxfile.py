@@ -15,13 +15,16 @@ PYTHON = "3.11"
 LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks", "tools"]
 QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: pytest-xdist, one worker per core; later options win, so ``nox -s tests -- -n 0`` runs
+#: the suite in one process and ``-- -n 4`` with four workers.
+XDIST = ["-n", "auto"]
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite: properties, fake kvm, and the real-QEMU lifecycle (required under CI)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *XDIST, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -34,7 +37,7 @@ def qemu10(session: nox.Session) -> None:
             session.error(message)
         session.skip(message)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "qemu", *session.posargs, env={"KVMLAB_QEMU": binary})
+    session.run("pytest", "-m", "qemu", *XDIST, *session.posargs, env={"KVMLAB_QEMU": binary})
 
 
 @nox.session(python=PYTHON)
