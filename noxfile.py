@@ -77,11 +77,10 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Speed figures: runtime JSON, the fake lifecycle, the golden suite and how it scales,
     real QEMU boots."""
-    session.install("-e", ".")
+    session.install("-e", ".[test]")  # bench_golden* run pytest (with xdist)
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
     session.run("python", "benchmarks/bench_golden.py")
-    session.install("-e", ".[test]")  # the scaling figures run pytest, with xdist
     session.run("python", "benchmarks/bench_golden_scale.py")
     if Path("benchmarks/bench_boot.py").exists():
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)
