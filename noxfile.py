@@ -15,6 +15,9 @@ PYTHON = "3.11"
 LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks", "tools"]
 QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: pytest-xdist, one worker per core; later options win, so ``nox -s tests -- -n 0`` runs
+#: the suite in one process and ``-- -n 4`` with four workers.
+XDIST = ["-n", "auto"]
 
 
 @nox.session(python=PYTHON)
@@ -24,7 +27,7 @@ def tests(session: nox.Session) -> None:
     # The skip summary in every run, so a drop in coverage shows. "-ra" is "-rs" plus
     # failures, errors and xfails: a bare "-rs" would replace pyproject's "-ra" and drop
     # the FAILED lines from the summary (a later -r wins).
-    session.run("pytest", "-ra", *session.posargs)
+    session.run("pytest", "-ra", *XDIST, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -37,7 +40,7 @@ def qemu10(session: nox.Session) -> None:
             session.error(message)
         session.skip(message)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "qemu", *session.posargs, env={"KVMLAB_QEMU": binary})
+    session.run("pytest", "-m", "qemu", *XDIST, *session.posargs, env={"KVMLAB_QEMU": binary})
 
 
 @nox.session(python=PYTHON)
@@ -77,10 +80,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Speed figures: runtime JSON, the fake lifecycle, the golden suite, real QEMU boots."""
-    session.install("-e", ".")
+    """Speed figures: runtime JSON, the fake lifecycle, the golden suite and how it scales,
+    real QEMU boots."""
+    session.install("-e", ".[test]")  # bench_golden* run pytest (with xdist)
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
     session.run("python", "benchmarks/bench_golden.py")
+    session.run("python", "benchmarks/bench_golden_scale.py")
     if Path("benchmarks/bench_boot.py").exists():
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)

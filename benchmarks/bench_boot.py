@@ -5,22 +5,31 @@ work around QEMU (generate, save, plan, write the up-scripts, run, check the pid
 back ``info``), and the target is that it costs at most 5 % of a boot. libvirt, for
 comparison, took 1.66x a bare QEMU command on these machines (DESIGN.md).
 
-Both sides boot the same test guest with the same command line, and the clock stops when
-``KVMLAB-BOOT-OK`` appears in the same serial log file:
+Four sides boot the same test guest (kernel and initramfs), 192 MiB, 1 vCPU, and the clock
+stops at the first ``KVMLAB-BOOT-OK`` on the serial line:
 
-- **kvmlab**: ``Hypervisor(tmpdir, backend=QemuBackend(binary)).start(instance)``, then the
-  serial log is polled every 10 ms.
+- **kvmlab**: ``Hypervisor(tmpdir, backend=QemuBackend(binary)).start(instance)`` of the
+  test guest as the tests boot it (:func:`kvmlab.guest.boot_hvparams`: Q35, ``-nodefaults``,
+  a quiet kernel; one user NIC), then the serial log is polled every 10 ms.
 - **bare**: a ``#!/bin/sh`` script runs the argv kvmlab executed (read back from ``/proc``
   with ``lab.info(name).argv`` during a warm-up run; through the wrapper when the binary is
-  one, see :func:`bare_argv`), then polls the log with ``grep`` every 10 ms.
+  one, see :func:`bare_argv`), then polls the same log with ``grep`` every 10 ms. kvmlab
+  against this is what kvmlab costs (target: at most 1.05x).
+- **minimal**: what a new user would type to boot that kernel and initramfs, at its simplest:
+  ``qemu-system-x86_64 -nodefaults -display none -serial stdio -accel tcg -m 192 -kernel K
+  -initrd I -append console=ttyS0`` (the kernel's default verbosity, QEMU's default machine,
+  no NIC), read from its stdout. The test guest as kvmlab boots it should beat it.
+- **plain**: kvmlab again, with the guest on the hvparams the tests used before issue 13
+  (Ganeti's defaults: QEMU's default machine with its default devices, ``panic=-1`` and
+  every kernel message on the serial line): the before of the before/after.
 
-Runs alternate (kvmlab, bare, kvmlab, bare, ...) so that drift in the machine's load hits
-both sides alike. On 2 cores one busy neighbour takes a good part of the core TCG needs, so
-each run waits for a quiet machine (under 25 % busy: these VMs idle at 10 to 20 %, steal
-time included), and a pair during which other processes used more than 25 % of the machine
-(``/proc/stat`` minus our own CPU time; another TCG guest alone is about 50 %) is redone.
-Each run starts from a clean state (no QEMU of ours alive, pidfile, sockets and serial log
-removed) and ends with the VM killed and reaped. One untimed warm-up of each
+Runs rotate through the sides (kvmlab, bare, minimal, plain, kvmlab, ...) so that drift in
+the machine's load hits every side alike. On 2 cores one busy neighbour takes a good part of
+the core TCG needs, so each run waits for a quiet machine (under 25 % busy: these VMs idle at
+10 to 20 %, steal time included), and a round during which other processes used more than
+25 % of the machine (``/proc/stat`` minus our own CPU time; another TCG guest alone is about
+50 %) is redone. Each run starts from a clean state (no QEMU of ours alive, pidfile, sockets
+and serial log removed) and ends with the VM killed and reaped. One untimed warm-up of each
 side comes first: it fills the page cache with the kernel and initramfs and kvmlab's probe
 caches (QEMU's help texts, the accelerator probe), which a test session pays once.
 
@@ -28,7 +37,7 @@ The benchmark makes itself a child subreaper, so the daemonized QEMUs (whose par
 ``-daemonize``) become its children and are reaped with ``waitpid`` rather than left as
 zombies of whatever PID 1 is.
 
-Usage: ``python benchmarks/bench_boot.py [--runs 5] [--binary PATH ...]``; without
+Usage: ``python benchmarks/bench_boot.py [--runs 5] [--binary PATH ...] [--quiet-wait S]``; without
 ``--binary``, the system's ``qemu-system-x86_64`` and the QEMU 10.0 wrapper when installed.
 Never run it beside another QEMU boot on a 2-core machine: the figures would be the load's.
 """
@@ -41,6 +50,7 @@ import ctypes
 import itertools
 import math
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -49,14 +59,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from kvmlab.backends import QemuBackend, find_qemu
 from kvmlab.capabilities import QemuCapabilities
-from kvmlab.guest import GuestImage, build_guest
+from kvmlab.guest import GuestImage, boot_hvparams, build_guest
 from kvmlab.lifecycle import Hypervisor
 from kvmlab.models import HvParams, Instance, Nic
 from kvmlab.process import is_alive, read_pidfile, remove_quietly, wait_for_exit
@@ -94,11 +104,15 @@ class Result:
     accel_reason: str
     kvmlab: list[Timing] = field(default_factory=list)
     bare: list[Timing] = field(default_factory=list)
-    #: Share of the machine other processes used during each (kvmlab, bare) run; ``inf``
-    #: when the machine never became idle before it or another QEMU ran beside it.
-    others: list[tuple[float, float]] = field(default_factory=list)
-    #: Pairs kept although the machine was busy (retries exhausted): their figures are suspect.
+    minimal: list[Timing] = field(default_factory=list)
+    plain: list[Timing] = field(default_factory=list)
+    #: Share of the machine other processes used during each run, per side in SIDES order;
+    #: ``inf`` when the machine never became idle before it or another QEMU ran beside it.
+    others: list[tuple[float, ...]] = field(default_factory=list)
+    #: Rounds kept although the machine was busy (retries exhausted): their figures are suspect.
     noisy: int = 0
+    #: The load average (1 min) before each round.
+    loads: list[float] = field(default_factory=list)
 
     def median(self, side: str, what: str) -> float:
         return float(statistics.median(getattr(t, what) for t in getattr(self, side)))
@@ -107,6 +121,10 @@ class Result:
     def ratio(self) -> float:
         """Median kvmlab total over median bare total."""
         return self.median("kvmlab", "total") / self.median("bare", "total")
+
+    def versus(self, side: str) -> float:
+        """Median kvmlab total over the median total of ``side``."""
+        return self.median("kvmlab", "total") / self.median(side, "total")
 
     @property
     def overhead(self) -> float:
@@ -315,6 +333,38 @@ def run_bare(lab: Hypervisor, script: Path, stamp: Path, timeout: float) -> Timi
     return Timing(elapsed, float(stamp.read_text()) - started)
 
 
+def minimal_argv(binary: str, guest: GuestImage, memory: int, accel: str) -> list[str]:
+    """The simplest command that boots the test guest to its marker on stdout."""
+    argv = [binary, "-nodefaults", "-display", "none", "-serial", "stdio"]
+    if accel in ("tcg", "kvm"):
+        argv += ["-accel", accel]
+    return [
+        *argv, "-m", str(memory), "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+        "-append", "console=ttyS0",
+    ]  # fmt: skip
+
+
+def run_minimal(argv: Sequence[str], timeout: float) -> Timing:
+    """Start the minimal command, read its stdout up to the marker, kill and reap it."""
+    started = time.time()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    seen = b""
+    try:
+        while MARKER.encode() not in seen:
+            ready, _, _ = select.select([process.stdout], [], [], timeout)
+            chunk = os.read(process.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                raise TimeoutError(f"{MARKER} not printed by {shlex.join(argv)}")
+            seen = seen[-len(MARKER) :] + chunk
+        elapsed = time.time() - started
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    return Timing(elapsed, math.nan)
+
+
 def share(fraction: float) -> str:
     return f"{fraction:.0%}" if math.isfinite(fraction) else "busy"
 
@@ -350,13 +400,19 @@ def bench(
         memory=192,
         vcpus=1,
         nics=(Nic(mac="52:54:00:be:0c:01", mode="user"),),
-        hvparams=HvParams(
-            kernel_path=str(guest.kernel),
-            initrd_path=str(guest.initrd),
-            kernel_args="panic=-1",
-            serial_speed=115200,
-            vnc_bind_address="",
-        ),
+        hvparams=HvParams.model_validate(boot_hvparams(guest)),
+    )
+    # The test guest as the suite booted it before issue 13: Ganeti's defaults.
+    plain = instance.model_copy(
+        update={
+            "hvparams": HvParams(
+                kernel_path=str(guest.kernel),
+                initrd_path=str(guest.initrd),
+                kernel_args="panic=-1",
+                serial_speed=115200,
+                vnc_bind_address="",
+            )
+        }
     )
     caps = QemuCapabilities.probe(binary)
     with lab_for(binary) as lab, tempfile.TemporaryDirectory(prefix="kl-bare-") as tmp:
@@ -374,37 +430,42 @@ def bench(
         script, stamp = Path(tmp) / "bare.sh", Path(tmp) / "launched"
         write_script(script, argv, lab.layout.serial_log(NAME), stamp)
         run_bare(lab, script, stamp, timeout)  # warm-up of the bare side
+        minimal = minimal_argv(binary, guest, instance.memory, result.accel)
+        run_minimal(minimal, timeout)  # and of the minimal one
 
-        def kvmlab_run() -> Timing:
-            return run_kvmlab(lab, instance, timeout)
-
-        def bare_run() -> Timing:
-            return run_bare(lab, script, stamp, timeout)
-
+        sides: dict[str, Callable[[], Timing]] = {
+            "kvmlab": lambda: run_kvmlab(lab, instance, timeout),
+            "bare": lambda: run_bare(lab, script, stamp, timeout),
+            "minimal": lambda: run_minimal(minimal, timeout),
+            "plain": lambda: run_kvmlab(lab, plain, timeout),
+        }
         for n in range(runs):
             for attempt in range(retries + 1):
-                # One pair, kvmlab then bare; redone when either shared the machine.
-                pair: list[tuple[Timing, float]] = []
-                for run in (kvmlab_run, bare_run):
+                # One round, every side once; redone when one of them shared the machine.
+                load = os.getloadavg()[0]
+                done: list[tuple[Timing, float]] = []
+                for run in sides.values():
                     clean_state(lab)  # first: our own VM must not count as someone else's
                     quiet = wait_quiet(quiet_wait)
                     meter = OthersMeter()
                     timing = run()  # ends with the VM killed and reaped
                     others = meter.share()
-                    pair.append((timing, others if quiet and not foreign_qemus() else math.inf))
-                clean = all(others <= NOISY_OTHERS for _, others in pair)
+                    done.append((timing, others if quiet and not foreign_qemus() else math.inf))
+                clean = all(others <= NOISY_OTHERS for _, others in done)
                 if clean or attempt == retries:
                     break
                 print(f"  run {n + 1}: shared the machine, again", file=sys.stderr, flush=True)
-            (k, k_others), (b, b_others) = pair
-            result.kvmlab.append(k)
-            result.bare.append(b)
-            result.others.append((k_others, b_others))
+            for side, (timing, _) in zip(sides, done, strict=True):
+                getattr(result, side).append(timing)
+            result.others.append(tuple(others for _, others in done))
+            result.loads.append(load)
             result.noisy += not clean
             print(
-                f"  run {n + 1}/{runs}: kvmlab {k.total:.3f} s (launch {k.launch:.3f},"
-                f" others {share(k_others)}), bare {b.total:.3f} s (launch {b.launch:.3f},"
-                f" others {share(b_others)})",
+                f"  run {n + 1}/{runs} (load {load:.2f}): "
+                + ", ".join(
+                    f"{side} {timing.total:.3f} s (others {share(others)})"
+                    for side, (timing, others) in zip(sides, done, strict=True)
+                ),
                 file=sys.stderr,
                 flush=True,
             )
@@ -432,7 +493,7 @@ def main() -> int:
         "--retries",
         type=int,
         default=3,
-        help="redo a pair of runs that shared the machine, up to this many times (default 3)",
+        help="redo a round of runs that shared the machine, up to this many times (default 3)",
     )
     args = parser.parse_args()
     if args.runs < 1:
@@ -471,31 +532,39 @@ def main() -> int:
         f" (child subreaper: {'yes' if subreaper else 'no'})"
     )
     header = (
-        f"{'binary':<46} {'QEMU':<8} {'accel':<5} {'kvmlab':>8} {'bare':>8} {'ratio':>6}"
-        f" {'launch k/b':>13} {'overhead':>9}"
+        f"{'binary':<46} {'QEMU':<7} {'accel':<5} {'kvmlab':>7} {'bare':>7} {'k/bare':>6}"
+        f" {'minimal':>7} {'k/min':>6} {'plain':>7} {'launch k/b':>11} {'overhead':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         launches = f"{r.median('kvmlab', 'launch'):.3f}/{r.median('bare', 'launch'):.3f}"
         print(
-            f"{r.binary:<46} {r.version:<8} {r.accel:<5}"
-            f" {r.median('kvmlab', 'total'):7.3f}s {r.median('bare', 'total'):7.3f}s"
-            f" {r.ratio:6.3f} {launches:>13} {r.overhead * 1000:+7.0f}ms"
+            f"{r.binary:<46} {r.version:<7} {r.accel:<5}"
+            f" {r.median('kvmlab', 'total'):6.3f}s {r.median('bare', 'total'):6.3f}s"
+            f" {r.ratio:6.3f} {r.median('minimal', 'total'):6.3f}s {r.versus('minimal'):6.3f}"
+            f" {r.median('plain', 'total'):6.3f}s {launches:>11} {r.overhead * 1000:+6.0f}ms"
         )
     for r in results:
         print(f"accelerator for {r.binary}: {r.accel} ({r.accel_reason})")
-        for side in ("kvmlab", "bare"):
+        for side in ("kvmlab", "bare", "minimal", "plain"):
             runs = " ".join(f"{t.total:.3f}" for t in getattr(r, side))
-            print(f"  {side + ' runs:':<12} {runs}")
-        others = " ".join(f"{share(k)}/{share(b)}" for k, b in r.others)
-        print(f"  other processes' share of the machine (kvmlab/bare): {others}")
+            print(f"  {side + ' runs:':<14} {runs}")
+        others = " ".join("/".join(share(o) for o in each) for each in r.others)
+        print(f"  other processes' share of the machine (kvmlab/bare/minimal/plain): {others}")
+        loads = " ".join(f"{load:.2f}" for load in r.loads)
+        print(f"  load average (1 min) before each round: {loads}")
         if r.noisy:
-            print(f"  warning: {r.noisy} pairs of runs shared the machine (figures suspect)")
+            print(f"  warning: {r.noisy} rounds shared the machine (figures suspect)")
     worst = max(r.ratio for r in results)
     print(
         f"target kvmlab/bare <= 1.05: {'met' if worst <= 1.05 else 'NOT met'} (worst {worst:.3f});"
         " overhead = kvmlab's launch minus the bare launch, free of boot jitter"
+    )
+    slowest = max(r.versus("minimal") for r in results)
+    print(
+        f"target kvmlab < minimal: {'met' if slowest < 1.0 else 'NOT met'} (worst {slowest:.3f});"
+        " plain = the guest on Ganeti's defaults (before issue 13)"
     )
     return 0
 

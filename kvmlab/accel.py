@@ -4,17 +4,29 @@
 starts, and a Linux guest then dies with "KVM internal error ... emulation
 failure". So KVM is trusted only after the test guest boots under it to
 ``KVMLAB-BOOT-OK``. Without a built test guest there is nothing honest to probe
-with, and kvmlab uses TCG and says why. Results are cached per binary (path,
-mtime) and host boot, in memory and in ``$XDG_CACHE_HOME/kvmlab/accel.json``.
+with, and kvmlab uses TCG and says why. Results are cached per binary (real path,
+mtime, size) and host boot, in memory and in ``$XDG_CACHE_HOME/kvmlab/accel.json``.
+
+The file is shared by every kvmlab process of the user (parallel test workers, CLI
+commands): a miss takes an ``flock`` on ``accel.json.lock``, looks again (another
+process may have probed meanwhile), probes, and replaces the file atomically (a
+temporary file renamed over it), so a reader sees the old file or the new one and
+two probes never lose each other's entries. Each write drops the stale entries:
+those of a binary that no longer exists or whose mtime or size changed, those of
+another host boot, and those in an older key format.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,16 +57,81 @@ def _cache_file() -> Path:
     return Path(base) / "kvmlab" / "accel.json"
 
 
-def _cache_key(binary: str) -> str:
-    real = os.path.realpath(binary)
-    try:
-        mtime = os.stat(real).st_mtime_ns
-    except OSError:
-        mtime = 0
-    boot_id = ""
+def _boot_id() -> str:
     with contextlib.suppress(OSError):
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{real}|{mtime}|{boot_id}"
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def _binary_key(real: str) -> str:
+    """``real|mtime_ns|size`` of a resolved binary (``real|0|0`` when it is gone)."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return f"{real}|0|0"
+    return f"{real}|{st.st_mtime_ns}|{st.st_size}"
+
+
+def _cache_key(binary: str) -> str:
+    """The cache key of ``binary``: real path, mtime, size and the host's boot id."""
+    return f"{_binary_key(os.path.realpath(binary))}|{_boot_id()}"
+
+
+def _is_stale(key: str, boot_id: str) -> bool:
+    """Whether a stored entry no longer describes this host: another boot, a binary that
+    is gone or changed (mtime or size), or a key in an older format."""
+    parts = key.rsplit("|", 3)
+    if len(parts) != 4 or parts[3] != boot_id:
+        return True
+    now = _binary_key(parts[0])
+    return now.endswith("|0|0") or now != "|".join(parts[:3])
+
+
+def _read_cache(cache: Path) -> dict[str, list[str]]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(cache.read_text())
+        if isinstance(data, dict):
+            return {
+                k: v
+                for k, v in data.items()
+                if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+            }
+    return {}
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path) -> Iterator[bool]:
+    """Hold ``accel.json.lock`` (exclusive ``flock``); yields ``False`` when the cache
+    directory cannot be written, so there is nothing to lock."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            cache.with_name(cache.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC):
+            raise
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _write_cache(cache: Path, entries: dict[str, list[str]]) -> None:
+    """Replace ``cache`` atomically with ``entries`` minus the stale ones (lock held)."""
+    boot_id = _boot_id()
+    kept = {k: v for k, v in sorted(entries.items()) if not _is_stale(k, boot_id)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(kept, indent=1) + "\n")
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def probe_kvm_boot(
@@ -115,24 +192,34 @@ def probe_accelerator(binary: str) -> tuple[Accel | None, str]:
     if key in _MEMORY:
         return _MEMORY[key]
     cache = _cache_file()
-    stored: dict[str, list[str]] = {}
-    with contextlib.suppress(OSError, ValueError):
-        stored = json.loads(cache.read_text())
-    if key in stored and stored[key][0] in ("kvm", "tcg"):
-        accel: Accel = "kvm" if stored[key][0] == "kvm" else "tcg"
-        result: tuple[Accel | None, str] = (accel, stored[key][1] + " (cached)")
-        _MEMORY[key] = result
-        return result
+    cached = _from_cache(key, _read_cache(cache))  # no lock: the file is replaced whole
+    if cached is not None:
+        return cached
     from kvmlab.guest import find_built_guest  # noqa: PLC0415
 
     guest = find_built_guest()
     if guest is None:
         return "tcg", "/dev/kvm exists but is unverified: no test guest built (kvmlab guest build)"
-    works, detail = probe_kvm_boot(binary, guest.kernel, guest.initrd)
-    result = ("kvm" if works else "tcg", detail)
+    # One probe at a time per user: the others wait, then find its verdict.
+    with _cache_lock(cache) as writable:
+        stored = _read_cache(cache)
+        cached = _from_cache(key, stored)
+        if cached is not None:
+            return cached
+        works, detail = probe_kvm_boot(binary, guest.kernel, guest.initrd)
+        result: tuple[Accel | None, str] = ("kvm" if works else "tcg", detail)
+        _MEMORY[key] = result
+        if writable:
+            stored[key] = [str(result[0]), detail]
+            with contextlib.suppress(OSError):
+                _write_cache(cache, stored)
+    return result
+
+
+def _from_cache(key: str, stored: dict[str, list[str]]) -> tuple[Accel | None, str] | None:
+    if key not in stored or stored[key][0] not in ("kvm", "tcg"):
+        return None
+    accel: Accel = "kvm" if stored[key][0] == "kvm" else "tcg"
+    result: tuple[Accel | None, str] = (accel, stored[key][1] + " (cached)")
     _MEMORY[key] = result
-    stored[key] = [str(result[0]), detail]
-    with contextlib.suppress(OSError):
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(stored, indent=1))
     return result

@@ -28,20 +28,17 @@ BOOT_TIMEOUT = 60.0
 
 
 def demo_instance(kernel: str = "", initrd: str = "") -> Instance:
-    """256 MiB, 2 vCPUs, one user-mode NIC: runs without root."""
+    """256 MiB, 2 vCPUs, one user-mode NIC: runs without root. The test guest's boot
+    options (:func:`kvmlab.guest.boot_hvparams`) on either backend."""
+    from kvmlab.guest import boot_hvparams  # noqa: PLC0415
+
+    params = boot_hvparams(kernel_path=kernel, initrd_path=initrd, kvm_path="/usr/bin/kvm")
     return Instance(
         name="demo",
         memory=256,
         vcpus=2,
         nics=(Nic(mac="52:54:00:6b:76:01", mode="user"),),
-        hvparams=HvParams(
-            kernel_path=kernel,
-            initrd_path=initrd,
-            kernel_args="panic=-1",
-            serial_speed=115200,
-            vnc_bind_address="",
-            kvm_path="/usr/bin/kvm",
-        ),
+        hvparams=HvParams.model_validate(params),
     )
 
 

@@ -38,11 +38,18 @@ from kvmlab.layout import StateLayout
 from kvmlab.models import NicMode
 from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, TempFile, plan_execution
 from kvmlab.process import (
+    adopt,
+    become_subreaper,
     is_alive,
     owns_pidfile,
+    parent_of,
     read_pidfile,
+    reap_adopted,
+    reap_zombie_child,
     remove_quietly,
+    session_of,
     signal_process,
+    wait_for_exit,
 )
 from kvmlab.runtime import KVMRuntime
 
@@ -148,7 +155,28 @@ def _run_to_exit(argv: tuple[str, ...], log_fd: int, env: dict[str, str], timeou
 def _kill_leftover(layout: StateLayout, name: str) -> None:
     pid = read_pidfile(layout.pidfile(name))
     if owns_pidfile(pid, layout.pidfile(name)) and pid is not None:
+        adopt(pid)
         signal_process(pid, signal.SIGKILL)
+        wait_for_exit(pid, 1.0)
+        reap_adopted()
+
+
+def _adopt_daemon(pid: int) -> None:
+    """Record the daemon for reaping, and reap the launcher's middle process now.
+
+    QEMU's ``-daemonize`` forks twice: the middle process calls ``setsid`` and exits at
+    once, and nobody waits for it; it reaches us (the subreaper) as a zombie when the
+    launcher exits. The daemon's session id names it.
+    """
+    adopt(pid)
+    middle = session_of(pid)
+    if (
+        middle is not None
+        and middle not in (pid, os.getpid())
+        and parent_of(middle) == os.getpid()
+        and not is_alive(middle)
+    ):
+        reap_zombie_child(middle)
 
 
 def execute(
@@ -196,6 +224,9 @@ def execute(
         plan = plan_execution(runtime, facts)
         for temp in plan.temp_files:
             _write_temp_file(temp)
+        # The daemon outlives its launcher: be the one it is reparented to, so it can be
+        # reaped (see kvmlab.process) rather than left a zombie of a PID 1 that never reaps.
+        become_subreaper()
         return _run(
             plan.argv,
             runtime=runtime,
@@ -278,4 +309,5 @@ def _run(
             exitcode=returncode,
             output=output,
         )
+    _adopt_daemon(pid)
     return Started(pid=pid, argv=argv)

@@ -42,7 +42,10 @@ image and an unchanged one is reused without being rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import gzip
 import hashlib
 import importlib
@@ -66,10 +69,14 @@ from pathlib import Path
 from kvmlab.errors import OperationError
 
 __all__ = [
+    "BOOT_KERNEL_ARGS",
+    "BOOT_KVM_EXTRA",
+    "BOOT_MACHINE",
     "GUEST_MODULES",
     "CpioEntry",
     "GuestBuildError",
     "GuestImage",
+    "boot_hvparams",
     "build_guest",
     "default_cache_dir",
     "read_ar",
@@ -123,6 +130,53 @@ class GuestImage:
     def to_json(self) -> str:
         """Return ``{"kernel": ..., "initrd": ...}`` with absolute paths, for ``--json``."""
         return json.dumps({"kernel": str(self.kernel), "initrd": str(self.initrd)})
+
+    def hvparams(self, **overrides: object) -> dict[str, object]:
+        """The hvparams that boot this guest fast: :func:`boot_hvparams` for this image."""
+        return boot_hvparams(self, **overrides)
+
+
+# --------------------------------------------------------------------------- booting it
+# What makes the test guest reach KVMLAB-BOOT-OK sooner under TCG, each measured on its
+# own (benchmarks/bench_boot.py, docs/guest.md): they live in the instance's hvparams, not
+# in the generator, so any other instance is generated exactly as before.
+
+#: Kernel arguments (kvmlab's generator adds ``root=`` and ``console=ttyS0,SPEED``).
+#: ``panic=-1``: a kernel panic reboots at once, and with ``-no-reboot`` QEMU exits.
+#: ``quiet``: no boot messages over the emulated UART, where every byte is a trapped I/O
+#: port write; /init prints the facts itself, so they are unchanged.
+#: ``cryptomgr.notests``: Debian's kernel self-tests every crypto algorithm it registers
+#: (0.3 s under TCG); the guest uses none of them.
+BOOT_KERNEL_ARGS = "panic=-1 quiet cryptomgr.notests"
+#: The machine type: Q35 (``q35`` is the alias of the newest ``pc-q35-X.Y`` of each QEMU).
+#: Under TCG Linux probes virtio PCI devices on Q35's PCIe root far faster than on the
+#: i440FX machine (20 ms against 240 ms for virtio_pci here), and its ACPI init is shorter.
+BOOT_MACHINE = "q35"
+#: Only the devices the instance asks for: no VGA, no default CD-ROM, floppy or parallel
+#: port (kvmlab gives the serial port, monitor and NICs explicitly).
+BOOT_KVM_EXTRA = "-nodefaults"
+
+
+def boot_hvparams(image: GuestImage | None = None, **overrides: object) -> dict[str, object]:
+    """The hvparams of an instance that boots the test guest fast (for ``HvParams``).
+
+    Direct kernel boot of ``image`` (none for the fake kvm, which needs no kernel) with
+    :data:`BOOT_KERNEL_ARGS` on the serial console at 115200 baud, the
+    :data:`BOOT_MACHINE` machine, :data:`BOOT_KVM_EXTRA`, and no VNC. ``overrides`` win::
+
+        Instance(name="vm1", hvparams=HvParams.model_validate(image.hvparams()))
+    """
+    params: dict[str, object] = {
+        "kernel_path": str(image.kernel) if image is not None else "",
+        "initrd_path": str(image.initrd) if image is not None else "",
+        "kernel_args": BOOT_KERNEL_ARGS,
+        "serial_speed": 115200,
+        "vnc_bind_address": "",
+        "machine_version": BOOT_MACHINE,
+        "kvm_extra": BOOT_KVM_EXTRA,
+    }
+    params.update(overrides)
+    return params
 
 
 def default_cache_dir() -> Path:
@@ -890,6 +944,37 @@ def _atomic_write(path: Path, chunks: Iterator[bytes]) -> None:
         raise
 
 
+#: The lock file in the cache directory: held by every build (or reuse) of the guest.
+LOCK_NAME = ".build.lock"
+
+
+@contextlib.contextmanager
+def _build_lock(cache: Path, progress: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``CACHE/.build.lock`` while a build runs.
+
+    Parallel test workers (pytest-xdist) and concurrent ``kvmlab guest build`` commands
+    then build, or download, once: the first one holds the lock, the others wait for it
+    and find the finished image. A cache directory where the lock file cannot be created
+    (read-only) is used without a lock: nothing can be written there anyway.
+    """
+    try:
+        fd = os.open(cache / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build of the test guest ({cache / LOCK_NAME})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -905,7 +990,9 @@ def build_guest(
     """Build the test guest (or find it already built) and return its kernel and initrd.
 
     The first build downloads two Debian packages (about 28 MB) and unpacks them; later
-    builds hash the inputs and return the existing files.
+    builds hash the inputs and return the existing files. Builds sharing a cache
+    directory take turns (an ``flock`` on ``CACHE/.build.lock``), so parallel test
+    workers build and download once.
 
     :param cache_dir: where downloads, unpacked kernels and images live; defaults to
         :func:`default_cache_dir`.
@@ -919,7 +1006,11 @@ def build_guest(
     """
     report: Callable[[str], None] = progress or (lambda message: log.info("%s", message))
     cache = _mkdir(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    with _build_lock(cache, report):
+        return _build_locked(cache, kernel, report)
 
+
+def _build_locked(cache: Path, kernel: Path | None, report: Callable[[str], None]) -> GuestImage:
     kern = _find_kernel(kernel, cache, report)
     busybox, busybox_origin = _find_busybox(cache, report)
     init = render_init_script([name for name, _ in kern.modules])

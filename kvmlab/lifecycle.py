@@ -61,7 +61,13 @@ from kvmlab.inventory import (
 from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
 from kvmlab.models import Instance
-from kvmlab.process import remove_quietly, signal_process, wait_for_exit
+from kvmlab.process import (
+    is_alive,
+    reap_adopted,
+    remove_quietly,
+    signal_process,
+    wait_for_exit,
+)
 from kvmlab.runtime import KVMRuntime
 from kvmlab.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 
@@ -73,6 +79,10 @@ DEFAULT_STOP_TIMEOUT = 30.0
 TERM_TIMEOUT = 5.0
 #: A QMP command gets at most this long (a frozen QEMU never answers).
 QMP_TIMEOUT = 5.0
+#: A graceful stop presses the ACPI power button again after this long while the guest
+#: runs: a guest still booting (no ACPI button driver yet) misses the first press, as
+#: real guests do. Ganeti's instance shutdown likewise retries the powerdown (every 5 s).
+POWERDOWN_RETRY = 2.0
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -295,6 +305,7 @@ class Hypervisor:
             # command can be writing it.
             sweep_stale_temp_dirs()
             remove_stale_writes(self.layout.runtime_file(name))
+            reap_adopted()  # daemons of ours that exited on their own since
             yield
 
     def _load(self, name: str) -> KVMRuntime:
@@ -334,26 +345,42 @@ class Hypervisor:
             raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
         acpi = runtime.hvparams.acpi if runtime is not None else True
         deadline = time.monotonic() + timeout
-        if (
-            not force
-            and acpi
-            and self._powerdown(name, min(QMP_TIMEOUT, timeout))
-            and wait_for_exit(pid, max(deadline - time.monotonic(), 0.0))
-        ):
+        if not force and acpi and self._powerdown_until_exit(name, pid, deadline):
             log.info("%s powered off", name)
         else:
             # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
             self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
+        reap_adopted()  # the exited daemon, when this process started it
         self._release_nics(name)
         clear_stale_files(self.layout, name)
 
-    def _powerdown(self, name: str, timeout: float) -> bool:
+    def _powerdown_until_exit(self, name: str, pid: int, deadline: float) -> bool:
+        """Press the power button every :data:`POWERDOWN_RETRY` s until ``pid`` exits
+        (``True``) or the deadline passes or QMP fails (``False``)."""
+        first = True
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
+                if not first and not is_alive(pid):
+                    return True  # it powered off as the button was pressed again
+                if not first:
+                    log.warning("ACPI powerdown of %s failed again: terminating it", name)
+                return False
+            first = False
+            left = max(deadline - time.monotonic(), 0.0)
+            if wait_for_exit(pid, min(POWERDOWN_RETRY, left)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
         from kvmlab.qmp import QmpError, qmp_execute  # noqa: PLC0415 - 50 ms import
 
         try:
             qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
         except QmpError as err:
-            log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
+            if not quiet:
+                log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
             return False
         return True
 

@@ -4,25 +4,38 @@ QEMU runs daemonized, so kvmlab is never its parent: it knows the process only
 by its pidfile and ``/proc``. A pid alone proves nothing (pids are reused), so a
 process counts as an instance's only when its command line names the instance's
 pidfile.
+
+Zombies: a daemonized process is reparented when its parent exits, normally to
+PID 1, which on some machines (containers, these CI machines) never reaps it. So a
+process that starts daemonizing binaries makes itself a *child subreaper*
+(:func:`become_subreaper`): its orphaned descendants are reparented to it instead,
+and it collects them with :func:`reap_adopted` once they exit. Only processes
+recorded with :func:`adopt` are reaped, each checked against its start time, so
+neither a reused pid nor a child some other code is waiting for is ever taken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import logging
 import os
 import select
 import signal
+import threading
 import time
 from pathlib import Path
 
 __all__ = [
+    "adopt",
+    "become_subreaper",
     "is_alive",
     "owns_pidfile",
     "read_cmdline",
     "read_pidfile",
+    "reap_adopted",
     "signal_process",
     "wait_for_exit",
 ]
@@ -39,17 +52,107 @@ def read_pidfile(path: str | Path) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name: state, ppid, pgrp, session, ...
+
+    ``None`` when the process is gone. (The name is parenthesised and may hold spaces.)
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()
+
+
 def is_alive(pid: int | None) -> bool:
     """Whether ``pid`` is a live process (a zombie counts as dead)."""
     if pid is None or pid <= 0:
         return False
+    fields = _stat_fields(pid)
+    return fields is not None and fields[:1] not in (["Z"], ["X"])
+
+
+# --------------------------------------------------------------------------- reaping
+
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper: bool | None = None
+#: pid -> start time (``/proc/<pid>/stat`` field 22) of the processes to reap once exited.
+_adopted: dict[int, str] = {}
+_adopted_lock = threading.Lock()
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux ``prctl``), once.
+
+    Daemonized QEMU and fake kvm processes then become this process's children when
+    their launcher exits, instead of PID 1's, and :func:`reap_adopted` can collect
+    them. Children created later do not inherit the setting. ``False`` where the
+    call is not available (not Linux) or refused.
+    """
+    global _subreaper  # noqa: PLW0603 - one process-wide setting
+    if _subreaper is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _subreaper = int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        except (OSError, AttributeError):
+            _subreaper = False
+        log.debug("child subreaper: %s", _subreaper)
+    return _subreaper
+
+
+def adopt(pid: int) -> None:
+    """Record ``pid`` (a daemon this process started) to be reaped once it exits."""
+    fields = _stat_fields(pid)
+    if fields is not None and len(fields) > 19:
+        with _adopted_lock:
+            _adopted[pid] = fields[19]
+
+
+def reap_zombie_child(pid: int) -> bool:
+    """Reap ``pid`` if it is an exited child of this process (never blocks).
+
+    For a process whose identity is already established (it is a zombie of ours, so
+    its pid cannot have been reused).
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
         return False
-    # The state follows the parenthesised command name, which may hold spaces.
-    state = stat.rsplit(")", 1)[-1].split()[:1]
-    return state not in (["Z"], ["X"])
+    return done == pid
+
+
+def reap_adopted() -> list[int]:
+    """Collect every adopted process that has exited; return their pids.
+
+    A pid is dropped without a ``waitpid`` when it is gone (reaped elsewhere), when it
+    now belongs to a process with another start time (reused), or when it is not our
+    child (this process was not its subreaper).
+    """
+    reaped = []
+    with _adopted_lock:
+        for pid, started in list(_adopted.items()):
+            fields = _stat_fields(pid)
+            if fields is None or len(fields) <= 19 or fields[19] != started:
+                del _adopted[pid]
+            elif fields[0] in ("Z", "X"):
+                del _adopted[pid]
+                if reap_zombie_child(pid):
+                    reaped.append(pid)
+    if reaped:
+        log.debug("reaped %s", reaped)
+    return reaped
+
+
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid`` (``None`` when it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[3]) if fields is not None and len(fields) > 3 else None
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (``None`` when it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None and len(fields) > 1 else None
 
 
 def read_cmdline(pid: int) -> tuple[str, ...] | None:

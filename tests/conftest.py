@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,102 @@ def require_binary(path: str) -> str:
 def qemu_binary() -> str:
     """The system's qemu-system-x86_64 (QEMU 7.2 on Debian 12)."""
     return require_binary("qemu-system-x86_64")
+
+
+# --- processes: reap what the suite adopts, leave nothing running (issue 13) -------------
+#
+# Each test process (the only one, or each pytest-xdist worker) makes itself a child
+# subreaper, so every daemon its tests start (QEMU, the fake kvm, through the API, the CLI
+# or directly) is reparented to it, not to PID 1, which on these machines never reaps.
+# After each test: the zombies among its children are reaped, and a child process still
+# alive that the test started (after a grace for one just killed) is an error of that
+# test; it is killed so that it cannot disturb the next one. kvmlab's own reaping (the
+# daemons it started and stopped itself) is checked in tests/lifecycle/test_reaping.py.
+
+_LEFTOVER_GRACE = 10.0
+
+
+def _in_xdist_controller(config: pytest.Config) -> bool:
+    """The pytest-xdist controller runs no test: its children are the workers."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _in_xdist_controller(session.config):
+        from kvmlab.process import become_subreaper  # noqa: PLC0415
+
+        become_subreaper()
+
+
+def _children() -> dict[int, str]:
+    """This process's children (from every thread) and their states (``S``, ``Z``...)."""
+    found: dict[int, str] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            pids = Path(f"/proc/self/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, pids):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+            except OSError:
+                continue
+            found[pid] = stat.rsplit(")", 1)[-1].split()[0]
+    return found
+
+
+def _reap_zombies() -> int:
+    reaped = 0
+    for pid, state in _children().items():
+        if state in ("Z", "X"):
+            with contextlib.suppress(ChildProcessError):
+                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
+    return reaped
+
+
+def _describe(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {' '.join(os.fsdecode(a) for a in argv)[:200]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    before = set(_children())
+    yield
+    from kvmlab.process import wait_for_exit  # noqa: PLC0415
+
+    _reap_zombies()
+    left = [pid for pid in _children() if pid not in before]
+    deadline = time.monotonic() + _LEFTOVER_GRACE
+    for pid in left:
+        wait_for_exit(pid, max(deadline - time.monotonic(), 0.0))
+    _reap_zombies()
+    alive = {pid: _describe(pid) for pid, state in _children().items() if pid in left}
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if alive:
+        for pid in alive:
+            wait_for_exit(pid, 5.0)
+        _reap_zombies()
+        pytest.fail(
+            "the test left processes running (killed now): " + "; ".join(alive.values()),
+            pytrace=False,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _in_xdist_controller(session.config):
+        return
+    _reap_zombies()
+    zombies = [pid for pid, state in _children().items() if state in ("Z", "X")]
+    alive = [_describe(pid) for pid, state in _children().items() if state not in ("Z", "X")]
+    if zombies or alive:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"kvmlab: left behind: zombies {zombies}, running {alive}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

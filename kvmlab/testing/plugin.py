@@ -19,6 +19,23 @@ Example::
 
 Importing this module has no side effects: nothing is probed, built or started
 until a test asks for a fixture.
+
+Under pytest-xdist (``pytest -n auto``) each worker is a process of its own, and the
+fixtures stay correct without help:
+
+- ``lab`` and ``fake_lab`` give every test a fresh state directory of its own
+  (``/tmp/kl-*``: short, for unix socket paths), so instance names, pidfiles, sockets
+  and logs never meet across workers;
+- ``test_guest`` is session-scoped per worker, but the build is shared: the first
+  worker builds (and downloads) it under an ``flock`` on the guest cache directory,
+  the others wait for the lock and reuse the finished image;
+- the accelerator probe of the qemu backend runs once per binary and host boot on the
+  machine: its verdict is cached in ``accel.json``, written atomically under a lock
+  (a worker that misses waits for a probe in progress instead of booting another);
+- daemonized QEMU and fake kvm processes are reaped by the process that started them
+  (it makes itself a child subreaper), so a worker does not collect zombies;
+- what is shared by the whole machine stays the test's to keep apart: a bridge or tap
+  name, a TCP port (use a random suffix, or ``PYTEST_XDIST_WORKER``, ``gw0``...).
 """
 
 from __future__ import annotations

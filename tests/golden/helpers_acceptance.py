@@ -95,16 +95,28 @@ def _image(path: Path, size: int) -> str:
     return str(path)
 
 
+def _vnc_ports() -> range:
+    """The VNC ports this test process may try: 5910-5999, or under pytest-xdist ten
+    of them per worker (gw0: 5910-5919, gw1: 5920-5929, ...), so that two workers never
+    pick the same free port in the moment between the check and QEMU's bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.removeprefix("gw").isdigit():
+        return range(5910, 6000)
+    first = 5910 + 10 * (int(worker.removeprefix("gw")) % 9)
+    return range(first, first + 10)
+
+
 def _free_vnc_port(address: str) -> int:
     """A TCP port above 5900 nothing listens on now (5901 may be someone's desktop)."""
-    for port in range(5910, 6000):
+    ports = _vnc_ports()
+    for port in ports:
         with socket.socket() as probe:
             try:
                 probe.bind((address, port))
             except OSError:
                 continue
             return port
-    raise AcceptanceSkipError("no free VNC port between 5910 and 5999")
+    raise AcceptanceSkipError(f"no free VNC port between {ports[0]} and {ports[-1]}")
 
 
 def _x509_dir(root: Path) -> str:

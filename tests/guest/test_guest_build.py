@@ -9,6 +9,7 @@ missing, except under ``CI=true`` where that is a failure.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import json
@@ -21,6 +22,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -371,6 +373,43 @@ def test_changed_init_script_makes_a_new_image(
     assert second.initrd != first.initrd
     assert second.kernel != first.kernel
     assert first.initrd.exists()  # the old image is left alone
+
+
+_BUILD_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from kvmlab.guest import build_guest
+build_guest(Path(sys.argv[1]), Path(sys.argv[2]), progress=lambda m: print(m, flush=True))
+"""
+
+
+def test_parallel_builds_take_turns_and_build_once(cache: Path, tmp_path: Path) -> None:
+    """Two builds sharing a cache (two xdist workers): one writes, the other waits and reuses."""
+    deb = tmp_path / "linux-image-test.deb"
+    deb.write_bytes(fake_kernel_deb())
+    lock = os.open(cache / guest.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as if a third build were running
+    builds = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILD_IN_A_PROCESS, str(cache), str(deb)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for build in builds:
+            assert build.stdout is not None
+            assert build.stdout.readline().startswith("waiting for another build")
+    finally:
+        os.close(lock)
+    outputs = [build.communicate(timeout=60)[0] for build in builds]
+    assert [build.returncode for build in builds] == [0, 0]
+    writes = sum("writing initramfs" in out for out in outputs)
+    reuses = sum("reusing guest" in out for out in outputs)
+    assert (writes, reuses) == (1, 1), outputs
+    assert len(list(cache.glob("initrd-*.cpio.gz"))) == 1
+    assert not list(cache.glob("**/*.tmp"))
 
 
 def test_cached_kernel_download_is_used_without_apt(

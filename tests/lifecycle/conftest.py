@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from helpers_lifecycle import mac
 
+from kvmlab.guest import boot_hvparams
 from kvmlab.models import HvParams, Instance, Nic
 
 BACKENDS = ["fake", pytest.param("qemu", marks=pytest.mark.qemu)]
@@ -27,23 +28,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def make_instance(request: pytest.FixtureRequest, kvmlab_backend: str) -> Callable[..., Instance]:
-    """Build an instance that boots on this backend (the test guest on real QEMU)."""
-    kernel = initrd = ""
-    if kvmlab_backend == "qemu":
-        guest = request.getfixturevalue("test_guest")
-        kernel, initrd = str(guest.kernel), str(guest.initrd)
+    """Build an instance that boots on this backend (the test guest on real QEMU).
+
+    Both backends get the test guest's boot options (``kvmlab.guest.boot_hvparams``: Q35,
+    ``-nodefaults``, a quiet kernel), so the fake kvm is handed the same command line.
+    """
+    guest = request.getfixturevalue("test_guest") if kvmlab_backend == "qemu" else None
 
     def make(
         name: str = "vm1", memory: int = 192, vcpus: int = 2, nics: int = 1, **hv: object
     ) -> Instance:
-        params: dict[str, object] = {
-            "kernel_path": kernel,
-            "initrd_path": initrd,
-            "kernel_args": "panic=-1",
-            "serial_speed": 115200,
-            "vnc_bind_address": "",
-            **hv,
-        }
+        params = boot_hvparams(guest, **hv)
         return Instance(
             name=name,
             memory=memory,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,13 +30,32 @@ def assert_facts_match(facts: GuestFacts, instance: Instance) -> None:
 
 
 def kvmlab_temp_leftovers() -> set[str]:
-    """kvmlab's start-time temp directories now present.
+    """The start-time temp directories of this process's kvmlab now present.
 
-    Compare as ``not leftovers() - before``: other processes (another suite on the
-    same machine) may create and remove their own while a test runs.
+    Each is named ``kvmlab-start-<owner pid>-...``; the lifecycle tests run kvmlab in this
+    process, so only this pid's count. Other processes (another pytest-xdist worker,
+    another suite on the same machine) create and remove their own while a test runs.
     """
-    return {p.name for p in Path(tempfile.gettempdir()).glob("kvmlab-start-*")}
+    mine = f"kvmlab-start-{os.getpid()}-*"
+    return {p.name for p in Path(tempfile.gettempdir()).glob(mine)}
 
 
 def option_value(argv: tuple[str, ...], option: str) -> list[str]:
     return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == option]
+
+
+def child_states() -> dict[int, str]:
+    """This process's children and their states (``S``, ``R``, ``Z`` for a zombie...)."""
+    found: dict[int, str] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            pids = Path(f"/proc/self/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, pids):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+            except OSError:
+                continue
+            found[pid] = stat.rsplit(")", 1)[-1].split()[0]
+    return found

@@ -10,6 +10,7 @@ import threading
 import pytest
 from helpers_lifecycle import assert_facts_match, boot_facts, kvmlab_temp_leftovers, option_value
 
+from kvmlab import lifecycle
 from kvmlab.errors import (
     AlreadyRunningError,
     LaunchError,
@@ -18,6 +19,7 @@ from kvmlab.errors import (
     UnknownInstanceError,
 )
 from kvmlab.lifecycle import InstanceState
+from kvmlab.models import HvParams, Instance, Nic
 from kvmlab.process import is_alive, read_pidfile, wait_for_exit
 from kvmlab.runtime import KVMRuntime
 
@@ -158,3 +160,32 @@ def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
     assert lab.list_instances() == []
     with pytest.raises(UnknownInstanceError):
         lab.info("vm1")
+
+
+def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
+    """A guest still booting misses the ACPI button (real Linux has no button driver yet):
+    a graceful stop presses it again every POWERDOWN_RETRY seconds, so it powers off soon
+    after it booted instead of being killed at the stop timeout."""
+    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 0.2)
+    presses: list[bool] = []
+    real = fake_lab._powerdown
+
+    def missed_once(name: str, timeout: float, quiet: bool = False) -> bool:
+        presses.append(quiet)
+        return True if len(presses) == 1 else real(name, timeout, quiet)
+
+    monkeypatch.setattr(fake_lab, "_powerdown", missed_once)
+    terms: list[int] = []
+    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    info = fake_lab.start(
+        Instance(
+            name="vm1",
+            memory=128,
+            nics=(Nic(mac="52:54:00:6b:00:01", mode="user"),),
+            hvparams=HvParams(kernel_path="", vnc_bind_address=""),
+        )
+    )
+    fake_lab.stop("vm1", timeout=20)
+    assert presses == [False, True]  # pressed twice; the second press was heard
+    assert terms == []  # powered off, not terminated
+    assert not is_alive(info.pid)

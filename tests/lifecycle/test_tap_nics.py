@@ -85,13 +85,7 @@ def test_bridged_and_routed_taps_on_real_qemu(
             Nic(mac=mac(1), mode="bridged", link=bridge),
             Nic(mac=mac(2), mode="routed"),
         ),
-        hvparams=HvParams(
-            kernel_path=str(test_guest.kernel),
-            initrd_path=str(test_guest.initrd),
-            kernel_args="panic=-1",
-            serial_speed=115200,
-            vnc_bind_address="",
-        ),
+        hvparams=HvParams.model_validate(test_guest.hvparams()),
     )
     before = kvmlab_temp_leftovers()
 

@@ -64,15 +64,7 @@ def qemu_instance(request: pytest.FixtureRequest, workdir: Path) -> Callable[...
     guest = request.getfixturevalue("test_guest")
 
     def make(**hv: str) -> Path:
-        params = {
-            "kernel_path": str(guest.kernel),
-            "initrd_path": str(guest.initrd),
-            "kernel_args": "panic=-1",
-            "serial_speed": 115200,
-            "vnc_bind_address": "",
-            "kvm_flag": "disabled",
-            **hv,
-        }
+        params = guest.hvparams(kvm_flag="disabled", **hv)
         return write_instance(workdir / "vm1.json", memory=192, hvparams=params)
 
     return make

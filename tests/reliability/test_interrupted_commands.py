@@ -239,11 +239,21 @@ def log_headers(scene: Scene) -> int:
     return log.read_text().count("kvmlab start:") if log.exists() else 0
 
 
+def binary_starting(scene: Scene, headers: int) -> bool:
+    """kvmlab logged its ``headers``-th start line and the binary it launched runs.
+
+    The line is written just before the launch: killing kvmlab on the line alone could
+    land before the fork (on a busy machine, e.g. beside another xdist worker), which is
+    the "before-binary" kill point, not this one.
+    """
+    return log_headers(scene) == headers and bool(processes_naming(scene.pidfile))
+
+
 def test_start_killed_while_the_binary_starts(scene: Scene) -> None:
     """The binary runs on (its own session): the new runtime is saved and the VM comes up."""
     new = scene.expected(scene.new_file)
     process = scene.popen([KVMLAB, *scene.head(), "start", str(scene.new_file)], slow_start="1")
-    kill_when(process, lambda: log_headers(scene) == 1)
+    kill_when(process, lambda: binary_starting(scene, 1))
     scene.settle()
     assert scene.saved() == new
     assert wait_until(lambda: len(vm_processes(scene.pidfile)) == 1, 5)
@@ -252,7 +262,7 @@ def test_start_killed_while_the_binary_starts(scene: Scene) -> None:
 
 def test_start_killed_while_the_binary_starts_leaves_no_temp_folder(scene: Scene) -> None:
     process = scene.popen([KVMLAB, *scene.head(), "start", str(scene.old_file)], slow_start="1")
-    kill_when(process, lambda: log_headers(scene) == 1)
+    kill_when(process, lambda: binary_starting(scene, 1))
     scene.settle()
     assert_recovers(scene, ["stop", "vm1"])
     assert scene.leftovers() == []
@@ -299,7 +309,7 @@ def test_reboot_killed_while_the_binary_starts(scene: Scene) -> None:
     scene.start(scene.old_file)
     before = scene.runtime_path.read_bytes()
     process = scene.popen([KVMLAB, *scene.head(), "reboot", "vm1"], slow_start="1")
-    kill_when(process, lambda: log_headers(scene) == 2)
+    kill_when(process, lambda: binary_starting(scene, 2))
     scene.settle()
     assert scene.runtime_path.read_bytes() == before
     assert wait_until(lambda: len(vm_processes(scene.pidfile)) == 1, 5)

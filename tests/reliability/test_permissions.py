@@ -139,13 +139,7 @@ def qemu_vm(request: pytest.FixtureRequest, workdir: Path) -> Callable[[], Path]
         return write_instance(
             workdir / "vm1.json",
             memory=192,
-            hvparams={
-                "kernel_path": str(guest.kernel),
-                "initrd_path": str(guest.initrd),
-                "kernel_args": "panic=-1",
-                "vnc_bind_address": "",
-                "kvm_flag": "disabled",
-            },
+            hvparams=guest.hvparams(kvm_flag="disabled"),
         )
 
     return make

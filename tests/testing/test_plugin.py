@@ -267,3 +267,26 @@ def test_the_probe_would_see_a_process_and_a_file(tmp_path: Path) -> None:
     )
     events = {event for event, _ in json.loads(result.stdout)["events"]}
     assert {"subprocess.Popen", "open"} <= events
+
+
+def test_fixtures_under_xdist_workers(pytester: pytest.Pytester) -> None:
+    """Two xdist workers, the same instance name in every test: state dirs never meet."""
+    pytester.makepyfile(
+        test_user=user_file(
+            """
+            import os
+            import pytest
+
+            @pytest.mark.parametrize("n", range(6))
+            def test_same_name_everywhere(lab, n):
+                assert os.environ["PYTEST_XDIST_WORKER"].startswith("gw")
+                info = lab.start(make("u1"))
+                lab.console("u1").expect("KVMLAB-BOOT-OK", timeout=10)
+                assert info.pid is not None
+                lab.stop("u1")
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=6)
+    assert re.search(r"2 workers", result.stdout.str()), result.stdout.str()
