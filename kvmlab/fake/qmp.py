@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from kvmlab.fake.chardevs import Frontend
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.qmp_commands import COMMANDS, version_info
+from kvmlab.fake.qmp_commands import COMMANDS, QmpCommandError, version_info
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -166,7 +166,11 @@ class QmpMonitor(Frontend):
                 return
         if command == "qmp_capabilities":
             self.negotiated = True
-        reply = entry.run(self.machine, arguments)
+        try:
+            reply = entry.run(self.machine, arguments)
+        except QmpCommandError as err:
+            self._error(ident, "GenericError", str(err))
+            return
         response: dict[str, object] = {"return": reply}
         if ident is not None:
             response["id"] = ident
