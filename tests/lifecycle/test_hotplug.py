@@ -125,7 +125,7 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(lab, make_instance, mo
     before = lab.layout.runtime_file("vm1").read_bytes()
     # A device model QEMU does not know: netdev_add succeeds, device_add fails.
     monkeypatch.setattr(hotplug, "nic_device_model", lambda nic_type, caps: "no-such-nic")
-    with pytest.raises(OperationError, match="device_add failed.*no-such-nic"):
+    with pytest.raises(OperationError, match=r"device_add failed.*no-such-nic"):
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
     assert not intent_file(lab.layout, "vm1").exists()
