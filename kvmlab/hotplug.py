@@ -81,6 +81,10 @@ def _check_running(layout: StateLayout, name: str, what: str) -> None:
 
 
 def _check_machine(runtime: KVMRuntime) -> None:
+    if not runtime.hvparams.acpi:
+        raise HotplugRefusedError(
+            f"{runtime.name} runs without acpi: the guest learns of PCI hotplug through ACPI"
+        )
     machine = runtime.hvparams.machine_version
     if "q35" in machine:
         raise HotplugRefusedError(
@@ -137,6 +141,7 @@ def attach_nic(
     """
     name = runtime.name
     _check_running(layout, name, "attach a NIC")
+    _check_machine(runtime)
     if any(existing.mac == nic.mac for existing in runtime.nics):
         raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
     if nic.mode is not NicMode.USER:
@@ -144,7 +149,6 @@ def attach_nic(
             f"hotplug of a {nic.mode} NIC is not supported (it needs a tap passed with"
             " getfd): only user-mode NICs can be attached"
         )
-    _check_machine(runtime)
     _check_device(runtime, caps)
     slot = free_nic_slot(runtime.nic_slots)
     if slot is None:
@@ -186,11 +190,11 @@ def detach_nic(
     """
     name = runtime.name
     _check_running(layout, name, "detach a NIC")
+    _check_machine(runtime)
     wanted = mac.lower()
     index = next((i for i, nic in enumerate(runtime.nics) if nic.mac == wanted), None)
     if index is None:
         raise HotplugRefusedError(f"{name} has no NIC with MAC {mac}")
-    _check_machine(runtime)
     _check_device(runtime, caps)
     slot = runtime.nic_slots[index]
     netdev_id, device_id = nic_ids(slot)
