@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kvmlab.fake.cmdline_net import NIC_DRIVERS
 from kvmlab.fake.config import Nic
-from kvmlab.fake.qmp_commands import QmpCommandError
+from kvmlab.fake.errors import QmpCommandError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

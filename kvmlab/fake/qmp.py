@@ -12,8 +12,9 @@ the greeting is formatted by hand.
 from __future__ import annotations
 
 from kvmlab.fake.chardevs import Frontend
+from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.qmp_commands import COMMANDS, QmpCommandError, version_info
+from kvmlab.fake.qmp_commands import COMMANDS, version_info
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

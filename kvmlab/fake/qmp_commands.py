@@ -20,11 +20,7 @@ if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
     from kvmlab.fake.profiles import Profile
 
-__all__ = ["COMMANDS", "QmpCommand", "QmpCommandError", "version_info"]
-
-
-class QmpCommandError(Exception):
-    """A command refused: the monitor answers ``GenericError`` with this text."""
+__all__ = ["COMMANDS", "QmpCommand", "version_info"]
 
 
 class QmpCommand:
