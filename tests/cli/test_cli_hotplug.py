@@ -62,3 +62,20 @@ def test_refusals_are_exit_2_in_one_line_and_change_nothing(
         assert result.returncode == 2
         assert "not running" in one_line_error(result.stderr)
     assert (state_dir / "conf" / "vm1.runtime").read_bytes() == before
+
+
+def test_info_reports_a_hotplug_left_pending(
+    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+) -> None:
+    assert run("start", str(write_instance())).returncode == 0
+    # What a kvmlab killed between device_add and the save leaves behind.
+    intent = {"op": "attach-nic", "mac": NEW, "slot": 0x11}
+    (state_dir / "conf" / "vm1.hotplug").write_text(json.dumps(intent))
+    shown = run("info", "vm1")
+    assert shown.returncode == 0
+    assert f"hotplug: PENDING {json.dumps(intent)}" in shown.stdout
+    as_json = json.loads(run("info", "vm1", "--json").stdout)
+    assert as_json["hotplug_pending"] == intent
+    assert run("stop", "vm1", "--force").returncode == 0
+    assert run("cleanup", "vm1").returncode == 0
+    assert not (state_dir / "conf" / "vm1.hotplug").exists()
