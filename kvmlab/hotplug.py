@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmlab.capabilities import QemuCapabilities
-from kvmlab.errors import CapabilityError, HotplugNotRunningError, HotplugRefusedError
+from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError
 from kvmlab.inventory import running_pid
 from kvmlab.layout import StateLayout
 from kvmlab.models import Nic, NicMode
@@ -95,7 +95,7 @@ def _check_machine(runtime: KVMRuntime) -> None:
 
 def _check_device(runtime: KVMRuntime, caps: QemuCapabilities) -> None:
     if not (caps.has_device and caps.has_netdev and caps.has_qmp):
-        raise CapabilityError(
+        raise HotplugRefusedError(
             f"{runtime.binary} (QEMU {'.'.join(map(str, caps.version))}) has no"
             " -device/-netdev/QMP: NIC hotplug needs them"
         )
@@ -113,7 +113,7 @@ def _check_commands(qmp: Any, name: str) -> None:
     if missing:
         version = qmp.execute("query-version")["qemu"]
         numbers = f"{version['major']}.{version['minor']}.{version['micro']}"
-        raise CapabilityError(
+        raise HotplugRefusedError(
             f"QEMU {numbers} of {name} has no {', '.join(missing)}: NIC hotplug needs"
             f" {', '.join(NIC_COMMANDS)}"
         )

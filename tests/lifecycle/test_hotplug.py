@@ -4,6 +4,7 @@ fake kvm and on real QEMU with the test guest, which sees each change in its own
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -155,3 +156,22 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
     lab.stop("vm1", force=True)
     lab.cleanup("vm1")
     assert not intent_file(lab.layout, "vm1").exists()
+
+
+def test_a_qemu_without_the_commands_is_refused_naming_its_version(
+    lab, make_instance, monkeypatch
+) -> None:
+    lab.start(make_instance(nics=1))
+    before = lab.layout.runtime_file("vm1").read_bytes()
+    # A command this QEMU lacks (as QEMUs before device_del's event lacked it).
+    monkeypatch.setattr(hotplug, "NIC_COMMANDS", (*hotplug.NIC_COMMANDS, "x-no-such-command"))
+    with pytest.raises(HotplugRefusedError) as refused:
+        lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
+    assert refused.value.exit_code == 2
+    assert re.fullmatch(
+        r"QEMU \d+\.\d+\.\d+ of vm1 has no x-no-such-command: NIC hotplug needs .*",
+        str(refused.value),
+    )
+    assert lab.layout.runtime_file("vm1").read_bytes() == before
+    assert not intent_file(lab.layout, "vm1").exists()
+    assert guest_macs(lab) == [mac(0)]
