@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     # main() hands over the words after "--" (see there).
     p.add_argument("words", nargs="*", metavar="-- CMD ARGS...")
 
+    p = command(
+        "attach-nic", cmd_attach_nic, "hotplug a NIC into a running instance and keep it saved"
+    )
+    p.add_argument("name")
+    p.add_argument("--mac", required=True, help="the new NIC's MAC (xx:xx:xx:xx:xx:xx)")
+    p.add_argument("--mode", default="user", help="NIC mode (only user can be hotplugged)")
+    p.add_argument("--link", default="", help="bridge or routing table (bridged, routed)")
+
+    p = command(
+        "detach-nic", cmd_detach_nic, "unplug a NIC from a running instance and keep it saved"
+    )
+    p.add_argument("name")
+    p.add_argument("mac")
+
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
 
@@ -172,6 +186,12 @@ def _print_info(info: InstanceInfo) -> None:
         link = f" {nic['link']}" if nic.get("link") else ""
         print(f"nic{seq}:    {nic['mac']} {nic['mode']}{link}")
     print(f"runtime: {info.runtime_file}")
+    pending = info.extra.get("hotplug_pending")
+    if pending is not None:
+        print(
+            f"hotplug: PENDING {json.dumps(pending)}: a hotplug stopped between QEMU and the"
+            " save; the VM and its saved runtime may differ (restart it to be sure)"
+        )
     import shlex  # noqa: PLC0415
 
     print(f"argv:    {shlex.join(info.argv or info.saved_argv)}")
@@ -278,6 +298,28 @@ def cmd_exec(args: argparse.Namespace) -> int:
     sys.stdout.write(result.stdout)
     sys.stdout.flush()
     return result.exit_code
+
+
+def cmd_attach_nic(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from kvmlab.errors import InvalidInputError  # noqa: PLC0415
+    from kvmlab.models import Nic, format_validation_error  # noqa: PLC0415
+
+    try:
+        nic = Nic(mac=args.mac, mode=args.mode, link=args.link)
+    except ValidationError as err:
+        raise InvalidInputError(f"invalid NIC: {format_validation_error(err)}") from None
+    runtime = _lab(args).attach_nic(args.name, nic)
+    slot = runtime.nic_slots[-1]
+    print(f"attached NIC {nic.mac} to {args.name} at PCI slot {slot:#04x} (saved)")
+    return EXIT_OK
+
+
+def cmd_detach_nic(args: argparse.Namespace) -> int:
+    _lab(args).detach_nic(args.name, args.mac)
+    print(f"detached NIC {args.mac.lower()} from {args.name} (saved)")
+    return EXIT_OK
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

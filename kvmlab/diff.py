@@ -431,6 +431,8 @@ class Side:
     nics: tuple[Nic, ...] | None = None
     nic_params: tuple[tuple[str, str], ...] = ()
     refused: str | None = None
+    #: The PCI slot of each NIC (runtimes); empty when the input has none.
+    nic_slots: tuple[int, ...] = ()
 
     @classmethod
     def from_runtime(cls, runtime: KVMRuntime, label: str = "") -> Side:
@@ -440,7 +442,9 @@ class Side:
             ("vhost_net", str(hv.vhost_net).lower()),
             ("vnet_hdr", str(hv.vnet_hdr).lower()),
         )
-        return cls(label or runtime.name, runtime.argv, (), runtime.nics, params)
+        return cls(
+            label or runtime.name, runtime.argv, (), runtime.nics, params, None, runtime.nic_slots
+        )
 
 
 def _diff_words(section: Section, a: Sequence[str], b: Sequence[str]) -> list[Change]:
@@ -468,12 +472,13 @@ def _diff_words(section: Section, a: Sequence[str], b: Sequence[str]) -> list[Ch
     return changes
 
 
-def _nic_text(nic: Nic) -> str:
-    return (
+def _nic_text(nic: Nic, slots: tuple[int, ...] = (), index: int = 0) -> str:
+    text = (
         f"mac={nic.mac},mode={nic.mode},link={nic.link}"
         if nic.link
         else f"mac={nic.mac},mode={nic.mode}"
     )
+    return f"{text},addr={slots[index]:#04x}" if index < len(slots) else text
 
 
 #: NIC parameters (from the hvparams) that change only the host side of a NIC.
@@ -485,8 +490,8 @@ def _diff_nics(a: Side, b: Side) -> list[Change]:
         return []
     changes: list[Change] = []
     for index in range(max(len(a.nics), len(b.nics))):
-        old = _nic_text(a.nics[index]) if index < len(a.nics) else None
-        new = _nic_text(b.nics[index]) if index < len(b.nics) else None
+        old = _nic_text(a.nics[index], a.nic_slots, index) if index < len(a.nics) else None
+        new = _nic_text(b.nics[index], b.nic_slots, index) if index < len(b.nics) else None
         if old != new:
             present = (old is not None, new is not None)
             changes.append(Change("nics", "nic", f"nic{index}", old, new, True, present))

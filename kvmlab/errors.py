@@ -11,6 +11,8 @@ apart by type::
      |    +-- CapabilityError         a QEMU --help text cannot be understood
      |    +-- UnknownInstanceError    no such instance in the state directory
      |    +-- LayoutError             a state-directory path is unusable
+     |    +-- HotplugRefusedError     a hotplug refused before anything changed
+     |         +-- HotplugNotRunningError  (also a NotRunningError) the VM is stopped
      +-- OperationError               the operation failed: exit code 1
           +-- StateError              wrong life-cycle state for the request
           |    +-- AlreadyRunningError
@@ -35,6 +37,8 @@ __all__ = [
     "CapabilityError",
     "GuestChannelError",
     "GuestTimeoutError",
+    "HotplugNotRunningError",
+    "HotplugRefusedError",
     "InstanceError",
     "InvalidInputError",
     "KvmlabError",
@@ -118,6 +122,21 @@ class AlreadyRunningError(StateError):
 
 class NotRunningError(StateError):
     """Stop, reboot or console refused: the instance has no live process."""
+
+
+class HotplugRefusedError(InvalidInputError):
+    """Hotplug refused before anything changed: duplicate MAC, nothing attached at
+    that MAC or path, a missing image, q35, a QEMU without the commands."""
+
+
+class HotplugNotRunningError(HotplugRefusedError, NotRunningError):
+    """Hotplug of a stopped VM: exit 2 like every refusal (issue 11), and still a
+    :class:`NotRunningError` for callers that catch that."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, name: str = "", state: str = "stopped") -> None:
+        NotRunningError.__init__(self, message, name=name, state=state)
 
 
 class LockedError(OperationError):

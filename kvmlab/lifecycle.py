@@ -60,7 +60,7 @@ from kvmlab.inventory import (
 )
 from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
-from kvmlab.models import Instance
+from kvmlab.models import Instance, Nic
 from kvmlab.process import (
     is_alive,
     reap_adopted,
@@ -214,10 +214,45 @@ class Hypervisor:
                 self.layout.runtime_file(name),
                 self.layout.log_file(name),
                 self.layout.serial_log(name),
+                self.layout.runtime_file(name).with_name(f"{name}.hotplug"),
             ):
                 remove_quietly(path)
             shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
         remove_quietly(self.layout.lock_file(name))
+
+    # -- hotplug (docs/hotplug.md) ---------------------------------------------------
+
+    def attach_nic(self, name: str, nic: Nic) -> KVMRuntime:
+        """Plug a user-mode NIC into the running ``name`` and save it in its runtime,
+        so a soft reboot keeps it (at the same PCI slot).
+
+        :return: the runtime now saved.
+        :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, duplicate MAC,
+            q35, a QEMU without the commands, a tap NIC.
+        """
+        from kvmlab import hotplug  # noqa: PLC0415 - only for hotplug
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug.attach_nic(self.layout, runtime, nic, caps)
+
+    def detach_nic(self, name: str, mac: str) -> KVMRuntime:
+        """Unplug the NIC with ``mac`` from the running ``name`` and save the runtime
+        without it.
+
+        :raise HotplugRefusedError: (exit 2, nothing changed) no NIC with that MAC, stopped VM.
+        """
+        from kvmlab import hotplug  # noqa: PLC0415
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug.detach_nic(self.layout, runtime, mac, caps)
 
     # -- inspection -----------------------------------------------------------------
 
@@ -240,10 +275,13 @@ class Hypervisor:
         runtime = self._load(name)
         nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
         base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
+        pending = self._pending_hotplug(name)
+        if pending is not None:
+            base = dataclasses.replace(base, extra={**base.extra, "hotplug_pending": pending})
         if base.pid is None or not query_guest:
             return base
         memory, vcpus, extra = self._query(name, base.memory, base.vcpus)
-        return dataclasses.replace(base, memory=memory, vcpus=vcpus, extra=extra)
+        return dataclasses.replace(base, memory=memory, vcpus=vcpus, extra={**base.extra, **extra})
 
     def list_instances(self) -> list[InstanceInfo]:
         """Every instance with a saved runtime, sorted by name (no QMP, no validation)."""
@@ -279,6 +317,14 @@ class Hypervisor:
         return Console(name, self.layout.serial_log(name), self.layout.serial_socket(name))
 
     # -- internals ------------------------------------------------------------------
+
+    def _pending_hotplug(self, name: str) -> dict[str, Any] | None:
+        path = self.layout.runtime_file(name).with_name(f"{name}.hotplug")
+        if not path.exists():
+            return None
+        from kvmlab.hotplug import pending_hotplug  # noqa: PLC0415
+
+        return pending_hotplug(self.layout, name)
 
     def _check_name(self, name: str) -> None:
         # Names reach paths: anything but a DNS label cannot be an instance.

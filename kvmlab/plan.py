@@ -32,7 +32,9 @@ __all__ = [
     "NicPlanKind",
     "StartFacts",
     "TempFile",
+    "nic_device_args",
     "nic_device_model",
+    "nic_ids",
     "plan_execution",
     "tap_up_script",
 ]
@@ -114,6 +116,24 @@ def nic_device_model(nic_type: str, caps: QemuCapabilities) -> str:
     return table.get(nic_type, nic_type)
 
 
+def nic_ids(slot: int) -> tuple[str, str]:
+    """The ``-netdev`` and ``-device`` ids of the NIC in PCI slot ``slot``.
+
+    Named after the slot, not the NIC's position, so the ids stay the same when a
+    NIC before it is detached (hotplug finds a NIC's device by them).
+    """
+    return f"net-s{slot:02x}", f"nic-s{slot:02x}"
+
+
+def nic_device_args(model: str, mac: str, slot: int) -> dict[str, str]:
+    """The properties of a NIC's ``-device`` (and of its QMP ``device_add``), in order."""
+    netdev, device = nic_ids(slot)
+    props = {"driver": model, "netdev": netdev, "mac": mac, "id": device}
+    if model != "ne2k_isa":  # the one ISA card: no PCI address
+        props["addr"] = f"{slot:#04x}"
+    return props
+
+
 def tap_up_script(instance: str, seq: int, nic: Nic, nic_dir: str | None) -> str:
     """The script QEMU runs with the new tap's name as ``$1``.
 
@@ -149,7 +169,9 @@ def _nic_args(runtime: KVMRuntime, plans: Sequence[NicPlan], caps: QemuCapabilit
     model = nic_device_model(hv.nic_type, caps)
     modern = caps.has_netdev and caps.has_device
     args: list[str] = []
-    for seq, (nic, plan) in enumerate(zip(runtime.nics, plans, strict=True)):
+    for seq, (nic, plan, slot) in enumerate(
+        zip(runtime.nics, plans, runtime.nic_slots, strict=True)
+    ):
         if nic.mode is NicMode.USER and plan.kind is not NicPlanKind.USER:
             raise InvalidInputError(f"NIC {seq} is in user mode but planned as {plan.kind}")
         if nic.mode.needs_tap and plan.kind is NicPlanKind.USER:
@@ -167,13 +189,13 @@ def _nic_args(runtime: KVMRuntime, plans: Sequence[NicPlan], caps: QemuCapabilit
                 backend += ",vnet_hdr=on"
         if modern:
             kind, _, options = backend.partition(",")
-            netdev = f"{kind},id=net{seq}" + (f",{options}" if options else "")
-            args += [
-                "-netdev",
-                netdev,
-                "-device",
-                f"{model},netdev=net{seq},mac={nic.mac},id=nic{seq}",
-            ]
+            props = nic_device_args(model, nic.mac, slot)
+            netdev = f"{kind},id={props['netdev']}" + (f",{options}" if options else "")
+            device = ",".join(
+                [props["driver"]]
+                + [f"{key}={value}" for key, value in props.items() if key != "driver"]
+            )
+            args += ["-netdev", netdev, "-device", device]
         else:
             kind, _, options = backend.partition(",")
             args += ["-net", f"nic,vlan={seq},macaddr={nic.mac},model={model}"]

@@ -121,6 +121,48 @@ class QmpSession:
         except (QMPError, OSError, FutureTimeout) as err:
             raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
 
+    def execute_and_wait(
+        self,
+        command: str,
+        arguments: Mapping[str, object] | None,
+        event: str,
+        match: Mapping[str, object],
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Run ``command``, then wait up to ``timeout`` for ``event`` whose data has ``match``.
+
+        The listener is registered before the command is sent, so an event that
+        follows the reply at once is not missed (``device_del`` -> ``DEVICE_DELETED``).
+
+        :raise QmpError: the command failed, or no such event came in time.
+        """
+        from qemu.qmp import EventListener, QMPError  # noqa: PLC0415
+
+        client = self._client
+        if client is None:
+            raise QmpError(f"QMP session to {self.path} is not connected")
+
+        async def run() -> dict[str, Any]:
+            listener = EventListener(names=(event,))
+            with client.listen(listener):
+                await asyncio.wait_for(client.execute(command, arguments), self.timeout)
+
+                async def wait() -> dict[str, Any]:
+                    while True:
+                        got: Mapping[str, Any] = await listener.get()
+                        data = got.get("data", {})
+                        if all(data.get(key) == value for key, value in match.items()):
+                            return dict(got)
+
+                return await asyncio.wait_for(wait(), timeout)
+
+        try:
+            return _LoopThread.run(run(), self.timeout + timeout + 1.0)
+        except (TimeoutError, FutureTimeout) as err:
+            raise QmpError(f"QMP {command}: no {event} within {timeout:g}s") from err
+        except (QMPError, OSError) as err:
+            raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
+
     def close(self) -> None:
         """Disconnect; never raises (the peer may already be gone)."""
         client, self._client = self._client, None

@@ -7,7 +7,14 @@ in place and relied on call order to keep the saved copy clean).
 
 The file format is versioned JSON::
 
-    {"format": 1, "name": "vm1", "argv": [...], "nics": [...], "hvparams": {...}, "disks": [...]}
+    {"format": 2, "name": "vm1", "argv": [...], "nics": [...], "hvparams": {...}, "disks": [...],
+     "nic_slots": [16, 17]}
+
+``nic_slots`` (format 2) is the PCI slot of each NIC, parallel to ``nics``: the
+start-time ``-device`` of NIC ``i`` says ``addr=nic_slots[i]``, so a NIC hotplugged
+into a free slot, or the NICs left after one is detached, come back at the same
+addresses when the runtime is replayed (docs/hotplug.md). A format 1 document has
+no slots and is upgraded with the slots format 1 implied (``0x10 + i``).
 
 :meth:`KVMRuntime.from_json` also reads Ganeti's runtime files, a JSON list of 2,
 3 or 4 elements ``[cmd, nics, hvparams, disks]``, and upgrades them: integers in
@@ -19,6 +26,7 @@ Upgrading is idempotent: an upgraded runtime is a fixed point.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Final
 
@@ -30,10 +38,11 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from kvmlab.argv import option_value
-from kvmlab.errors import RuntimeFormatError
+from kvmlab.errors import InvalidInputError, RuntimeFormatError
 from kvmlab.models import (
     Disk,
     HvParams,
@@ -43,11 +52,42 @@ from kvmlab.models import (
     format_validation_error,
 )
 
-__all__ = ["FORMAT_VERSION", "KVMRuntime", "upgrade_legacy_argv"]
+__all__ = [
+    "FORMAT_VERSION",
+    "NIC_SLOTS",
+    "KVMRuntime",
+    "default_nic_slots",
+    "free_nic_slot",
+    "upgrade_legacy_argv",
+]
 
 #: Version of the JSON document :meth:`KVMRuntime.to_json` writes. Format 0 is
-#: Ganeti's positional list.
-FORMAT_VERSION: Final = 1
+#: Ganeti's positional list; format 1 had no ``nic_slots``.
+FORMAT_VERSION: Final = 2
+
+#: PCI slots reserved for NICs on the root bus: QEMU gives devices without an
+#: ``addr`` the lowest free slot, and kvmlab's generated devices (VGA, balloon,
+#: USB, sound, SCSI controller, disks) stay far below 0x10.
+NIC_SLOTS: Final = range(0x10, 0x20)
+
+
+def default_nic_slots(count: int) -> tuple[int, ...]:
+    """The slots of ``count`` NICs in a fresh runtime: the first ``count`` of :data:`NIC_SLOTS`.
+
+    :raise InvalidInputError: more NICs than reserved slots.
+    """
+    if count > len(NIC_SLOTS):
+        raise InvalidInputError(
+            f"{count} NICs, but only {len(NIC_SLOTS)} PCI slots are reserved for NICs"
+        )
+    return tuple(NIC_SLOTS[:count])
+
+
+def free_nic_slot(used: Iterable[int]) -> int | None:
+    """The lowest reserved NIC slot not in ``used``, or ``None`` when all are taken."""
+    taken = set(used)
+    return next((slot for slot in NIC_SLOTS if slot not in taken), None)
+
 
 #: Ganeti hvparams kvmlab does not model (SPICE, migration tuning...): dropped when
 #: a legacy runtime is upgraded, as they do not change what kvmlab starts.
@@ -77,12 +117,14 @@ GANETI_UNMODELLED_HVPARAMS: Final = frozenset(
 
 #: Fields a generated runtime sets (``format`` keeps its default), as ``model_construct``
 #: records them.
-_GENERATED_FIELDS: Final = frozenset({"name", "argv", "nics", "hvparams", "disks"})
+_GENERATED_FIELDS: Final = frozenset({"name", "argv", "nics", "hvparams", "disks", "nic_slots"})
 _STR_JSON: Final = TypeAdapter(str).serializer.to_json
 _ARGV_JSON: Final = TypeAdapter(tuple[str, ...]).serializer.to_json
 _NICS_JSON: Final = TypeAdapter(tuple[Nic, ...]).serializer.to_json
 _DISKS_JSON: Final = TypeAdapter(tuple[Disk, ...]).serializer.to_json
+_SLOTS_JSON: Final = TypeAdapter(tuple[int, ...]).serializer.to_json
 _set = object.__setattr__
+_FORMAT_1: Final = re.compile(rb'\s*\{\s*"format"\s*:\s*1\s*[,}]')
 
 
 class KVMRuntime(BaseModel):
@@ -98,6 +140,33 @@ class KVMRuntime(BaseModel):
     nics: tuple[Nic, ...] = ()
     hvparams: HvParams = HvParams()
     disks: tuple[Disk, ...] = ()
+    #: The PCI slot of each NIC (parallel to ``nics``); the default ``0x10 + i``
+    #: when left out.
+    nic_slots: tuple[StrictInt, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nic_slots" not in data:
+            nics = data.get("nics")
+            if isinstance(nics, list | tuple) and 0 < len(nics) <= len(NIC_SLOTS):
+                data = {**data, "nic_slots": default_nic_slots(len(nics))}
+        return data
+
+    @model_validator(mode="after")
+    def _check_slots(self) -> KVMRuntime:
+        slots = self.nic_slots
+        if len(slots) != len(self.nics):
+            raise ValueError(f"{len(self.nics)} NICs but {len(slots)} nic_slots")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"nic_slots {list(slots)} has a slot twice")
+        bad = [slot for slot in slots if slot not in NIC_SLOTS]
+        if bad:
+            raise ValueError(
+                f"nic_slots {bad} outside the reserved range"
+                f" {NIC_SLOTS.start:#x}-{NIC_SLOTS.stop - 1:#x}"
+            )
+        return self
 
     @classmethod
     def from_validated(
@@ -107,13 +176,17 @@ class KVMRuntime(BaseModel):
         nics: tuple[Nic, ...],
         hvparams: HvParams,
         disks: tuple[Disk, ...],
+        *,
+        nic_slots: tuple[int, ...] | None = None,
     ) -> KVMRuntime:
         """A runtime from parts already validated, without validating again.
 
         The same object ``model_construct`` builds (``__dict__`` in field order,
         ``format`` defaulted and left out of the fields set), without its generic
         loop over aliases and defaults: generation calls this for every runtime.
+        ``nic_slots`` defaults to :func:`default_nic_slots`.
         """
+        slots = default_nic_slots(len(nics)) if nic_slots is None else nic_slots
         runtime = cls.__new__(cls)
         _set(
             runtime,
@@ -125,6 +198,7 @@ class KVMRuntime(BaseModel):
                 "nics": nics,
                 "hvparams": hvparams,
                 "disks": disks,
+                "nic_slots": slots,
             },
         )
         _set(runtime, "__pydantic_fields_set__", set(_GENERATED_FIELDS))
@@ -155,6 +229,8 @@ class KVMRuntime(BaseModel):
                 self.hvparams.json_bytes(),
                 b',"disks":',
                 _DISKS_JSON(self.disks),
+                b',"nic_slots":',
+                _SLOTS_JSON(self.nic_slots),
                 b"}",
             )
         ).decode()
@@ -169,6 +245,7 @@ class KVMRuntime(BaseModel):
         stripped = text.lstrip()
         first = stripped[:1]
         if first in ("{", b"{"):
+            text = _upgrade_format_1(text)
             try:
                 runtime: KVMRuntime = cls.__pydantic_validator__.validate_json(text)
             except ValidationError as err:
@@ -193,6 +270,21 @@ class KVMRuntime(BaseModel):
     def binary(self) -> str:
         """The program the argv runs (``argv[0]``)."""
         return self.argv[0]
+
+
+def _upgrade_format_1(text: str | bytes) -> str | bytes:
+    """A format 1 document as format 2: the same fields, the slots format 1 implied."""
+    head = text[:64] if isinstance(text, bytes) else text[:64].encode()
+    if not _FORMAT_1.match(head):
+        return text
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return text  # validation explains it
+    if not isinstance(data, dict) or data.get("format") != 1 or "nic_slots" in data:
+        return text
+    data["format"] = FORMAT_VERSION
+    return json.dumps(data)
 
 
 def _format_error(version: object) -> RuntimeFormatError:

@@ -162,6 +162,15 @@ def _device(p: ParseState, value: str, where: str) -> None:
         return
     if driver in NIC_DRIVERS:
         _add_nic(p, driver, opts.get("mac"), opts.get("netdev"), where, key="mac")
+        nic = p.cfg.nics[-1]
+        nic.ident = opts.get("id")
+        if "addr" in opts:
+            try:
+                nic.slot = int(opts["addr"].split(".")[0], 0)
+            except ValueError:
+                raise FakeError(
+                    "Parameter 'addr' expects an Slot/device [and function] number", where
+                ) from None
 
 
 OPTIONS: dict[str, OptionHandler] = {

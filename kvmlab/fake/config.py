@@ -82,15 +82,19 @@ class Nic:
     :ivar model: the device model (``virtio-net-pci``, ``e1000``...).
     :ivar mac: normalised MAC address.
     :ivar netdev: the ``-netdev`` id it is plugged into, or ``None``.
+    :ivar ident: the device ``id``, or ``None``.
+    :ivar slot: its PCI slot when ``addr=`` gave one, else ``None``.
     """
 
-    __slots__ = ("mac", "model", "netdev", "where")
+    __slots__ = ("ident", "mac", "model", "netdev", "slot", "where")
 
     def __init__(self, model: str, mac: str, netdev: str | None, where: str) -> None:
         self.model = model
         self.mac = mac
         self.netdev = netdev
         self.where = where
+        self.ident: str | None = None
+        self.slot: int | None = None
 
 
 class Config:

@@ -9,7 +9,7 @@ and the parsing code stays free of printing. :class:`EarlyExit` ends a
 
 from __future__ import annotations
 
-__all__ = ["EarlyExit", "FakeError", "Shutdown"]
+__all__ = ["EarlyExit", "FakeError", "QmpCommandError", "Shutdown"]
 
 
 class FakeError(Exception):
@@ -53,3 +53,7 @@ class Shutdown(Exception):  # noqa: N818 - control flow, not an error
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class QmpCommandError(Exception):
+    """A QMP command refused: the monitor answers ``GenericError`` with this text."""

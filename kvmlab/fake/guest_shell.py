@@ -162,6 +162,17 @@ class GuestShell:
         for name, mac in nets:
             tree[f"/sys/class/net/{name}"] = None
             tree[f"/sys/class/net/{name}/address"] = mac + "\n"
+        for index, nic in enumerate(self.machine.nics):
+            if nic.slot is None:
+                continue
+            # The PCI function, as sysfs shows it: the net device under it.
+            pci = f"/sys/bus/pci/devices/0000:00:{nic.slot:02x}.0"
+            under = f"{pci}/virtio{index}" if nic.model.startswith("virtio") else pci
+            for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
+                tree[path] = None
+            tree[f"{under}/net"] = None
+            tree[f"{under}/net/eth{index}"] = None
+            tree[f"{under}/net/eth{index}/address"] = nic.mac + "\n"
         partitions = "major minor  #blocks  name\n\n"
         for index, path in enumerate(cfg.virtio_disks):
             name = "vd" + "abcdefghijklmnopqrstuvwxyz"[index % 26]

@@ -50,7 +50,7 @@ class Machine:
     :param prog: program name for messages.
     :ivar status: QEMU's run state: ``prelaunch``, ``running``, ``paused``, ``shutdown``.
     :ivar devices: the guest's devices in the order it enumerates them; the
-        command line's NICs at start (hotplug will add and remove here).
+        command line's NICs at start; QMP hotplug adds and removes here.
     """
 
     def __init__(
@@ -63,6 +63,10 @@ class Machine:
         self.prog = prog
         self.status = "prelaunch"
         self.devices: list[Nic] = list(cfg.nics)
+        #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug`).
+        self.netdevs: dict[str, str] | None = None
+        #: Device ids a ``device_del`` asked the guest to eject.
+        self.pending_unplug: list[str] = []
         self.loop = EventLoop()
         self.guest = Guest(self)
         self.chardevs: list[Chardev] = []

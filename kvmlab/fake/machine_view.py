@@ -34,6 +34,9 @@ class MachineView(Protocol):
     log: EventLog
     loop: EventLoop
     status: str
+    devices: list[Nic]
+    netdevs: dict[str, str] | None
+    pending_unplug: list[str]
 
     @property
     def nics(self) -> list[Nic]:

@@ -12,6 +12,7 @@ the greeting is formatted by hand.
 from __future__ import annotations
 
 from kvmlab.fake.chardevs import Frontend
+from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
 from kvmlab.fake.qmp_commands import COMMANDS, version_info
 
@@ -166,7 +167,11 @@ class QmpMonitor(Frontend):
                 return
         if command == "qmp_capabilities":
             self.negotiated = True
-        reply = entry.run(self.machine, arguments)
+        try:
+            reply = entry.run(self.machine, arguments)
+        except QmpCommandError as err:
+            self._error(ident, "GenericError", str(err))
+            return
         response: dict[str, object] = {"return": reply}
         if ident is not None:
             response["id"] = ident

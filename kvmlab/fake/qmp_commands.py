@@ -122,6 +122,36 @@ def _human_monitor_command(m: MachineView, arguments: dict[str, object]) -> obje
     return run_command(m, str(arguments["command-line"]))
 
 
+def _netdev_add(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug  # noqa: PLC0415 - only when a VM is hotplugged
+
+    return hotplug.netdev_add(m, arguments)
+
+
+def _netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug  # noqa: PLC0415
+
+    return hotplug.netdev_del(m, arguments)
+
+
+def _device_add(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug  # noqa: PLC0415
+
+    return hotplug.device_add(m, arguments)
+
+
+def _device_del(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug  # noqa: PLC0415
+
+    return hotplug.device_del(m, arguments)
+
+
+def _device_deleted(m: MachineView) -> None:
+    from kvmlab.fake import hotplug  # noqa: PLC0415
+
+    hotplug.device_deleted(m)
+
+
 def _resume(m: MachineView) -> None:
     m.resume()
 
@@ -148,6 +178,16 @@ COMMANDS: dict[str, QmpCommand] = {
     "system_powerdown": QmpCommand(_system_powerdown),
     "system_reset": QmpCommand(_empty, after=_reset),
     "quit": QmpCommand(_quit, after=_exit),
+    "netdev_add": QmpCommand(
+        _netdev_add, frozenset({"type", "id", "hostfwd", "net", "ipv6"}), ("type", "id")
+    ),
+    "netdev_del": QmpCommand(_netdev_del, frozenset({"id"}), ("id",)),
+    "device_add": QmpCommand(
+        _device_add,
+        frozenset({"driver", "id", "bus", "addr", "netdev", "mac", "romfile"}),
+        ("driver",),
+    ),
+    "device_del": QmpCommand(_device_del, frozenset({"id"}), ("id",), after=_device_deleted),
     "human-monitor-command": QmpCommand(
         _human_monitor_command, frozenset({"command-line", "cpu-index"}), ("command-line",)
     ),

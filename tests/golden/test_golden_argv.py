@@ -136,9 +136,9 @@ def test_golden_args_file_pins_placeholders(scratch: tuple[Path, Path, GoldenPro
     assert "-pidfile" in argv and "/var/lib/kvmlab/pid/vm" in argv
     assert start == (
         "-netdev",
-        "tap,id=net0,script=@TMPDIR@/up-0,downscript=no",
+        "tap,id=net-s10,script=@TMPDIR@/up-0,downscript=no",
         "-device",
-        "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0",
+        "virtio-net-pci,netdev=net-s10,mac=52:54:00:00:00:01,id=nic-s10,addr=0x10",
         "-qmp",
         "unix:/var/lib/kvmlab/ctrl/vm.qmp,server=on,wait=off",
     )

@@ -79,6 +79,7 @@ def test_from_validated_builds_what_model_construct_builds(args) -> None:
         "nics": runtime.nics,
         "hvparams": runtime.hvparams,
         "disks": runtime.disks,
+        "nic_slots": runtime.nic_slots,
     }
     built = KVMRuntime.model_construct(**parts)  # type: ignore[arg-type]
     assert list(runtime.__dict__.items()) == list(built.__dict__.items())

@@ -75,7 +75,7 @@ DAMAGED: dict[str, bytes | str] = {
     "name-path": with_(name="../vm1"),
     "extra-field": with_(colour="red"),
     "format-missing-name": json.dumps({"format": 1, "argv": ["/usr/bin/kvm"]}),
-    "format-future": with_(format=2),
+    "format-future": with_(format=3),
     "format-future-new-fields": with_(format=99, payload={"x": 1}),
     "format-string": with_(format="1"),
     "format-bool": with_(format=True),
@@ -159,7 +159,7 @@ def test_reboot_of_a_running_instance_with_a_damaged_runtime_leaves_it_running(
     lab = Hypervisor(state_dir, backend="fake")
     pid = lab.info("vm1", query_guest=False).pid
     path = lab.layout.runtime_file("vm1")
-    raw = path.read_bytes().replace(b'"format":1', b'"format":7')
+    raw = path.read_bytes().replace(b'"format":2', b'"format":7')
     path.write_bytes(raw)
 
     result = run_kvmlab(state_dir, "reboot", "vm1", tmpdir=private_tmp)

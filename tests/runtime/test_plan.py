@@ -80,8 +80,8 @@ def plan(
 def test_user_nic_on_modern_qemu() -> None:
     result = plan(runtime_with(user()), USER)
     assert list(result.start_args) == [
-        "-netdev", "user,id=net0",
-        "-device", f"virtio-net-pci,netdev=net0,mac={MAC1},id=nic0",
+        "-netdev", "user,id=net-s10",
+        "-device", f"virtio-net-pci,netdev=net-s10,mac={MAC1},id=nic-s10,addr=0x10",
     ]  # fmt: skip
     assert result.temp_files == ()
 
@@ -89,23 +89,23 @@ def test_user_nic_on_modern_qemu() -> None:
 def test_script_nic_on_modern_qemu() -> None:
     result = plan(runtime_with(bridged()), script())
     assert list(result.start_args) == [
-        "-netdev", "tap,id=net0,script=/run/kvmlab/tmp/vm1-up-0,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={MAC1},id=nic0",
+        "-netdev", "tap,id=net-s10,script=/run/kvmlab/tmp/vm1-up-0,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net-s10,mac={MAC1},id=nic-s10,addr=0x10",
     ]  # fmt: skip
 
 
 def test_fd_nic_on_modern_qemu() -> None:
     result = plan(runtime_with(bridged()), NicPlan(NicPlanKind.FD, fd=7))
     assert list(result.start_args) == [
-        "-netdev", "tap,id=net0,fd=7,vnet_hdr=on",
-        "-device", f"virtio-net-pci,netdev=net0,mac={MAC1},id=nic0",
+        "-netdev", "tap,id=net-s10,fd=7,vnet_hdr=on",
+        "-device", f"virtio-net-pci,netdev=net-s10,mac={MAC1},id=nic-s10,addr=0x10",
     ]  # fmt: skip
     assert result.temp_files == ()
 
 
 def test_fd_nic_without_vnet_hdr() -> None:
     result = plan(runtime_with(bridged(), vnet_hdr=False), NicPlan(NicPlanKind.FD, fd=7))
-    assert result.start_args[1] == "tap,id=net0,fd=7"
+    assert result.start_args[1] == "tap,id=net-s10,fd=7"
 
 
 def test_several_nics_keep_their_order_and_ids() -> None:
@@ -115,13 +115,13 @@ def test_several_nics_keep_their_order_and_ids() -> None:
     netdevs = [args[i + 1] for i, word in enumerate(args) if word == "-netdev"]
     devices = [args[i + 1] for i, word in enumerate(args) if word == "-device"]
     assert [n.split(",")[:2] for n in netdevs] == [
-        ["tap", "id=net0"],
-        ["user", "id=net1"],
-        ["tap", "id=net2"],
+        ["tap", "id=net-s10"],
+        ["user", "id=net-s11"],
+        ["tap", "id=net-s12"],
     ]
     assert devices == [
-        f"virtio-net-pci,netdev=net{seq},mac={mac},id=nic{seq}"
-        for seq, mac in enumerate((MAC1, MAC2, MAC3))
+        f"virtio-net-pci,netdev=net-s{slot:02x},mac={mac},id=nic-s{slot:02x},addr={slot:#04x}"
+        for slot, mac in enumerate((MAC1, MAC2, MAC3), start=0x10)
     ]
 
 

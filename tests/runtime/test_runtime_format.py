@@ -22,6 +22,7 @@ from kvmlab.runtime import (
 )
 
 MAC = "02:00:00:00:00:01"
+MAC2 = "aa:00:00:3c:51:0b"
 
 
 def runtime_for(caps: QemuCapabilities | None = None, **fields: Any) -> KVMRuntime:
@@ -75,11 +76,36 @@ def test_round_trip(make: Any) -> None:
 def test_document_is_versioned_json() -> None:
     runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}])
     document = json.loads(runtime.to_json())
-    assert document["format"] == FORMAT_VERSION == 1
+    assert document["format"] == FORMAT_VERSION == 2
     assert document["name"] == "vm1"
     assert document["argv"] == list(runtime.argv)
     assert document["nics"] == [{"mac": MAC, "mode": "bridged", "link": "br0"}]
+    assert document["nic_slots"] == [0x10]
     assert isinstance(document["hvparams"], dict)
+
+
+def test_format_1_document_is_upgraded_with_the_slots_it_implied() -> None:
+    runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}, {"mac": MAC2, "link": "br0"}])
+    document = json.loads(runtime.to_json())
+    document["format"] = 1
+    del document["nic_slots"]
+    upgraded = KVMRuntime.from_json(json.dumps(document))
+    assert upgraded == runtime
+    assert upgraded.format == FORMAT_VERSION
+    assert upgraded.nic_slots == (0x10, 0x11)
+    assert KVMRuntime.from_json(upgraded.to_json()) == upgraded
+
+
+@pytest.mark.parametrize(
+    ("slots", "message"),
+    [([0x10], "2 NICs but 1 nic_slots"), ([0x10, 0x10], "twice"), ([0x10, 0x05], "outside")],
+)
+def test_bad_nic_slots_are_refused(slots: list[int], message: str) -> None:
+    runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}, {"mac": MAC2, "link": "br0"}])
+    document = json.loads(runtime.to_json())
+    document["nic_slots"] = slots
+    with pytest.raises(RuntimeFormatError, match=message):
+        KVMRuntime.from_json(json.dumps(document))
 
 
 def test_runtime_is_frozen() -> None:
@@ -210,9 +236,9 @@ def test_early_runtime_starts_with_net_nic_on_its_old_qemu() -> None:
     modern = nic_start_args(runtime, "qemu-10.0")
     assert modern[:4] == (
         "-netdev",
-        "tap,id=net0,script=/tmp/kvmlab-start-x/up-0,downscript=no",
+        "tap,id=net-s10,script=/tmp/kvmlab-start-x/up-0,downscript=no",
         "-device",
-        "virtio-net-pci,netdev=net0,mac=aa:00:00:3c:51:0a,id=nic0",
+        "virtio-net-pci,netdev=net-s10,mac=aa:00:00:3c:51:0a,id=nic-s10,addr=0x10",
     )
     assert modern[-2:] == ("-qmp", "unix:/srv/q.qmp,server=on,wait=off")
 

@@ -1,0 +1,218 @@
+"""NIC hotplug kept by the saved runtime (issue 11): QMP change, then the runtime rewrite.
+
+A NIC attached to or detached from a running VM must also be in the saved
+runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
+:func:`detach_nic` run under the instance lock (the caller holds it) and:
+
+1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
+   changed, a stopped VM, a duplicate MAC or a MAC not attached, a q35 machine, a
+   QEMU without the commands, a NIC mode that is not ``user``;
+2. write an *intent* file (``conf/<name>.hotplug``) naming the change;
+3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
+   ``netdev_del``); a failed ``device_add`` is undone (``netdev_del``) and leaves
+   the runtime untouched;
+4. rewrite the runtime atomically with the new NIC list and slots;
+5. remove the intent file.
+
+A crash between 3 and 5 leaves the intent file: ``info`` reports it
+(``hotplug_pending``), as the running VM and its saved runtime may now differ.
+Design and measurements: docs/hotplug.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from kvmlab.capabilities import QemuCapabilities
+from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError
+from kvmlab.inventory import running_pid
+from kvmlab.layout import StateLayout
+from kvmlab.models import Nic, NicMode
+from kvmlab.plan import nic_device_args, nic_device_model, nic_ids
+from kvmlab.runtime import KVMRuntime, free_nic_slot
+from kvmlab.store import atomic_write
+
+__all__ = [
+    "NIC_COMMANDS",
+    "attach_nic",
+    "detach_nic",
+    "intent_file",
+    "pending_hotplug",
+]
+
+log = logging.getLogger("kvmlab")
+
+#: QMP commands NIC hotplug needs (QEMU 7.2 and 10.0 both have them).
+NIC_COMMANDS = ("netdev_add", "netdev_del", "device_add", "device_del")
+#: Seconds the guest gets to eject a card after ``device_del`` (ACPI PCI hotplug).
+UNPLUG_TIMEOUT = 30.0
+QMP_TIMEOUT = 10.0
+
+
+def intent_file(layout: StateLayout, name: str) -> Path:
+    """Where a hotplug in progress is recorded: next to the saved runtime."""
+    return layout.runtime_file(name).with_name(f"{name}.hotplug")
+
+
+def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
+    """The intent a hotplug left behind (it died between the QMP change and the save)."""
+    path = intent_file(layout, name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"op": "unknown", "raw": text[:200]}
+    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
+
+
+def _check_running(layout: StateLayout, name: str, what: str) -> None:
+    if running_pid(layout, name) is None:
+        raise HotplugNotRunningError(
+            f"cannot {what} on {name}: it is not running (change its instance file and"
+            " start it instead)",
+            name=name,
+        )
+
+
+def _check_machine(runtime: KVMRuntime) -> None:
+    if not runtime.hvparams.acpi:
+        raise HotplugRefusedError(
+            f"{runtime.name} runs without acpi: the guest learns of PCI hotplug through ACPI"
+        )
+    machine = runtime.hvparams.machine_version
+    if "q35" in machine:
+        raise HotplugRefusedError(
+            f"{runtime.name} uses machine {machine!r}: its root bus pcie.0 has no hotplug"
+            " (it needs PCIe root ports); kvmlab hotplugs on the i440fx 'pc' machine only"
+        )
+
+
+def _check_device(runtime: KVMRuntime, caps: QemuCapabilities) -> None:
+    if not (caps.has_device and caps.has_netdev and caps.has_qmp):
+        raise HotplugRefusedError(
+            f"{runtime.binary} (QEMU {'.'.join(map(str, caps.version))}) has no"
+            " -device/-netdev/QMP: NIC hotplug needs them"
+        )
+
+
+def _session(layout: StateLayout, name: str) -> Any:
+    from kvmlab.qmp import QmpSession  # noqa: PLC0415 - 50 ms import
+
+    return QmpSession(layout.qmp_socket(name), timeout=QMP_TIMEOUT)
+
+
+def _check_commands(qmp: Any, name: str) -> None:
+    available = {entry["name"] for entry in qmp.execute("query-commands")}
+    missing = [command for command in NIC_COMMANDS if command not in available]
+    if missing:
+        version = qmp.execute("query-version")["qemu"]
+        numbers = f"{version['major']}.{version['minor']}.{version['micro']}"
+        raise HotplugRefusedError(
+            f"QEMU {numbers} of {name} has no {', '.join(missing)}: NIC hotplug needs"
+            f" {', '.join(NIC_COMMANDS)}"
+        )
+
+
+def _save(layout: StateLayout, runtime: KVMRuntime) -> None:
+    atomic_write(layout.runtime_file(runtime.name), runtime.to_json() + "\n")
+
+
+def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...]) -> KVMRuntime:
+    return KVMRuntime.from_validated(
+        runtime.name, runtime.argv, nics, runtime.hvparams, runtime.disks, nic_slots=slots
+    )
+
+
+def attach_nic(
+    layout: StateLayout, runtime: KVMRuntime, nic: Nic, caps: QemuCapabilities
+) -> KVMRuntime:
+    """Plug ``nic`` into the running VM and save the runtime with it; the caller holds the lock.
+
+    :return: the runtime saved.
+    :raise HotplugRefusedError: refused, nothing changed.
+    :raise QmpError: QEMU refused the device (its netdev is removed again); the
+        runtime is untouched.
+    """
+    name = runtime.name
+    _check_running(layout, name, "attach a NIC")
+    _check_machine(runtime)
+    if any(existing.mac == nic.mac for existing in runtime.nics):
+        raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
+    if nic.mode is not NicMode.USER:
+        raise HotplugRefusedError(
+            f"hotplug of a {nic.mode} NIC is not supported (it needs a tap passed with"
+            " getfd): only user-mode NICs can be attached"
+        )
+    _check_device(runtime, caps)
+    slot = free_nic_slot(runtime.nic_slots)
+    if slot is None:
+        raise HotplugRefusedError(f"{name} has no free NIC slot (all 16 are used)")
+    from kvmlab.qmp import QmpError  # noqa: PLC0415
+
+    with _session(layout, name) as qmp:
+        _check_commands(qmp, name)
+        model = nic_device_model(runtime.hvparams.nic_type, caps)
+        props = nic_device_args(model, nic.mac, slot)
+        netdev_id, _ = nic_ids(slot)
+        intent = intent_file(layout, name)
+        atomic_write(intent, json.dumps({"op": "attach-nic", "mac": nic.mac, "slot": slot}))
+        try:
+            qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
+            try:
+                qmp.execute("device_add", props)
+            except QmpError:
+                qmp.execute("netdev_del", {"id": netdev_id})
+                raise
+        except QmpError:
+            intent.unlink(missing_ok=True)
+            raise
+        saved = _with_nics(runtime, (*runtime.nics, nic), (*runtime.nic_slots, slot))
+        _save(layout, saved)
+        intent.unlink(missing_ok=True)
+    log.info("attached NIC %s to %s at slot %#04x", nic.mac, name, slot)
+    return saved
+
+
+def detach_nic(
+    layout: StateLayout, runtime: KVMRuntime, mac: str, caps: QemuCapabilities
+) -> KVMRuntime:
+    """Unplug the NIC with ``mac`` and save the runtime without it; the caller holds the lock.
+
+    :raise HotplugRefusedError: no such NIC, or a stopped VM; nothing changed.
+    :raise QmpError: QEMU refused, or the guest did not eject the card in time (the
+        intent file stays: ``info`` reports it).
+    """
+    name = runtime.name
+    _check_running(layout, name, "detach a NIC")
+    _check_machine(runtime)
+    wanted = mac.lower()
+    index = next((i for i, nic in enumerate(runtime.nics) if nic.mac == wanted), None)
+    if index is None:
+        raise HotplugRefusedError(f"{name} has no NIC with MAC {mac}")
+    _check_device(runtime, caps)
+    slot = runtime.nic_slots[index]
+    netdev_id, device_id = nic_ids(slot)
+    with _session(layout, name) as qmp:
+        _check_commands(qmp, name)
+        intent = intent_file(layout, name)
+        atomic_write(intent, json.dumps({"op": "detach-nic", "mac": wanted, "slot": slot}))
+        qmp.execute_and_wait(
+            "device_del", {"id": device_id}, "DEVICE_DELETED", {"device": device_id}, UNPLUG_TIMEOUT
+        )
+        qmp.execute("netdev_del", {"id": netdev_id})
+        keep = [i for i in range(len(runtime.nics)) if i != index]
+        saved = _with_nics(
+            runtime,
+            tuple(runtime.nics[i] for i in keep),
+            tuple(runtime.nic_slots[i] for i in keep),
+        )
+        _save(layout, saved)
+        intent.unlink(missing_ok=True)
+    log.info("detached NIC %s from %s (slot %#04x)", wanted, name, slot)
+    return saved

@@ -1,0 +1,81 @@
+"""``kvmlab attach-nic`` and ``detach-nic``: output, saved runtime, exit codes (docs/hotplug.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from test_cli import instance_data, one_line_error, run, state_dir, workdir, write_instance
+
+__all__ = ["run", "state_dir", "workdir", "write_instance"]  # the fixtures, shared
+
+FIRST = instance_data()["nics"][0]["mac"]  # type: ignore[index]
+NEW = "52:54:00:6b:02:09"
+
+
+def saved(state_dir: Path) -> dict[str, object]:
+    return json.loads((state_dir / "conf" / "vm1.runtime").read_text())
+
+
+def test_attach_then_detach_rewrite_the_saved_runtime(
+    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+) -> None:
+    assert run("start", str(write_instance())).returncode == 0
+    attached = run("attach-nic", "vm1", "--mac", NEW.upper(), "--mode", "user")
+    assert attached.returncode == 0, attached.stderr
+    assert attached.stdout == f"attached NIC {NEW} to vm1 at PCI slot 0x11 (saved)\n"
+    assert [nic["mac"] for nic in saved(state_dir)["nics"]] == [FIRST, NEW]
+    assert saved(state_dir)["nic_slots"] == [0x10, 0x11]
+    shown = run("exec", "vm1", "--", "cat", "/sys/class/net/eth1/address")
+    assert shown.stdout == f"{NEW}\n"
+
+    detached = run("detach-nic", "vm1", FIRST)
+    assert detached.returncode == 0, detached.stderr
+    assert detached.stdout == f"detached NIC {FIRST} from vm1 (saved)\n"
+    assert saved(state_dir)["nic_slots"] == [0x11]
+    assert run("reboot", "vm1").returncode == 0
+    shown = run(
+        "exec", "vm1", "--", "cat", "/sys/bus/pci/devices/0000:00:11.0/virtio0/net/eth0/address"
+    )
+    assert shown.stdout == f"{NEW}\n"
+
+
+def test_refusals_are_exit_2_in_one_line_and_change_nothing(
+    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+) -> None:
+    assert run("start", str(write_instance())).returncode == 0
+    before = (state_dir / "conf" / "vm1.runtime").read_bytes()
+    for args, message in [
+        (("attach-nic", "vm1", "--mac", FIRST), "already has a NIC with MAC"),
+        (("attach-nic", "vm1", "--mac", "zz"), "invalid NIC"),
+        (("attach-nic", "vm1", "--mac", NEW, "--mode", "bridged", "--link", "br0"), "user-mode"),
+        (("detach-nic", "vm1", NEW), "no NIC with MAC"),
+        (("attach-nic", "nosuch", "--mac", NEW), "no instance named"),
+    ]:
+        result = run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in one_line_error(result.stderr), args
+    assert run("stop", "vm1", "--force").returncode == 0
+    for args in (("attach-nic", "vm1", "--mac", NEW), ("detach-nic", "vm1", FIRST)):
+        result = run(*args)
+        assert result.returncode == 2
+        assert "not running" in one_line_error(result.stderr)
+    assert (state_dir / "conf" / "vm1.runtime").read_bytes() == before
+
+
+def test_info_reports_a_hotplug_left_pending(
+    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+) -> None:
+    assert run("start", str(write_instance())).returncode == 0
+    # What a kvmlab killed between device_add and the save leaves behind.
+    intent = {"op": "attach-nic", "mac": NEW, "slot": 0x11}
+    (state_dir / "conf" / "vm1.hotplug").write_text(json.dumps(intent))
+    shown = run("info", "vm1")
+    assert shown.returncode == 0
+    assert f"hotplug: PENDING {json.dumps(intent)}" in shown.stdout
+    as_json = json.loads(run("info", "vm1", "--json").stdout)
+    assert as_json["hotplug_pending"] == intent
+    assert run("stop", "vm1", "--force").returncode == 0
+    assert run("cleanup", "vm1").returncode == 0
+    assert not (state_dir / "conf" / "vm1.hotplug").exists()
