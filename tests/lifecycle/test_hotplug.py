@@ -24,6 +24,18 @@ from kvmlab.models import Nic
 NEW = "52:54:00:6b:01:01"
 
 
+@pytest.fixture
+def make_instance(make_instance):
+    """The conftest's instances on the PC machine: hotplug refuses Q35 (docs/hotplug.md),
+    which the test guest's fast boot options pick."""
+
+    def make(**kwargs: object):
+        kwargs.setdefault("machine_version", "pc")
+        return make_instance(**kwargs)
+
+    return make
+
+
 def guest_macs(lab, name: str = "vm1") -> list[str]:
     out = lab.guest(name).run("cat /sys/class/net/eth*/address", ready_timeout=BOOT_TIMEOUT)
     return out.stdout.split()
