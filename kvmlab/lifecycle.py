@@ -407,8 +407,10 @@ class Hypervisor:
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
-                if not first and not is_alive(pid):
-                    return True  # it powered off as the button was pressed again
+                # After a press that QMP took, a failed one most likely found QEMU closing
+                # its socket on the way out: give it the rest of the deadline to exit.
+                if not first and wait_for_exit(pid, left):
+                    return True
                 if not first:
                     log.warning("ACPI powerdown of %s failed again: terminating it", name)
                 return False

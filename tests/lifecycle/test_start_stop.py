@@ -166,7 +166,9 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     """A guest still booting misses the ACPI button (real Linux has no button driver yet):
     a graceful stop presses it again every POWERDOWN_RETRY seconds, so it powers off soon
     after it booted instead of being killed at the stop timeout."""
-    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 0.2)
+    # Long enough for the fake to exit after the heard press even on a loaded machine,
+    # so exactly two presses happen.
+    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 1.0)
     presses: list[bool] = []
     real = fake_lab._powerdown
 
@@ -188,4 +190,45 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True]  # pressed twice; the second press was heard
     assert terms == []  # powered off, not terminated
+    assert not is_alive(info.pid)
+
+
+def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypatch) -> None:
+    """A press QMP took, then a retry that cannot connect: QEMU removes its QMP socket as
+    it exits, so a loaded machine can see that before the exit. That is a power-off in
+    progress, not a failure: the stop waits for it instead of terminating the VM."""
+    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 0.2)
+    presses: list[bool] = []
+    real_powerdown = fake_lab._powerdown
+
+    def missed_heard_then_gone(name: str, timeout: float, quiet: bool = False) -> bool:
+        presses.append(quiet)
+        if len(presses) == 1:
+            return True  # missed: the guest is still booting
+        if len(presses) == 2:
+            return real_powerdown(name, timeout, quiet)  # heard: it starts powering off
+        return False  # the socket is already gone
+
+    waits: list[float] = []
+    real_wait = lifecycle.wait_for_exit
+
+    def exit_not_seen_in_the_retry_period(pid: int, timeout: float) -> bool:
+        waits.append(timeout)
+        return False if len(waits) == 2 else real_wait(pid, timeout)
+
+    monkeypatch.setattr(fake_lab, "_powerdown", missed_heard_then_gone)
+    monkeypatch.setattr(lifecycle, "wait_for_exit", exit_not_seen_in_the_retry_period)
+    terms: list[int] = []
+    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    info = fake_lab.start(
+        Instance(
+            name="vm1",
+            memory=128,
+            nics=(Nic(mac="52:54:00:6b:00:01", mode="user"),),
+            hvparams=HvParams(kernel_path="", vnc_bind_address=""),
+        )
+    )
+    fake_lab.stop("vm1", timeout=20)
+    assert presses == [False, True, True]
+    assert terms == []  # it powered off; nothing was killed
     assert not is_alive(info.pid)
