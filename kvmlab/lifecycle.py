@@ -62,7 +62,6 @@ from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
 from kvmlab.models import Instance, Nic
 from kvmlab.process import (
-    is_alive,
     reap_adopted,
     remove_quietly,
     signal_process,
