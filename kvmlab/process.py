@@ -31,6 +31,7 @@ from pathlib import Path
 __all__ = [
     "adopt",
     "become_subreaper",
+    "child_states",
     "is_alive",
     "owns_pidfile",
     "read_cmdline",
@@ -62,6 +63,25 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[-1].split()
+
+
+def child_states() -> dict[int, str]:
+    """This process's children, from every thread, and their states (``S``, ``R``, ``Z``...).
+
+    What reaping is judged by: a daemon this process adopted as subreaper shows here, as
+    a zombie (``Z``) once it exited and until it is reaped.
+    """
+    found: dict[int, str] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            pids = Path(f"/proc/self/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, pids):
+            fields = _stat_fields(pid)
+            if fields:
+                found[pid] = fields[0]
+    return found
 
 
 def is_alive(pid: int | None) -> bool:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from kvmlab.process import child_states
+
 PROJECT = Path(__file__).resolve().parents[1]
 GANETI_FIXTURES = PROJECT.parent / "shared" / "fixtures" / "ganeti"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -84,26 +86,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         become_subreaper()
 
 
-def _children() -> dict[int, str]:
-    """This process's children (from every thread) and their states (``S``, ``Z``...)."""
-    found: dict[int, str] = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            pids = Path(f"/proc/self/task/{task}/children").read_text().split()
-        except OSError:
-            continue
-        for pid in map(int, pids):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-            except OSError:
-                continue
-            found[pid] = stat.rsplit(")", 1)[-1].split()[0]
-    return found
-
-
 def _reap_zombies() -> int:
     reaped = 0
-    for pid, state in _children().items():
+    for pid, state in child_states().items():
         if state in ("Z", "X"):
             with contextlib.suppress(ChildProcessError):
                 reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
@@ -120,17 +105,17 @@ def _describe(pid: int) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_processes() -> Iterator[None]:
-    before = set(_children())
+    before = set(child_states())
     yield
     from kvmlab.process import wait_for_exit  # noqa: PLC0415
 
     _reap_zombies()
-    left = [pid for pid in _children() if pid not in before]
+    left = [pid for pid in child_states() if pid not in before]
     deadline = time.monotonic() + _LEFTOVER_GRACE
     for pid in left:
         wait_for_exit(pid, max(deadline - time.monotonic(), 0.0))
     _reap_zombies()
-    alive = {pid: _describe(pid) for pid, state in _children().items() if pid in left}
+    alive = {pid: _describe(pid) for pid, state in child_states().items() if pid in left}
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -148,8 +133,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if _in_xdist_controller(session.config):
         return
     _reap_zombies()
-    zombies = [pid for pid, state in _children().items() if state in ("Z", "X")]
-    alive = [_describe(pid) for pid, state in _children().items() if state not in ("Z", "X")]
+    zombies = [pid for pid, state in child_states().items() if state in ("Z", "X")]
+    alive = [_describe(pid) for pid, state in child_states().items() if state not in ("Z", "X")]
     if zombies or alive:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"kvmlab: left behind: zombies {zombies}, running {alive}"

@@ -42,20 +42,3 @@ def kvmlab_temp_leftovers() -> set[str]:
 
 def option_value(argv: tuple[str, ...], option: str) -> list[str]:
     return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == option]
-
-
-def child_states() -> dict[int, str]:
-    """This process's children and their states (``S``, ``R``, ``Z`` for a zombie...)."""
-    found: dict[int, str] = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            pids = Path(f"/proc/self/task/{task}/children").read_text().split()
-        except OSError:
-            continue
-        for pid in map(int, pids):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-            except OSError:
-                continue
-            found[pid] = stat.rsplit(")", 1)[-1].split()[0]
-    return found

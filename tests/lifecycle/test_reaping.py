@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import signal
 
-from helpers_lifecycle import child_states
-
-from kvmlab.process import parent_of, wait_for_exit
+from kvmlab.process import child_states, parent_of, wait_for_exit
 
 
 def zombies() -> list[int]:
