@@ -162,6 +162,15 @@ def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
         lab.info("vm1")
 
 
+#: A VM the fake boots at once (no kernel), for the stop tests that replace its QMP calls.
+PLAIN_FAKE_VM = Instance(
+    name="vm1",
+    memory=128,
+    nics=(Nic(mac="52:54:00:6b:00:01", mode="user"),),
+    hvparams=HvParams(kernel_path="", vnc_bind_address=""),
+)
+
+
 def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     """A guest still booting misses the ACPI button (real Linux has no button driver yet):
     a graceful stop presses it again every POWERDOWN_RETRY seconds, so it powers off soon
@@ -179,14 +188,7 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     monkeypatch.setattr(fake_lab, "_powerdown", missed_once)
     terms: list[int] = []
     monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
-    info = fake_lab.start(
-        Instance(
-            name="vm1",
-            memory=128,
-            nics=(Nic(mac="52:54:00:6b:00:01", mode="user"),),
-            hvparams=HvParams(kernel_path="", vnc_bind_address=""),
-        )
-    )
+    info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True]  # pressed twice; the second press was heard
     assert terms == []  # powered off, not terminated
@@ -220,14 +222,7 @@ def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypa
     monkeypatch.setattr(lifecycle, "wait_for_exit", exit_not_seen_in_the_retry_period)
     terms: list[int] = []
     monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
-    info = fake_lab.start(
-        Instance(
-            name="vm1",
-            memory=128,
-            nics=(Nic(mac="52:54:00:6b:00:01", mode="user"),),
-            hvparams=HvParams(kernel_path="", vnc_bind_address=""),
-        )
-    )
+    info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True, True]
     assert terms == []  # it powered off; nothing was killed
