@@ -198,16 +198,13 @@ class GuestChannel:
             reader = ReplyReader(nonce)
             reader.feed(leftover)
             sock.sendall(encode_request(nonce, math.ceil(timeout) + 1, line))
-            deadline = time.monotonic() + timeout
-            while reader.result is None:
-                data = self._recv(sock, deadline)
-                if data is None:
-                    raise GuestTimeoutError(
-                        f"command in {self.name} did not finish within {timeout:g} s: {line}",
-                        output=reader.output,
-                    )
-                reader.feed(data)
-            return reader.result
+            result = self._read_reply(sock, reader, time.monotonic() + timeout)
+            if result is None:
+                raise GuestTimeoutError(
+                    f"command in {self.name} did not finish within {timeout:g} s: {line}",
+                    output=reader.output,
+                )
+            return result
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -233,19 +230,27 @@ class GuestChannel:
             sock.sendall(encode_request(nonce, 5, ":"))
             interval = _PING_INTERVALS[min(attempt, len(_PING_INTERVALS) - 1)]
             attempt += 1
-            wait_until = min(deadline, time.monotonic() + interval)
-            while reader.result is None:
-                data = self._recv(sock, wait_until)
-                if data is None:
-                    break
-                reader.feed(data)
-            if reader.result is not None:
+            if (
+                self._read_reply(sock, reader, min(deadline, time.monotonic() + interval))
+                is not None
+            ):
                 return reader.rest
             if time.monotonic() >= deadline:
                 raise GuestTimeoutError(
                     f"the command channel of {self.name} did not answer within"
                     f" {ready_timeout:g} s (guest not booted, or no command loop on ttyS1)"
                 )
+
+    def _read_reply(
+        self, sock: socket.socket, reader: ReplyReader, deadline: float
+    ) -> GuestResult | None:
+        """Feed ``reader`` until its marker arrives (the result) or the deadline (``None``)."""
+        while reader.result is None:
+            data = self._recv(sock, deadline)
+            if data is None:
+                return None
+            reader.feed(data)
+        return reader.result
 
     def _recv(self, sock: socket.socket, deadline: float) -> bytes | None:
         """Bytes from the guest, or ``None`` at the deadline.

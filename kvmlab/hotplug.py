@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from kvmlab.capabilities import QemuCapabilities
@@ -33,13 +32,12 @@ from kvmlab.layout import StateLayout
 from kvmlab.models import Nic, NicMode
 from kvmlab.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime import KVMRuntime, free_nic_slot
-from kvmlab.store import atomic_write
+from kvmlab.store import atomic_write, save_runtime
 
 __all__ = [
     "NIC_COMMANDS",
     "attach_nic",
     "detach_nic",
-    "intent_file",
     "pending_hotplug",
 ]
 
@@ -52,14 +50,9 @@ UNPLUG_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
 
 
-def intent_file(layout: StateLayout, name: str) -> Path:
-    """Where a hotplug in progress is recorded: next to the saved runtime."""
-    return layout.runtime_file(name).with_name(f"{name}.hotplug")
-
-
 def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
     """The intent a hotplug left behind (it died between the QMP change and the save)."""
-    path = intent_file(layout, name)
+    path = layout.hotplug_intent(name)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -119,10 +112,6 @@ def _check_commands(qmp: Any, name: str) -> None:
         )
 
 
-def _save(layout: StateLayout, runtime: KVMRuntime) -> None:
-    atomic_write(layout.runtime_file(runtime.name), runtime.to_json() + "\n")
-
-
 def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...]) -> KVMRuntime:
     return KVMRuntime.from_validated(
         runtime.name, runtime.argv, nics, runtime.hvparams, runtime.disks, nic_slots=slots
@@ -160,7 +149,7 @@ def attach_nic(
         model = nic_device_model(runtime.hvparams.nic_type, caps)
         props = nic_device_args(model, nic.mac, slot)
         netdev_id, _ = nic_ids(slot)
-        intent = intent_file(layout, name)
+        intent = layout.hotplug_intent(name)
         atomic_write(intent, json.dumps({"op": "attach-nic", "mac": nic.mac, "slot": slot}))
         try:
             qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
@@ -173,7 +162,7 @@ def attach_nic(
             intent.unlink(missing_ok=True)
             raise
         saved = _with_nics(runtime, (*runtime.nics, nic), (*runtime.nic_slots, slot))
-        _save(layout, saved)
+        save_runtime(layout.runtime_file(name), saved)
         intent.unlink(missing_ok=True)
     log.info("attached NIC %s to %s at slot %#04x", nic.mac, name, slot)
     return saved
@@ -200,7 +189,7 @@ def detach_nic(
     netdev_id, device_id = nic_ids(slot)
     with _session(layout, name) as qmp:
         _check_commands(qmp, name)
-        intent = intent_file(layout, name)
+        intent = layout.hotplug_intent(name)
         atomic_write(intent, json.dumps({"op": "detach-nic", "mac": wanted, "slot": slot}))
         qmp.execute_and_wait(
             "device_del", {"id": device_id}, "DEVICE_DELETED", {"device": device_id}, UNPLUG_TIMEOUT
@@ -212,7 +201,7 @@ def detach_nic(
             tuple(runtime.nics[i] for i in keep),
             tuple(runtime.nic_slots[i] for i in keep),
         )
-        _save(layout, saved)
+        save_runtime(layout.runtime_file(name), saved)
         intent.unlink(missing_ok=True)
     log.info("detached NIC %s from %s (slot %#04x)", wanted, name, slot)
     return saved

@@ -79,6 +79,10 @@ class StateLayout:
     def runtime_file(self, name: str) -> Path:
         return self.root / "conf" / f"{name}.runtime"
 
+    def hotplug_intent(self, name: str) -> Path:
+        """Where a hotplug in progress is recorded, next to the saved runtime (docs/hotplug.md)."""
+        return self.root / "conf" / f"{name}.hotplug"
+
     def monitor_socket(self, name: str) -> Path:
         return self._socket(name, "monitor")
 

@@ -213,7 +213,7 @@ class Hypervisor:
                 self.layout.runtime_file(name),
                 self.layout.log_file(name),
                 self.layout.serial_log(name),
-                self.layout.runtime_file(name).with_name(f"{name}.hotplug"),
+                self.layout.hotplug_intent(name),
             ):
                 remove_quietly(path)
             shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
@@ -318,7 +318,7 @@ class Hypervisor:
     # -- internals ------------------------------------------------------------------
 
     def _pending_hotplug(self, name: str) -> dict[str, Any] | None:
-        path = self.layout.runtime_file(name).with_name(f"{name}.hotplug")
+        path = self.layout.hotplug_intent(name)
         if not path.exists():
             return None
         from kvmlab.hotplug import pending_hotplug  # noqa: PLC0415
@@ -406,12 +406,13 @@ class Hypervisor:
         while True:
             left = max(deadline - time.monotonic(), 0.0)
             if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
+                if first:
+                    return False
                 # After a press that QMP took, a failed one most likely found QEMU closing
                 # its socket on the way out: give it the rest of the deadline to exit.
-                if not first and wait_for_exit(pid, left):
+                if wait_for_exit(pid, left):
                     return True
-                if not first:
-                    log.warning("ACPI powerdown of %s failed again: terminating it", name)
+                log.warning("ACPI powerdown of %s failed again: terminating it", name)
                 return False
             first = False
             left = max(deadline - time.monotonic(), 0.0)

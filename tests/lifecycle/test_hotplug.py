@@ -18,7 +18,6 @@ from kvmlab.errors import (
     NotRunningError,
     OperationError,
 )
-from kvmlab.hotplug import intent_file
 from kvmlab.models import Nic
 
 NEW = "52:54:00:6b:01:01"
@@ -69,7 +68,7 @@ def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(lab, make_instance
     assert saved_macs(lab) == [mac(0), NEW] == [nic.mac for nic in saved.nics]
     wait_for(lambda: NEW in guest_macs(lab))
     assert mac_at_slot(lab, 0x11) == NEW
-    assert not intent_file(lab.layout, "vm1").exists()
+    assert not lab.layout.hotplug_intent("vm1").exists()
 
     lab.reboot("vm1")
     assert sorted(guest_macs(lab)) == sorted([mac(0), NEW])
@@ -141,7 +140,7 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(lab, make_instance, mo
     with pytest.raises(OperationError, match=r"device_add failed.*no-such-nic"):
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
-    assert not intent_file(lab.layout, "vm1").exists()
+    assert not lab.layout.hotplug_intent("vm1").exists()
     assert "hotplug_pending" not in lab.info("vm1").extra
     monkeypatch.undo()
     # Its netdev was removed again: the same attach now succeeds.
@@ -154,10 +153,10 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
     lab.start(make_instance(nics=1))
     before = lab.layout.runtime_file("vm1").read_bytes()
 
-    def crash(layout, runtime) -> None:
+    def crash(path, runtime) -> None:
         raise KeyboardInterrupt("killed between device_add and the save")
 
-    monkeypatch.setattr(hotplug, "_save", crash)
+    monkeypatch.setattr(hotplug, "save_runtime", crash)
     with pytest.raises(KeyboardInterrupt):
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
@@ -167,7 +166,7 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
     assert json.loads(json.dumps(info))["hotplug_pending"]["mac"] == NEW
     lab.stop("vm1", force=True)
     lab.cleanup("vm1")
-    assert not intent_file(lab.layout, "vm1").exists()
+    assert not lab.layout.hotplug_intent("vm1").exists()
 
 
 def test_a_qemu_without_the_commands_is_refused_naming_its_version(
@@ -185,5 +184,5 @@ def test_a_qemu_without_the_commands_is_refused_naming_its_version(
         str(refused.value),
     )
     assert lab.layout.runtime_file("vm1").read_bytes() == before
-    assert not intent_file(lab.layout, "vm1").exists()
+    assert not lab.layout.hotplug_intent("vm1").exists()
     assert guest_macs(lab) == [mac(0)]
