@@ -141,6 +141,9 @@ def generate_runtime(
             argv.append("-mem-prealloc")
 
     argv += ("-monitor", f"unix:{paths.monitor},{switches}")
+    # ttyS0 is the console; ttyS1, right after it, the guest command channel
+    # (kvmlab.guest_channel). The channel only comes with a console: after "-serial none"
+    # the next -serial would become ttyS0.
     if not hv.serial_console:
         argv += ("-serial", "none")
     elif caps.has_chardev and caps.has_chardev_logfile:
@@ -150,21 +153,14 @@ def generate_runtime(
             f"logfile={paths.serial_log},logappend=off",
             "-serial",
             "chardev:serial0",
+            "-chardev",
+            f"socket,id=cmd0,path={paths.cmd},{switches}",
+            "-serial",
+            "chardev:cmd0",
         )
     else:
         argv += ("-serial", f"unix:{paths.serial},{switches}")
-    if hv.serial_console:
-        # The guest command channel, ttyS1 (kvmlab.guest_channel). Only beside a console:
-        # after "-serial none" the next -serial would become ttyS0 instead.
-        if caps.has_chardev and caps.has_chardev_logfile:  # the console's spelling
-            argv += (
-                "-chardev",
-                f"socket,id=cmd0,path={paths.cmd},{switches}",
-                "-serial",
-                "chardev:cmd0",
-            )
-        else:
-            argv += ("-serial", f"unix:{paths.cmd},{switches}")
+        argv += ("-serial", f"unix:{paths.cmd},{switches}")
 
     argv += _display_args(instance, caps)
     if hv.use_localtime:
