@@ -24,11 +24,13 @@ import fcntl
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from kvmlab.errors import OperationError
+from kvmlab.store import atomic_write
 
 if TYPE_CHECKING:
     from kvmlab.models import Accel
@@ -121,17 +123,13 @@ def _cache_lock(cache: Path) -> Iterator[bool]:
 
 
 def _write_cache(cache: Path, entries: dict[str, list[str]]) -> None:
-    """Replace ``cache`` atomically with ``entries`` minus the stale ones (lock held)."""
+    """Replace ``cache`` atomically with ``entries`` minus the stale ones (lock held).
+
+    :raise OperationError: the cache directory cannot be written.
+    """
     boot_id = _boot_id()
     kept = {k: v for k, v in sorted(entries.items()) if not _is_stale(k, boot_id)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(kept, indent=1) + "\n")
-        os.replace(tmp, cache)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cache, json.dumps(kept, indent=1) + "\n")
 
 
 def probe_kvm_boot(
@@ -211,7 +209,7 @@ def probe_accelerator(binary: str) -> tuple[Accel | None, str]:
         _MEMORY[key] = result
         if writable:
             stored[key] = [str(result[0]), detail]
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OperationError):  # the verdict stays in memory
                 _write_cache(cache, stored)
     return result
 
