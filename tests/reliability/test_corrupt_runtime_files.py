@@ -159,7 +159,7 @@ def test_reboot_of_a_running_instance_with_a_damaged_runtime_leaves_it_running(
     lab = Hypervisor(state_dir, backend="fake")
     pid = lab.info("vm1", query_guest=False).pid
     path = lab.layout.runtime_file("vm1")
-    raw = path.read_bytes().replace(b'"format":2', b'"format":7')
+    raw = path.read_bytes().replace(b'"format":3', b'"format":7')
     path.write_bytes(raw)
 
     result = run_kvmlab(state_dir, "reboot", "vm1", tmpdir=private_tmp)
