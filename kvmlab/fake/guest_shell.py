@@ -174,15 +174,25 @@ class GuestShell:
             tree[f"{under}/net/eth{index}"] = None
             tree[f"{under}/net/eth{index}/address"] = nic.mac + "\n"
         partitions = "major minor  #blocks  name\n\n"
-        for index, path in enumerate(cfg.virtio_disks):
-            name = "vd" + "abcdefghijklmnopqrstuvwxyz"[index % 26]
+        for disk in sorted(self.machine.disks, key=lambda disk: disk.index):
+            name = "vd" + "abcdefghijklmnopqrstuvwxyz"[disk.index % 26]
             try:
-                size = os.stat(path).st_size
+                size = os.stat(disk.path).st_size
             except OSError:
                 size = 0
             tree[f"/sys/block/{name}"] = None
             tree[f"/sys/block/{name}/size"] = f"{size // 512}\n"
-            partitions += f"{_VIRTIO_BLK_MAJOR:4d}  {index * 16:7d} {size // 1024:10d} {name}\n"
+            partitions += (
+                f"{_VIRTIO_BLK_MAJOR:4d}  {disk.index * 16:7d} {size // 1024:10d} {name}\n"
+            )
+            if disk.slot is not None:
+                # The PCI function, as sysfs shows it: the block device under it.
+                pci = f"/sys/bus/pci/devices/0000:00:{disk.slot:02x}.0"
+                under = f"{pci}/virtio{len(self.machine.nics) + disk.index}"
+                for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
+                    tree[path] = None
+                tree[f"{under}/block"] = None
+                tree[f"{under}/block/{name}"] = None
         tree["/proc/partitions"] = partitions
         for path, text in self.files.items():
             tree[path] = text
