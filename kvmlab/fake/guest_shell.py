@@ -4,8 +4,10 @@ The file tree is computed from the machine at each command, so it follows what t
 machine simulates (a NIC added to ``Machine.devices`` shows up at once):
 
 - ``/sys/class/net/{lo,eth0,...}/address`` (``lo`` is ``00:00:00:00:00:00``);
-- ``/sys/block/vdX/size`` (512-byte sectors) for each ``if=virtio`` disk, and
-  ``/proc/partitions`` (major 254, as virtio_blk gets on the test guest's kernel);
+- ``/sys/block/vdX/size`` (512-byte sectors) for each virtio disk (``if=virtio``,
+  ``-device virtio-blk-pci`` or hotplugged), ``/proc/partitions`` (major 254, as
+  virtio_blk gets on the test guest's kernel), and for a disk at a PCI slot
+  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX``;
 - ``/proc/meminfo`` (``MemTotal`` equals the ``MEM`` fact), ``/proc/cpuinfo``-free;
 - ``/proc/sys/kernel/random/boot_id``, new at each boot;
 - files written with ``>`` or ``>>`` anywhere outside ``/proc``, ``/sys`` and ``/dev``
