@@ -1,4 +1,4 @@
-"""``kvmlab attach-disk`` and ``detach-disk``: output, saved runtime, exit codes (docs/hotplug.md)."""
+"""``kvmlab attach-disk`` and ``detach-disk``: their output, the saved runtime, exit codes."""
 
 from __future__ import annotations
 
