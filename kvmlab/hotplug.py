@@ -129,7 +129,13 @@ def check_commands(
 
 def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...]) -> KVMRuntime:
     return KVMRuntime.from_validated(
-        runtime.name, runtime.argv, nics, runtime.hvparams, runtime.disks, nic_slots=slots
+        runtime.name,
+        runtime.argv,
+        nics,
+        runtime.hvparams,
+        runtime.disks,
+        nic_slots=slots,
+        disk_slots=runtime.disk_slots,
     )
 
 
