@@ -277,3 +277,26 @@ def test_a_runtime_from_an_older_kvmlab_refuses_disk_hotplug_until_restarted(
     path.write_text(json.dumps(document))
     with pytest.raises(HotplugRefusedError, match="older kvmlab"):
         lab.attach_disk("vm1", Disk(path=image(4)))
+
+
+def block_node_files(lab, name: str = "vm1") -> list[str]:
+    """The image files of QEMU's named block nodes (``query-named-block-nodes``)."""
+    from kvmlab.qmp import QmpSession  # noqa: PLC0415
+
+    with QmpSession(lab.layout.qmp_socket(name), timeout=10) as qmp:
+        return [entry["file"] for entry in qmp.execute("query-named-block-nodes")]
+
+
+def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image) -> None:
+    """QEMU deletes a ``-drive`` drive with its device; a ``blockdev-add`` node needs the
+    ``blockdev-del`` kvmlab sends after ``DEVICE_DELETED``. Either way, nothing of the
+    image stays open."""
+    started, hotplugged = image(8), image(4)
+    lab.start(with_disks(make_instance(), started))
+    assert started in block_node_files(lab)
+    lab.detach_disk("vm1", started)
+    assert started not in block_node_files(lab)
+    lab.attach_disk("vm1", Disk(path=hotplugged))
+    assert hotplugged in block_node_files(lab)
+    lab.detach_disk("vm1", hotplugged)
+    assert block_node_files(lab) == []
