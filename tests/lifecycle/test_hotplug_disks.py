@@ -293,6 +293,7 @@ def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image) -> None
     image stays open."""
     started, hotplugged = image(8), image(4)
     lab.start(with_disks(make_instance(), started))
+    assert sizes(lab) == [8]  # the guest is up: it ejects the disk through ACPI
     assert started in block_node_files(lab)
     lab.detach_disk("vm1", started)
     assert started not in block_node_files(lab)
