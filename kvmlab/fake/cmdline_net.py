@@ -16,7 +16,7 @@ from __future__ import annotations
 from kvmlab.fake.cmdline_disk import DISK_DRIVERS, add_disk_device
 from kvmlab.fake.config import NetBackend, Nic
 from kvmlab.fake.errors import FakeError
-from kvmlab.fake.pci import ADDR_ERROR, parse_slot, slot_taken
+from kvmlab.fake.pci import ADDR_ERROR, device_model, parse_slot, slot_taken
 from kvmlab.fake.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 
 TYPE_CHECKING = False
@@ -157,10 +157,10 @@ def _device(p: ParseState, value: str, where: str) -> None:
     if driver in ("help", "?"):
         p.ask_help("device")
         return
-    devices = p.profile.devices()
-    if devices and driver not in devices:
+    model = device_model(p.profile, driver)
+    if model is None:
         raise FakeError(f"'{driver}' is not a valid device model name", where)
-    driver = devices.get(driver, driver)
+    driver = model
     if opts.get("help") == "on" or opts.get("?") == "on":
         p.ask_help_text(f"{driver} options:\n")
         return

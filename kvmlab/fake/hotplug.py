@@ -16,7 +16,7 @@ from kvmlab.fake.cmdline_disk import DISK_DRIVERS
 from kvmlab.fake.cmdline_net import NIC_DRIVERS
 from kvmlab.fake.config import Nic
 from kvmlab.fake.errors import QmpCommandError
-from kvmlab.fake.pci import ADDR_ERROR, first_free_slot, parse_slot, slot_taken
+from kvmlab.fake.pci import ADDR_ERROR, device_model, first_free_slot, parse_slot, slot_taken
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ def _nic(m: MachineView, driver: str, arguments: dict[str, object]) -> Nic:
 def device_add(m: MachineView, arguments: dict[str, object]) -> object:
     driver = str(arguments["driver"])
     ident = str(arguments.get("id", ""))
-    devices = m.profile.devices()
-    if devices and driver not in devices:
+    model = device_model(m.profile, driver)
+    if model is None:
         raise QmpCommandError(f"'{driver}' is not a valid device model name")
-    driver = devices.get(driver, driver)
+    driver = model
     if driver not in NIC_DRIVERS and driver not in DISK_DRIVERS:
         raise QmpCommandError(f"device_add of {driver!r} is not simulated by kvmlab-fake")
     if ident and any(dev.ident == ident for dev in _all_devices(m)):

@@ -12,14 +12,25 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from kvmlab.fake.config import BlockDevice, Nic
+    from kvmlab.fake.profiles import Profile
 
-__all__ = ["ADDR_ERROR", "first_free_slot", "parse_slot", "slot_taken"]
+__all__ = ["ADDR_ERROR", "device_model", "first_free_slot", "parse_slot", "slot_taken"]
 
 #: QEMU's message for an ``addr`` that is not a slot number.
 ADDR_ERROR = "Parameter 'addr' expects an Slot/device [and function] number"
 #: Slots 0-2 hold the host bridge, the PIIX and VGA on the i440fx machine.
 _FIRST_AUTO_SLOT = 3
 _SLOTS = 32
+
+
+def device_model(profile: Profile, driver: str) -> str | None:
+    """The real name of ``-device``/``device_add``'s ``driver`` (an alias resolved), or
+    ``None`` when the profile's ``-device help`` does not list it (QEMU: ``'x' is not a
+    valid device model name``). Any name is taken when the profile recorded no list."""
+    devices = profile.devices()
+    if not devices:
+        return driver
+    return devices.get(driver)
 
 
 def parse_slot(text: str) -> int | None:
