@@ -301,3 +301,24 @@ def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image) -> None
     assert hotplugged in block_node_files(lab)
     lab.detach_disk("vm1", hotplugged)
     assert block_node_files(lab) == []
+
+
+def test_attach_then_detach_gives_back_the_very_runtime(lab, make_instance, image) -> None:
+    """The disk's args go in and out of the saved argv whole: nothing else is rewritten."""
+    lab.start(with_disks(make_instance(), image(8), image(2)))
+    assert sizes(lab) == [2, 8]
+    before = lab.load_runtime("vm1")
+    new = image(4)
+    attached = lab.attach_disk("vm1", Disk(path=new, mode="ro"))
+    words = (
+        "-drive",
+        f"file={new},format=raw,if=none,id=drive-s0a,readonly=on",
+        "-device",
+        "virtio-blk-pci,drive=drive-s0a,id=disk-s0a,addr=0x0a",
+    )
+    # Right after the last disk's args, as generation would write a third disk.
+    at = before.argv.index("virtio-blk-pci,drive=drive-s09,id=disk-s09,addr=0x09") + 1
+    assert attached.argv == (*before.argv[:at], *words, *before.argv[at:])
+    wait_for(lambda: size_at_slot(lab, 0x0A) == 4)
+    assert lab.detach_disk("vm1", new) == before
+    assert lab.load_runtime("vm1") == before
