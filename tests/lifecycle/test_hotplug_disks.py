@@ -322,3 +322,27 @@ def test_attach_then_detach_gives_back_the_very_runtime(lab, make_instance, imag
     wait_for(lambda: size_at_slot(lab, 0x0A) == 4)
     assert lab.detach_disk("vm1", new) == before
     assert lab.load_runtime("vm1") == before
+
+
+def test_a_path_with_a_comma_and_a_space_cannot_add_options(
+    lab, make_instance, tmp_path: Path
+) -> None:
+    """The path is one QMP string and, in the saved argv, one ``file=`` value (its comma
+    doubled): after a soft reboot QEMU opens the same image, with no option added."""
+    path = tmp_path / "data,format=qcow2 x.img"
+    with path.open("wb") as file:
+        file.truncate(4 << 20)
+    lab.start(make_instance())  # no disk: the args go at the end of the saved argv
+    assert sizes(lab) == []
+    saved = lab.attach_disk("vm1", Disk(path=str(path)))
+    escaped = str(path).replace(",", ",,")
+    assert saved.argv[-4:] == (
+        "-drive",
+        f"file={escaped},format=raw,if=none,id=drive-s08",
+        "-device",
+        "virtio-blk-pci,drive=drive-s08,id=disk-s08,addr=0x08",
+    )
+    wait_for(lambda: size_at_slot(lab, 0x08) == 4)
+    lab.reboot("vm1")
+    assert sizes(lab) == [4]
+    assert size_at_slot(lab, 0x08) == 4
