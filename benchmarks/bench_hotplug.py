@@ -1,9 +1,10 @@
-"""Time of a NIC attach as seen from the guest (issue 11, docs/hotplug.md).
+"""Time of a NIC and of a disk attach as seen from the guest (issue 11, docs/hotplug.md).
 
 From the ``attach_nic`` call to the new MAC in the guest's ``/sys/class/net``
 (polled through the command channel), and for the detach from the call to the
-MAC gone; medians of ``--runs``. ``--backend qemu`` boots the test guest under
-the QEMU kvmlab runs (``KVMLAB_QEMU`` selects it)::
+MAC gone; the same for ``attach_disk``/``detach_disk`` and the new ``vdX`` in the
+guest's ``/sys/block`` (a 1 MiB raw image); medians of ``--runs``. ``--backend qemu``
+boots the test guest under the QEMU kvmlab runs (``KVMLAB_QEMU`` selects it)::
 
     python benchmarks/bench_hotplug.py --backend fake
     KVMLAB_QEMU=/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64 python benchmarks/bench_hotplug.py
@@ -12,6 +13,7 @@ the QEMU kvmlab runs (``KVMLAB_QEMU`` selects it)::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -19,11 +21,22 @@ import time
 
 from kvmlab.guest import build_guest
 from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
+from kvmlab.models import Disk, HvParams, Instance, Nic
 
 
 def macs(lab: Hypervisor) -> list[str]:
     return lab.guest("bench").run("cat /sys/class/net/*/address", ready_timeout=120).stdout.split()
+
+
+def block_devices(lab: Hypervisor) -> list[str]:
+    return lab.guest("bench").run(["ls", "/sys/block"], ready_timeout=120).stdout.split()
+
+
+def report(what: str, times: list[float]) -> None:
+    print(
+        f"{what}: median {statistics.median(times) * 1000:.0f} ms"
+        f" (min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}, n={len(times)})"
+    )
 
 
 def main() -> None:
@@ -45,6 +58,7 @@ def main() -> None:
             kernel_args="panic=-1",
             serial_speed=115200,
             vnc_bind_address="",
+            machine_version="pc",
         ),
     )
     root = tempfile.mkdtemp(prefix="kbh-")
@@ -66,15 +80,28 @@ def main() -> None:
             while mac in macs(lab):
                 pass
             detach.append(time.monotonic() - began)
+        image = os.path.join(root, "bench-disk.img")
+        with open(image, "wb") as file:
+            file.truncate(1 << 20)
+        disk_attach: list[float] = []
+        disk_detach: list[float] = []
+        before = block_devices(lab)
+        for _ in range(args.runs):
+            began = time.monotonic()
+            lab.attach_disk("bench", Disk(path=image))
+            while block_devices(lab) == before:
+                pass
+            disk_attach.append(time.monotonic() - began)
+            began = time.monotonic()
+            lab.detach_disk("bench", image)
+            while block_devices(lab) != before:
+                pass
+            disk_detach.append(time.monotonic() - began)
         print(f"backend: {lab.backend.describe()}")
-        print(
-            f"attach -> MAC in guest: median {statistics.median(attach) * 1000:.0f} ms"
-            f" (min {min(attach) * 1000:.0f}, max {max(attach) * 1000:.0f}, n={len(attach)})"
-        )
-        print(
-            f"detach -> MAC gone:     median {statistics.median(detach) * 1000:.0f} ms"
-            f" (min {min(detach) * 1000:.0f}, max {max(detach) * 1000:.0f}, n={len(detach)})"
-        )
+        report("NIC attach -> MAC in guest ", attach)
+        report("NIC detach -> MAC gone     ", detach)
+        report("disk attach -> vdX in guest", disk_attach)
+        report("disk detach -> vdX gone    ", disk_detach)
     finally:
         lab.stop("bench", force=True)
         shutil.rmtree(root, ignore_errors=True)

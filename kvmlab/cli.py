@@ -135,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("mac")
 
+    p = command(
+        "attach-disk", cmd_attach_disk, "hotplug a disk into a running instance and keep it saved"
+    )
+    p.add_argument("name")
+    p.add_argument("path", help="the disk image or block device")
+    p.add_argument("--mode", default="rw", choices=("ro", "rw"), help="read-only or read-write")
+
+    p = command(
+        "detach-disk", cmd_detach_disk, "unplug a disk from a running instance and keep it saved"
+    )
+    p.add_argument("name")
+    p.add_argument("path")
+
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
 
@@ -319,6 +332,34 @@ def cmd_attach_nic(args: argparse.Namespace) -> int:
 def cmd_detach_nic(args: argparse.Namespace) -> int:
     _lab(args).detach_nic(args.name, args.mac)
     print(f"detached NIC {args.mac.lower()} from {args.name} (saved)")
+    return EXIT_OK
+
+
+def _disk_path(path: str) -> str:
+    """An image path as the runtime keeps it: absolute (a relative one is the caller's)."""
+    return os.path.abspath(path)
+
+
+def cmd_attach_disk(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from kvmlab.errors import InvalidInputError  # noqa: PLC0415
+    from kvmlab.models import Disk, format_validation_error  # noqa: PLC0415
+
+    try:
+        disk = Disk(path=_disk_path(args.path), mode=args.mode)
+    except ValidationError as err:
+        raise InvalidInputError(f"invalid disk: {format_validation_error(err)}") from None
+    runtime = _lab(args).attach_disk(args.name, disk)
+    slot = runtime.disk_slots[-1]
+    print(f"attached disk {disk.path} to {args.name} at PCI slot {slot:#04x} (saved)")
+    return EXIT_OK
+
+
+def cmd_detach_disk(args: argparse.Namespace) -> int:
+    path = _disk_path(args.path)
+    _lab(args).detach_disk(args.name, path)
+    print(f"detached disk {path} from {args.name} (saved)")
     return EXIT_OK
 
 

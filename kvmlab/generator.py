@@ -9,6 +9,10 @@ It is pure: no file is read or written, no clock, no randomness, no environment.
 The paths it puts in the argv come from the :class:`StateLayout` it is given and
 are stable for the instance. NICs are not expanded: they are kept as data and
 turned into arguments at start time by :func:`kvmlab.plan.plan_execution`.
+
+Virtio disks are written by :func:`disk_args`, one disk at a time at its PCI slot
+(``runtime.DISK_SLOTS``); disk hotplug (:mod:`kvmlab.hotplug`) calls the same
+function, so a hotplugged disk's saved args are exactly what generation writes.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from functools import lru_cache
 from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import InstanceError
 from kvmlab.layout import DEFAULT_STATE_DIR, StateLayout
-from kvmlab.models import INSTANCE_UUID_NAMESPACE, Accel, BootOrder, HvParams, Instance, KvmFlag
-from kvmlab.runtime import KVMRuntime
+from kvmlab.models import (
+    INSTANCE_UUID_NAMESPACE,
+    Accel,
+    BootOrder,
+    Disk,
+    HvParams,
+    Instance,
+    KvmFlag,
+)
+from kvmlab.runtime import DISK_SLOTS, KVMRuntime
 
-__all__ = ["generate_runtime", "qemu_opt"]
+__all__ = ["disk_args", "disk_ids", "generate_runtime", "has_disk_slots", "qemu_opt"]
 
 _DEFAULT_LAYOUT = StateLayout(DEFAULT_STATE_DIR)
 _VNC_BASE_PORT = 5900
@@ -123,7 +135,7 @@ def generate_runtime(
         argv.append("-no-reboot")
     argv += _machine_args(hv, caps, _accel(hv, accel), machine_opts)
 
-    _add_boot_args(argv, instance, caps)
+    disk_slots = _add_boot_args(argv, instance, caps)
     kernel_path = hv.kernel_path
     if kernel_path:
         argv += ("-kernel", kernel_path)
@@ -190,7 +202,9 @@ def generate_runtime(
 
     # Every part is already validated (the instance by its model, the argv built
     # from it here), so skip a second validation pass: generation is a hot path.
-    return KVMRuntime.from_validated(name, tuple(argv), instance.nics, hv, instance.disks)
+    return KVMRuntime.from_validated(
+        name, tuple(argv), instance.nics, hv, instance.disks, disk_slots=disk_slots
+    )
 
 
 def _uuid_text(instance: Instance) -> str:
@@ -239,8 +253,72 @@ def _interface(disk_type: str) -> str:
     return "ide" if disk_type in {"ioemu", ""} else disk_type
 
 
-def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) -> None:
-    """Append the boot order, the disks and the removable media to ``argv``."""
+def has_disk_slots(hv: HvParams, caps: QemuCapabilities) -> bool:
+    """Whether this VM's disks are ``-device virtio-blk-pci`` at slots of their own.
+
+    Virtio disks on a QEMU with ``-device``; not the QEMUs whose ``-drive`` still
+    has ``boot=on`` (before 1.x: the boot disk needed ``if=virtio``). IDE and SCSI
+    disks sit on their controller's bus, not on a PCI slot.
+    """
+    return _interface(hv.disk_type) == "virtio" and caps.has_device and not caps.has_drive_boot
+
+
+def disk_ids(slot: int) -> tuple[str, str]:
+    """``(drive id, device id)`` of the virtio disk at PCI slot ``slot``.
+
+    Named after the slot, like the NICs' ids: the same whether the disk was started
+    with the VM or hotplugged, so a detach finds it from the runtime alone.
+    """
+    return f"drive-s{slot:02x}", f"disk-s{slot:02x}"
+
+
+def _drive_tail(hv: HvParams, caps: QemuCapabilities, interface: str) -> str:
+    """What every drive line ends with, but readonly and boot: the same for all disks."""
+    tail = f",format=raw,if={interface}"
+    if hv.disk_cache != "default":
+        tail += f",cache={hv.disk_cache}"
+    if hv.disk_aio != "threads" and caps.has_drive_aio:
+        tail += f",aio={hv.disk_aio}"
+    return tail
+
+
+def _readonly(disk: Disk, index: int, caps: QemuCapabilities) -> str:
+    if disk.mode != "ro":
+        return ""
+    if not caps.has_drive_readonly:
+        raise InstanceError(
+            f"disk {index} ({disk.path}) is read-only, which QEMU"
+            f" {caps.version_string} cannot express (no -drive readonly)",
+            field=f"disks.{index}.mode",
+            value="ro",
+        )
+    return ",readonly=on"
+
+
+def disk_args(
+    disk: Disk, slot: int, hv: HvParams, caps: QemuCapabilities, index: int = 0
+) -> tuple[str, ...]:
+    """The ``-drive`` and ``-device`` of one virtio disk at PCI slot ``slot``.
+
+    ``-drive file=...,format=raw,if=none,id=drive-sSS[,cache][,aio][,readonly=on]
+    -device virtio-blk-pci,drive=drive-sSS,id=disk-sSS,addr=0xSS``. Generation and
+    disk hotplug both write a disk's args with this function (see the module doc).
+
+    :param index: the disk's position, for the error message only.
+    :raise InstanceError: a read-only disk on a QEMU without ``readonly``.
+    """
+    drive_id, device_id = disk_ids(slot)
+    drive = f"file={qemu_opt(disk.path)}{_drive_tail(hv, caps, 'none')},id={drive_id}"
+    drive += _readonly(disk, index, caps)
+    device = f"virtio-blk-pci,drive={drive_id},id={device_id},addr={slot:#04x}"
+    return ("-drive", drive, "-device", device)
+
+
+def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) -> tuple[int, ...]:
+    """Append the boot order, the disks and the removable media to ``argv``.
+
+    :return: the disks' PCI slots (empty when they have none, see ``has_disk_slots``).
+    """
     hv = instance.hvparams
     order = None if hv.kernel_path else hv.boot_order
     if order in _BOOT_FLAGS:
@@ -249,29 +327,27 @@ def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) 
     cdrom_interface = _interface(hv.cdrom_disk_type or "ide")
     cdroms = [image for image in (hv.cdrom_image_path, hv.cdrom2_image_path) if image]
     _check_buses(instance, interface, cdrom_interface, len(cdroms))
-    # Modern QEMU has no if=scsi on x86 PCs: a virtio-scsi controller and scsi-hd devices.
-    scsi_devices = interface == "scsi" and caps.has_device and caps.version >= (2, 0, 0)
-    if instance.disks:
+    slots: tuple[int, ...] = ()
+    if instance.disks and has_disk_slots(hv, caps):
+        if len(instance.disks) > len(DISK_SLOTS):
+            raise InstanceError(
+                f"{len(instance.disks)} virtio disks, but only {len(DISK_SLOTS)} PCI slots"
+                " are reserved for disks",
+                field="disks",
+                value=len(instance.disks),
+            )
+        slots = tuple(DISK_SLOTS[: len(instance.disks)])
+        for index, (disk, slot) in enumerate(zip(instance.disks, slots, strict=True)):
+            argv += disk_args(disk, slot, hv, caps, index)
+    elif instance.disks:
+        # Modern QEMU has no if=scsi on x86 PCs: a virtio-scsi controller and scsi-hd devices.
+        scsi_devices = interface == "scsi" and caps.has_device and caps.version >= (2, 0, 0)
         if scsi_devices:
             argv += ("-device", "virtio-scsi-pci,id=scsi0")
-        # What every drive line ends with, but readonly and boot: the same for all disks.
-        tail = ",format=raw," + ("if=none" if scsi_devices else f"if={interface}")
-        if hv.disk_cache != "default":
-            tail += f",cache={hv.disk_cache}"
-        if hv.disk_aio != "threads" and caps.has_drive_aio:
-            tail += f",aio={hv.disk_aio}"
+        tail = _drive_tail(hv, caps, "none" if scsi_devices else interface)
         boot_first = order is _BOOT_DISK and caps.has_drive_boot and interface == "virtio"
         for index, disk in enumerate(instance.disks):
-            drive = f"file={qemu_opt(disk.path)}{tail}"
-            if disk.mode == "ro":
-                if not caps.has_drive_readonly:
-                    raise InstanceError(
-                        f"disk {index} ({disk.path}) is read-only, which QEMU"
-                        f" {caps.version_string} cannot express (no -drive readonly)",
-                        field=f"disks.{index}.mode",
-                        value="ro",
-                    )
-                drive += ",readonly=on"
+            drive = f"file={qemu_opt(disk.path)}{tail}" + _readonly(disk, index, caps)
             if index == 0 and boot_first:
                 drive += ",boot=on"
             if scsi_devices:
@@ -286,6 +362,7 @@ def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) 
         )
     if hv.floppy_image_path:
         argv += ("-drive", f"file={qemu_opt(hv.floppy_image_path)},format=raw,if=floppy")
+    return slots
 
 
 def _check_buses(instance: Instance, interface: str, cdrom_interface: str, cdroms: int) -> None:

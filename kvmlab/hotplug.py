@@ -16,6 +16,7 @@ runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
 
 A crash between 3 and 5 leaves the intent file: ``info`` reports it
 (``hotplug_pending``), as the running VM and its saved runtime may now differ.
+Disks take the same steps in :mod:`kvmlab.hotplug_disk`, with the checks here.
 Design and measurements: docs/hotplug.md.
 """
 
@@ -37,8 +38,12 @@ from kvmlab.store import atomic_write, save_runtime
 __all__ = [
     "NIC_COMMANDS",
     "attach_nic",
+    "check_commands",
+    "check_machine",
+    "check_running",
     "detach_nic",
     "pending_hotplug",
+    "session",
 ]
 
 log = logging.getLogger("kvmlab")
@@ -64,7 +69,8 @@ def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
 
 
-def _check_running(layout: StateLayout, name: str, what: str) -> None:
+def check_running(layout: StateLayout, name: str, what: str) -> None:
+    """Refuse a hotplug of a VM that is not running (shared by NIC and disk hotplug)."""
     if running_pid(layout, name) is None:
         raise HotplugNotRunningError(
             f"cannot {what} on {name}: it is not running (change its instance file and"
@@ -73,7 +79,8 @@ def _check_running(layout: StateLayout, name: str, what: str) -> None:
         )
 
 
-def _check_machine(runtime: KVMRuntime) -> None:
+def check_machine(runtime: KVMRuntime) -> None:
+    """Refuse a machine the guest cannot hotplug PCI devices on: no ACPI, or q35."""
     if not runtime.hvparams.acpi:
         raise HotplugRefusedError(
             f"{runtime.name} runs without acpi: the guest learns of PCI hotplug through ACPI"
@@ -94,27 +101,41 @@ def _check_device(runtime: KVMRuntime, caps: QemuCapabilities) -> None:
         )
 
 
-def _session(layout: StateLayout, name: str) -> Any:
+def session(layout: StateLayout, name: str) -> Any:
+    """A QMP session to ``name`` (``kvmlab.qmp`` is imported on first use: 50 ms)."""
     from kvmlab.qmp import QmpSession  # noqa: PLC0415 - 50 ms import
 
     return QmpSession(layout.qmp_socket(name), timeout=QMP_TIMEOUT)
 
 
-def _check_commands(qmp: Any, name: str) -> None:
+def check_commands(
+    qmp: Any, name: str, commands: tuple[str, ...] | None = None, what: str = "NIC hotplug"
+) -> None:
+    """Refuse a QEMU whose ``query-commands`` lacks one of ``commands``, naming its version.
+
+    ``commands`` defaults to :data:`NIC_COMMANDS` (read at call time).
+    """
+    needed = NIC_COMMANDS if commands is None else commands
     available = {entry["name"] for entry in qmp.execute("query-commands")}
-    missing = [command for command in NIC_COMMANDS if command not in available]
+    missing = [command for command in needed if command not in available]
     if missing:
         version = qmp.execute("query-version")["qemu"]
         numbers = f"{version['major']}.{version['minor']}.{version['micro']}"
         raise HotplugRefusedError(
-            f"QEMU {numbers} of {name} has no {', '.join(missing)}: NIC hotplug needs"
-            f" {', '.join(NIC_COMMANDS)}"
+            f"QEMU {numbers} of {name} has no {', '.join(missing)}: {what} needs"
+            f" {', '.join(needed)}"
         )
 
 
 def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...]) -> KVMRuntime:
     return KVMRuntime.from_validated(
-        runtime.name, runtime.argv, nics, runtime.hvparams, runtime.disks, nic_slots=slots
+        runtime.name,
+        runtime.argv,
+        nics,
+        runtime.hvparams,
+        runtime.disks,
+        nic_slots=slots,
+        disk_slots=runtime.disk_slots,
     )
 
 
@@ -129,8 +150,8 @@ def attach_nic(
         runtime is untouched.
     """
     name = runtime.name
-    _check_running(layout, name, "attach a NIC")
-    _check_machine(runtime)
+    check_running(layout, name, "attach a NIC")
+    check_machine(runtime)
     if any(existing.mac == nic.mac for existing in runtime.nics):
         raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
     if nic.mode is not NicMode.USER:
@@ -144,8 +165,8 @@ def attach_nic(
         raise HotplugRefusedError(f"{name} has no free NIC slot (all 16 are used)")
     from kvmlab.qmp import QmpError  # noqa: PLC0415
 
-    with _session(layout, name) as qmp:
-        _check_commands(qmp, name)
+    with session(layout, name) as qmp:
+        check_commands(qmp, name)
         model = nic_device_model(runtime.hvparams.nic_type, caps)
         props = nic_device_args(model, nic.mac, slot)
         netdev_id, _ = nic_ids(slot)
@@ -178,8 +199,8 @@ def detach_nic(
         intent file stays: ``info`` reports it).
     """
     name = runtime.name
-    _check_running(layout, name, "detach a NIC")
-    _check_machine(runtime)
+    check_running(layout, name, "detach a NIC")
+    check_machine(runtime)
     wanted = mac.lower()
     index = next((i for i, nic in enumerate(runtime.nics) if nic.mac == wanted), None)
     if index is None:
@@ -187,8 +208,8 @@ def detach_nic(
     _check_device(runtime, caps)
     slot = runtime.nic_slots[index]
     netdev_id, device_id = nic_ids(slot)
-    with _session(layout, name) as qmp:
-        _check_commands(qmp, name)
+    with session(layout, name) as qmp:
+        check_commands(qmp, name)
         intent = layout.hotplug_intent(name)
         atomic_write(intent, json.dumps({"op": "detach-nic", "mac": wanted, "slot": slot}))
         qmp.execute_and_wait(

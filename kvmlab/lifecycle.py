@@ -60,7 +60,7 @@ from kvmlab.inventory import (
 )
 from kvmlab.inventory import list_instances as inventory_list
 from kvmlab.layout import StateLayout, default_state_dir
-from kvmlab.models import Instance, Nic
+from kvmlab.models import Disk, Instance, Nic
 from kvmlab.process import (
     reap_adopted,
     remove_quietly,
@@ -252,6 +252,38 @@ class Hypervisor:
             runtime = self._load(name)
             caps = self.backend.capabilities(runtime.binary)
             return hotplug.detach_nic(self.layout, runtime, mac, caps)
+
+    def attach_disk(self, name: str, disk: Disk) -> KVMRuntime:
+        """Plug a virtio disk into the running ``name`` and save it in its runtime,
+        so a soft reboot keeps it (at the same PCI slot).
+
+        :return: the runtime now saved.
+        :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, a path already
+            attached, a missing image, q35, a QEMU without the commands.
+        """
+        from kvmlab import hotplug_disk  # noqa: PLC0415 - only for hotplug
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug_disk.attach_disk(self.layout, runtime, disk, caps)
+
+    def detach_disk(self, name: str, path: str) -> KVMRuntime:
+        """Unplug the disk ``path`` from the running ``name`` and save the runtime
+        without it.
+
+        :raise HotplugRefusedError: (exit 2, nothing changed) no such disk, stopped VM.
+        """
+        from kvmlab import hotplug_disk  # noqa: PLC0415
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
 
     # -- inspection -----------------------------------------------------------------
 

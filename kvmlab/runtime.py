@@ -7,14 +7,21 @@ in place and relied on call order to keep the saved copy clean).
 
 The file format is versioned JSON::
 
-    {"format": 2, "name": "vm1", "argv": [...], "nics": [...], "hvparams": {...}, "disks": [...],
-     "nic_slots": [16, 17]}
+    {"format": 3, "name": "vm1", "argv": [...], "nics": [...], "hvparams": {...}, "disks": [...],
+     "nic_slots": [16, 17], "disk_slots": [8, 9]}
 
 ``nic_slots`` (format 2) is the PCI slot of each NIC, parallel to ``nics``: the
 start-time ``-device`` of NIC ``i`` says ``addr=nic_slots[i]``, so a NIC hotplugged
 into a free slot, or the NICs left after one is detached, come back at the same
 addresses when the runtime is replayed (docs/hotplug.md). A format 1 document has
 no slots and is upgraded with the slots format 1 implied (``0x10 + i``).
+
+``disk_slots`` (format 3) is the same for virtio disks, from :data:`DISK_SLOTS`: the
+saved argv has ``-drive ...,if=none,id=drive-sSS -device virtio-blk-pci,...,addr=SS``
+for disk ``i`` with ``SS = disk_slots[i]``. It is empty when the disks have no PCI
+slot of their own: IDE or SCSI disks, and every format 1 or 2 runtime, whose argv has
+``-drive ...,if=virtio`` (QEMU picks the slot); those are upgraded with ``disk_slots``
+empty, which is what their argv says, and cannot hotplug disks until a hard restart.
 
 :meth:`KVMRuntime.from_json` also reads Ganeti's runtime files, a JSON list of 2,
 3 or 4 elements ``[cmd, nics, hvparams, disks]``, and upgrades them: integers in
@@ -53,22 +60,49 @@ from kvmlab.models import (
 )
 
 __all__ = [
+    "DISK_SLOTS",
     "FORMAT_VERSION",
     "NIC_SLOTS",
     "KVMRuntime",
+    "default_disk_slots",
     "default_nic_slots",
+    "free_disk_slot",
     "free_nic_slot",
     "upgrade_legacy_argv",
 ]
 
 #: Version of the JSON document :meth:`KVMRuntime.to_json` writes. Format 0 is
-#: Ganeti's positional list; format 1 had no ``nic_slots``.
-FORMAT_VERSION: Final = 2
+#: Ganeti's positional list; format 1 had no ``nic_slots``, format 2 no ``disk_slots``.
+FORMAT_VERSION: Final = 3
 
 #: PCI slots reserved for NICs on the root bus: QEMU gives devices without an
 #: ``addr`` the lowest free slot, and kvmlab's generated devices (VGA, balloon,
 #: USB, sound, SCSI controller, disks) stay far below 0x10.
 NIC_SLOTS: Final = range(0x10, 0x20)
+
+#: PCI slots reserved for virtio disks, just below the NICs. QEMU's own
+#: auto-assigned devices (host bridge, PIIX, VGA, balloon, sound, SCSI controller,
+#: virtio CD-ROMs) take the lowest free slots, and the most kvmlab generates fills
+#: 0x00-0x07 (docs/hotplug.md's query-pci); the root bus ends at 0x1f.
+DISK_SLOTS: Final = range(0x08, 0x10)
+
+
+def default_disk_slots(count: int) -> tuple[int, ...]:
+    """The slots of ``count`` virtio disks in a fresh runtime: the first of :data:`DISK_SLOTS`.
+
+    :raise InvalidInputError: more disks than reserved slots.
+    """
+    if count > len(DISK_SLOTS):
+        raise InvalidInputError(
+            f"{count} virtio disks, but only {len(DISK_SLOTS)} PCI slots are reserved for disks"
+        )
+    return tuple(DISK_SLOTS[:count])
+
+
+def free_disk_slot(used: Iterable[int]) -> int | None:
+    """The lowest reserved disk slot not in ``used``, or ``None`` when all are taken."""
+    taken = set(used)
+    return next((slot for slot in DISK_SLOTS if slot not in taken), None)
 
 
 def default_nic_slots(count: int) -> tuple[int, ...]:
@@ -117,14 +151,16 @@ GANETI_UNMODELLED_HVPARAMS: Final = frozenset(
 
 #: Fields a generated runtime sets (``format`` keeps its default), as ``model_construct``
 #: records them.
-_GENERATED_FIELDS: Final = frozenset({"name", "argv", "nics", "hvparams", "disks", "nic_slots"})
+_GENERATED_FIELDS: Final = frozenset(
+    {"name", "argv", "nics", "hvparams", "disks", "nic_slots", "disk_slots"}
+)
 _STR_JSON: Final = TypeAdapter(str).serializer.to_json
 _ARGV_JSON: Final = TypeAdapter(tuple[str, ...]).serializer.to_json
 _NICS_JSON: Final = TypeAdapter(tuple[Nic, ...]).serializer.to_json
 _DISKS_JSON: Final = TypeAdapter(tuple[Disk, ...]).serializer.to_json
 _SLOTS_JSON: Final = TypeAdapter(tuple[int, ...]).serializer.to_json
 _set = object.__setattr__
-_FORMAT_1: Final = re.compile(rb'\s*\{\s*"format"\s*:\s*1\s*[,}]')
+_OLD_FORMAT: Final = re.compile(rb'\s*\{\s*"format"\s*:\s*[12]\s*[,}]')
 
 
 class KVMRuntime(BaseModel):
@@ -143,6 +179,9 @@ class KVMRuntime(BaseModel):
     #: The PCI slot of each NIC (parallel to ``nics``); the default ``0x10 + i``
     #: when left out.
     nic_slots: tuple[StrictInt, ...] = ()
+    #: The PCI slot of each virtio disk (parallel to ``disks``), or empty: disks
+    #: without a slot of their own (IDE, SCSI, a format 1 or 2 runtime).
+    disk_slots: tuple[StrictInt, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -166,6 +205,17 @@ class KVMRuntime(BaseModel):
                 f"nic_slots {bad} outside the reserved range"
                 f" {NIC_SLOTS.start:#x}-{NIC_SLOTS.stop - 1:#x}"
             )
+        disk_slots = self.disk_slots
+        if disk_slots and len(disk_slots) != len(self.disks):
+            raise ValueError(f"{len(self.disks)} disks but {len(disk_slots)} disk_slots")
+        if len(set(disk_slots)) != len(disk_slots):
+            raise ValueError(f"disk_slots {list(disk_slots)} has a slot twice")
+        bad = [slot for slot in disk_slots if slot not in DISK_SLOTS]
+        if bad:
+            raise ValueError(
+                f"disk_slots {bad} outside the reserved range"
+                f" {DISK_SLOTS.start:#x}-{DISK_SLOTS.stop - 1:#x}"
+            )
         return self
 
     @classmethod
@@ -178,13 +228,14 @@ class KVMRuntime(BaseModel):
         disks: tuple[Disk, ...],
         *,
         nic_slots: tuple[int, ...] | None = None,
+        disk_slots: tuple[int, ...] = (),
     ) -> KVMRuntime:
         """A runtime from parts already validated, without validating again.
 
         The same object ``model_construct`` builds (``__dict__`` in field order,
         ``format`` defaulted and left out of the fields set), without its generic
         loop over aliases and defaults: generation calls this for every runtime.
-        ``nic_slots`` defaults to :func:`default_nic_slots`.
+        ``nic_slots`` defaults to :func:`default_nic_slots`; ``disk_slots`` to none.
         """
         slots = default_nic_slots(len(nics)) if nic_slots is None else nic_slots
         runtime = cls.__new__(cls)
@@ -199,6 +250,7 @@ class KVMRuntime(BaseModel):
                 "hvparams": hvparams,
                 "disks": disks,
                 "nic_slots": slots,
+                "disk_slots": disk_slots,
             },
         )
         _set(runtime, "__pydantic_fields_set__", set(_GENERATED_FIELDS))
@@ -231,6 +283,8 @@ class KVMRuntime(BaseModel):
                 _DISKS_JSON(self.disks),
                 b',"nic_slots":',
                 _SLOTS_JSON(self.nic_slots),
+                b',"disk_slots":',
+                _SLOTS_JSON(self.disk_slots),
                 b"}",
             )
         ).decode()
@@ -245,7 +299,7 @@ class KVMRuntime(BaseModel):
         stripped = text.lstrip()
         first = stripped[:1]
         if first in ("{", b"{"):
-            text = _upgrade_format_1(text)
+            text = _upgrade_old_format(text)
             try:
                 runtime: KVMRuntime = cls.__pydantic_validator__.validate_json(text)
             except ValidationError as err:
@@ -272,16 +326,22 @@ class KVMRuntime(BaseModel):
         return self.argv[0]
 
 
-def _upgrade_format_1(text: str | bytes) -> str | bytes:
-    """A format 1 document as format 2: the same fields, the slots format 1 implied."""
+def _upgrade_old_format(text: str | bytes) -> str | bytes:
+    """A format 1 or 2 document as format 3: the same fields, the slots they implied.
+
+    Format 1 implied NIC slots ``0x10 + i`` (filled in by ``_default_slots``); formats
+    1 and 2 gave disks no slot (``disk_slots`` empty, its default).
+    """
     head = text[:64] if isinstance(text, bytes) else text[:64].encode()
-    if not _FORMAT_1.match(head):
+    if not _OLD_FORMAT.match(head):
         return text
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
         return text  # validation explains it
-    if not isinstance(data, dict) or data.get("format") != 1 or "nic_slots" in data:
+    if not isinstance(data, dict) or data.get("format") not in (1, 2):
+        return text
+    if "disk_slots" in data or (data["format"] == 1 and "nic_slots" in data):
         return text
     data["format"] = FORMAT_VERSION
     return json.dumps(data)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from kvmlab.fake import cmdline_chardev, cmdline_net
-from kvmlab.fake.config import Config
+from kvmlab.fake.config import BlockDevice, Config
 from kvmlab.fake.errors import EarlyExit, FakeError
 from kvmlab.fake.parse_state import ParseState
 from kvmlab.fake.profiles import NO_ARG_OPTIONS, load_profile
@@ -207,11 +207,17 @@ def _uuid(p: ParseState, value: str, where: str) -> None:
 
 def _drive(p: ParseState, value: str, where: str) -> None:
     opts = parse_opts(value, where)
+    ident = opts.get("id")
+    if ident is not None and ident in p.cfg.named_drives:
+        raise FakeError(f"Duplicate ID '{ident}' for drive", where)
     if opts.get("file"):
         readonly = parse_bool(opts, "readonly", False, where)
         p.cfg.drives.append((where, opts["file"], not readonly))
         if opts.get("if") == "virtio" and opts.get("media", "disk") == "disk":
-            p.cfg.virtio_disks.append(opts["file"])
+            p.cfg.disks.append(BlockDevice(opts["file"], not readonly, None, where))
+        elif opts.get("if") == "none" and ident is not None:
+            # A drive for a -device (virtio-blk-pci, scsi-hd) to name.
+            p.cfg.named_drives[ident] = (opts["file"], not readonly)
 
 
 def _disk(p: ParseState, value: str, where: str) -> None:

@@ -5,14 +5,18 @@ scripts configure, so their rules (ids, one NIC per netdev, MACs, legacy
 ``-net nic,vlan=``, which models are NICs) are kept together. The handlers fill
 :attr:`Config.net_backends <kvmlab.fake.config.Config.net_backends>` and
 ``nics``; :mod:`kvmlab.fake.host` starts the tap backends.
-``-device`` lives here because the only devices the fake models are NICs; the
-tables below are what QMP hotplug (``device_add``) will check against too.
+``-device`` lives here because most devices the fake models are NICs (a virtio
+disk is handed to :mod:`kvmlab.fake.cmdline_disk`); the tables below and
+:mod:`kvmlab.fake.pci`'s slot rules are what QMP hotplug (``device_add``) checks
+against too.
 """
 
 from __future__ import annotations
 
+from kvmlab.fake.cmdline_disk import DISK_DRIVERS, add_disk_device
 from kvmlab.fake.config import NetBackend, Nic
 from kvmlab.fake.errors import FakeError
+from kvmlab.fake.pci import ADDR_ERROR, device_model, parse_slot, slot_taken
 from kvmlab.fake.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 
 TYPE_CHECKING = False
@@ -153,24 +157,28 @@ def _device(p: ParseState, value: str, where: str) -> None:
     if driver in ("help", "?"):
         p.ask_help("device")
         return
-    devices = p.profile.devices()
-    if devices and driver not in devices:
+    model = device_model(p.profile, driver)
+    if model is None:
         raise FakeError(f"'{driver}' is not a valid device model name", where)
-    driver = devices.get(driver, driver)
+    driver = model
     if opts.get("help") == "on" or opts.get("?") == "on":
         p.ask_help_text(f"{driver} options:\n")
         return
-    if driver in NIC_DRIVERS:
+    if driver in DISK_DRIVERS:
+        add_disk_device(p, driver, opts, where)
+    elif driver in NIC_DRIVERS:
+        slot = None
+        if "addr" in opts:
+            slot = parse_slot(opts["addr"])
+            if slot is None:
+                raise FakeError(ADDR_ERROR, where)
+            taken = slot_taken(slot, driver, [*p.cfg.nics, *p.cfg.disks])
+            if taken is not None:
+                raise FakeError(taken, where)
         _add_nic(p, driver, opts.get("mac"), opts.get("netdev"), where, key="mac")
         nic = p.cfg.nics[-1]
         nic.ident = opts.get("id")
-        if "addr" in opts:
-            try:
-                nic.slot = int(opts["addr"].split(".")[0], 0)
-            except ValueError:
-                raise FakeError(
-                    "Parameter 'addr' expects an Slot/device [and function] number", where
-                ) from None
+        nic.slot = slot
 
 
 OPTIONS: dict[str, OptionHandler] = {

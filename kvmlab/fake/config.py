@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["ChardevSpec", "Config", "NetBackend", "Nic"]
+__all__ = ["BlockDevice", "ChardevSpec", "Config", "NetBackend", "Nic"]
 
 
 class ChardevSpec:
@@ -97,6 +97,32 @@ class Nic:
         self.slot: int | None = None
 
 
+class BlockDevice:
+    """A guest virtio disk: ``-drive if=virtio``, ``-device virtio-blk-pci`` or ``device_add``.
+
+    :ivar path: the image file.
+    :ivar drive: the drive id or block node it is plugged into (``None``: ``if=virtio``).
+    :ivar legacy: its drive came from ``-drive`` (QEMU deletes such a drive with the
+        device; a ``blockdev-add`` node stays until ``blockdev-del``).
+    :ivar ident: the device ``id``, or ``None``.
+    :ivar slot: its PCI slot when ``addr=`` gave one, else ``None``.
+    :ivar index: the guest's disk number (``vda`` is 0), given when it appears.
+    """
+
+    __slots__ = ("drive", "ident", "index", "legacy", "model", "path", "slot", "where", "writable")
+
+    def __init__(self, path: str, writable: bool, drive: str | None, where: str) -> None:
+        self.model = "virtio-blk-pci"
+        self.path = path
+        self.writable = writable
+        self.drive = drive
+        self.legacy = True
+        self.where = where
+        self.ident: str | None = None
+        self.slot: int | None = None
+        self.index = 0
+
+
 class Config:
     """Everything a fake VM process needs, read from QEMU's argv.
 
@@ -113,6 +139,7 @@ class Config:
         "chroot",
         "cpus",
         "daemonize",
+        "disks",
         "drives",
         "initrd",
         "kernel",
@@ -120,6 +147,7 @@ class Config:
         "memory",
         "monitors",
         "name",
+        "named_drives",
         "net_backends",
         "nics",
         "no_reboot",
@@ -129,7 +157,6 @@ class Config:
         "runas",
         "serials",
         "start_paused",
-        "virtio_disks",
         "warnings",
     )
 
@@ -153,8 +180,11 @@ class Config:
         self.append: str | None = None
         #: ``(where, path, writable)`` for each disk image.
         self.drives: list[tuple[str, str, bool]] = []
-        #: Image paths of the ``if=virtio`` drives: the guest's ``vda``, ``vdb``...
-        self.virtio_disks: list[str] = []
+        #: ``-drive if=none,id=ID`` drives by id: ``(path, writable)``, for a ``-device``.
+        self.named_drives: dict[str, tuple[str, bool]] = {}
+        #: The guest's virtio disks (``vda``, ``vdb``...): ``if=virtio`` drives and
+        #: ``-device virtio-blk-pci``.
+        self.disks: list[BlockDevice] = []
         self.chardevs: list[ChardevSpec] = []
         self.serials: list[ChardevSpec] = []
         #: Monitors: chardevs whose frontend is ``hmp`` or ``qmp``.

@@ -4,8 +4,10 @@ The file tree is computed from the machine at each command, so it follows what t
 machine simulates (a NIC added to ``Machine.devices`` shows up at once):
 
 - ``/sys/class/net/{lo,eth0,...}/address`` (``lo`` is ``00:00:00:00:00:00``);
-- ``/sys/block/vdX/size`` (512-byte sectors) for each ``if=virtio`` disk, and
-  ``/proc/partitions`` (major 254, as virtio_blk gets on the test guest's kernel);
+- ``/sys/block/vdX/size`` (512-byte sectors) for each virtio disk (``if=virtio``,
+  ``-device virtio-blk-pci`` or hotplugged), ``/proc/partitions`` (major 254, as
+  virtio_blk gets on the test guest's kernel), and for a disk at a PCI slot
+  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX``;
 - ``/proc/meminfo`` (``MemTotal`` equals the ``MEM`` fact), ``/proc/cpuinfo``-free;
 - ``/proc/sys/kernel/random/boot_id``, new at each boot;
 - files written with ``>`` or ``>>`` anywhere outside ``/proc``, ``/sys`` and ``/dev``
@@ -174,15 +176,25 @@ class GuestShell:
             tree[f"{under}/net/eth{index}"] = None
             tree[f"{under}/net/eth{index}/address"] = nic.mac + "\n"
         partitions = "major minor  #blocks  name\n\n"
-        for index, path in enumerate(cfg.virtio_disks):
-            name = "vd" + "abcdefghijklmnopqrstuvwxyz"[index % 26]
+        for disk in sorted(self.machine.disks, key=lambda disk: disk.index):
+            name = "vd" + "abcdefghijklmnopqrstuvwxyz"[disk.index % 26]
             try:
-                size = os.stat(path).st_size
+                size = os.stat(disk.path).st_size
             except OSError:
                 size = 0
             tree[f"/sys/block/{name}"] = None
             tree[f"/sys/block/{name}/size"] = f"{size // 512}\n"
-            partitions += f"{_VIRTIO_BLK_MAJOR:4d}  {index * 16:7d} {size // 1024:10d} {name}\n"
+            partitions += (
+                f"{_VIRTIO_BLK_MAJOR:4d}  {disk.index * 16:7d} {size // 1024:10d} {name}\n"
+            )
+            if disk.slot is not None:
+                # The PCI function, as sysfs shows it: the block device under it.
+                pci = f"/sys/bus/pci/devices/0000:00:{disk.slot:02x}.0"
+                under = f"{pci}/virtio{len(self.machine.nics) + disk.index}"
+                for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
+                    tree[path] = None
+                tree[f"{under}/block"] = None
+                tree[f"{under}/block/{name}"] = None
         tree["/proc/partitions"] = partitions
         for path, text in self.files.items():
             tree[path] = text

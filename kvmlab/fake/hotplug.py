@@ -1,23 +1,34 @@
 """QMP hotplug on the fake: ``netdev_add``, ``netdev_del``, ``device_add``, ``device_del``.
 
-Only NICs are modelled: a ``device_add`` of a NIC driver appends to
-``Machine.devices`` (the guest shell's ``/sys/class/net`` shows it at once), a
-``device_del`` removes it and, as a cooperative guest does through ACPI PCI
-hotplug, ``DEVICE_DELETED`` follows the reply. Errors use QEMU's wording. Imported
-on the first hotplug command only (start-up stays flat).
+NICs and virtio disks are modelled: a ``device_add`` of a NIC driver appends to
+``Machine.devices`` (the guest shell's ``/sys/class/net`` shows it at once), of a
+disk driver to ``Machine.disks`` (``/sys/block``, with its block node from
+:mod:`kvmlab.fake.hotplug_disk`); a ``device_del`` removes it and, as a cooperative
+guest does through ACPI PCI hotplug, ``DEVICE_DELETED`` follows the reply. The
+slot rules are :mod:`kvmlab.fake.pci`'s, shared with the command line. Errors use
+QEMU's wording. Imported on the first hotplug command only (start-up stays flat).
 """
 
 from __future__ import annotations
 
+from kvmlab.fake import hotplug_disk
+from kvmlab.fake.cmdline_disk import DISK_DRIVERS
 from kvmlab.fake.cmdline_net import NIC_DRIVERS
 from kvmlab.fake.config import Nic
 from kvmlab.fake.errors import QmpCommandError
+from kvmlab.fake.pci import ADDR_ERROR, device_model, first_free_slot, parse_slot, slot_taken
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from kvmlab.fake.config import BlockDevice
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["device_add", "device_del", "device_deleted", "netdev_add", "netdev_del"]
+
+
+def _all_devices(m: MachineView) -> list[Nic | BlockDevice]:
+    """Every device with a PCI slot and an id: the NICs and the virtio disks."""
+    return [*m.devices, *m.disks]
 
 
 def _netdevs(m: MachineView) -> dict[str, str]:
@@ -50,26 +61,22 @@ def netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
     return {}
 
 
-def _slot(text: str) -> int:
-    try:
-        return int(text.split(".", maxsplit=1)[0], 0)
-    except ValueError:
-        raise QmpCommandError(
-            f"Parameter 'addr' expects an Slot/device [and function] number, got {text!r}"
-        ) from None
+def _slot(m: MachineView, driver: str, arguments: dict[str, object]) -> int:
+    """The slot of a new device: its ``addr`` if free, else the lowest free one."""
+    devices = _all_devices(m)
+    if "addr" not in arguments:
+        return first_free_slot(devices)
+    text = str(arguments["addr"])
+    slot = parse_slot(text)
+    if slot is None:
+        raise QmpCommandError(f"{ADDR_ERROR}, got {text!r}")
+    taken = slot_taken(slot, driver, devices)
+    if taken is not None:
+        raise QmpCommandError(taken)
+    return slot
 
 
-def device_add(m: MachineView, arguments: dict[str, object]) -> object:
-    driver = str(arguments["driver"])
-    ident = str(arguments.get("id", ""))
-    devices = m.profile.devices()
-    if devices and driver not in devices:
-        raise QmpCommandError(f"'{driver}' is not a valid device model name")
-    driver = devices.get(driver, driver)
-    if driver not in NIC_DRIVERS:
-        raise QmpCommandError(f"device_add of {driver!r} is not simulated by kvmlab-fake")
-    if ident and any(nic.ident == ident for nic in m.devices):
-        raise QmpCommandError(f"Duplicate device ID '{ident}'")
+def _nic(m: MachineView, driver: str, arguments: dict[str, object]) -> Nic:
     netdev = arguments.get("netdev")
     if netdev is not None:
         if str(netdev) not in _netdevs(m):
@@ -78,29 +85,39 @@ def device_add(m: MachineView, arguments: dict[str, object]) -> object:
             raise QmpCommandError(
                 f"Property '{driver}.netdev' can't take value '{netdev}', it's in use"
             )
-    slot = _slot(str(arguments["addr"])) if "addr" in arguments else None
-    if slot is not None:
-        user = next((nic for nic in m.devices if nic.slot == slot), None)
-        if user is not None:
-            raise QmpCommandError(
-                f"PCI: slot {slot} function 0 not available for {driver},"
-                f" in use by {user.model},id={user.ident or ''}"
-            )
-    else:
-        taken = {nic.slot for nic in m.devices}
-        slot = next(s for s in range(3, 32) if s not in taken)
     mac = str(arguments.get("mac", "52:54:00:12:34:56")).lower()
-    nic = Nic(driver, mac, None if netdev is None else str(netdev), "device_add")
+    return Nic(driver, mac, None if netdev is None else str(netdev), "device_add")
+
+
+def device_add(m: MachineView, arguments: dict[str, object]) -> object:
+    driver = str(arguments["driver"])
+    ident = str(arguments.get("id", ""))
+    model = device_model(m.profile, driver)
+    if model is None:
+        raise QmpCommandError(f"'{driver}' is not a valid device model name")
+    driver = model
+    if driver not in NIC_DRIVERS and driver not in DISK_DRIVERS:
+        raise QmpCommandError(f"device_add of {driver!r} is not simulated by kvmlab-fake")
+    if ident and any(dev.ident == ident for dev in _all_devices(m)):
+        raise QmpCommandError(f"Duplicate device ID '{ident}'")
+    if driver in DISK_DRIVERS:
+        disk = hotplug_disk.new_disk(m, driver, arguments)
+        disk.ident = ident or None
+        disk.slot = _slot(m, driver, arguments)
+        m.disks.append(disk)
+        m.log("hotplug", action="add", id=ident, slot=disk.slot, drive=disk.drive)
+        return {}
+    nic = _nic(m, driver, arguments)
     nic.ident = ident or None
-    nic.slot = slot
+    nic.slot = _slot(m, driver, arguments)
     m.devices.append(nic)
-    m.log("hotplug", action="add", id=ident, slot=slot, mac=mac)
+    m.log("hotplug", action="add", id=ident, slot=nic.slot, mac=nic.mac)
     return {}
 
 
 def device_del(m: MachineView, arguments: dict[str, object]) -> object:
     ident = str(arguments["id"])
-    if not any(nic.ident == ident for nic in m.devices):
+    if not any(dev.ident == ident for dev in _all_devices(m)):
         raise QmpCommandError(f"Device '{ident}' not found")
     m.pending_unplug.append(ident)
     return {}
@@ -111,8 +128,14 @@ def device_deleted(m: MachineView) -> None:
     while m.pending_unplug:
         ident = m.pending_unplug.pop(0)
         nic = next((nic for nic in m.devices if nic.ident == ident), None)
-        if nic is None:
+        disk = next((disk for disk in m.disks if disk.ident == ident), None)
+        if nic is not None:
+            m.devices.remove(nic)
+            slot = nic.slot
+        elif disk is not None:
+            hotplug_disk.unplugged(m, disk)
+            slot = disk.slot
+        else:
             continue
-        m.devices.remove(nic)
-        m.log("hotplug", action="del", id=ident, slot=nic.slot)
+        m.log("hotplug", action="del", id=ident, slot=slot)
         m.event("DEVICE_DELETED", {"device": ident, "path": f"/machine/peripheral/{ident}"})

@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from kvmlab.fake.config import ChardevSpec, Config, Nic
+    from kvmlab.fake.config import BlockDevice, ChardevSpec, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.profiles import Profile
 
@@ -63,6 +63,15 @@ class Machine:
         self.prog = prog
         self.status = "prelaunch"
         self.devices: list[Nic] = list(cfg.nics)
+        #: The guest's virtio disks; the guest probes the PCI bus in slot order
+        #: (the ``if=virtio`` drives, without an ``addr``, come first).
+        self.disks: list[BlockDevice] = sorted(
+            cfg.disks, key=lambda disk: (disk.slot is not None, disk.slot or 0)
+        )
+        for index, disk in enumerate(self.disks):
+            disk.index = index
+        #: ``blockdev-add`` nodes: node-name -> ``(path, writable)``.
+        self.block_nodes: dict[str, tuple[str, bool]] = {}
         #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug`).
         self.netdevs: dict[str, str] | None = None
         #: Device ids a ``device_del`` asked the guest to eject.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 if TYPE_CHECKING:
-    from kvmlab.fake.config import Config, Nic
+    from kvmlab.fake.config import BlockDevice, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.loop import EventLoop
     from kvmlab.fake.profiles import Profile
@@ -35,6 +35,8 @@ class MachineView(Protocol):
     loop: EventLoop
     status: str
     devices: list[Nic]
+    disks: list[BlockDevice]
+    block_nodes: dict[str, tuple[str, bool]]
     netdevs: dict[str, str] | None
     pending_unplug: list[str]
 

@@ -146,6 +146,24 @@ def _device_del(m: MachineView, arguments: dict[str, object]) -> object:
     return hotplug.device_del(m, arguments)
 
 
+def _blockdev_add(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug_disk  # noqa: PLC0415 - only when a disk is hotplugged
+
+    return hotplug_disk.blockdev_add(m, arguments)
+
+
+def _blockdev_del(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug_disk  # noqa: PLC0415
+
+    return hotplug_disk.blockdev_del(m, arguments)
+
+
+def _query_named_block_nodes(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import hotplug_disk  # noqa: PLC0415
+
+    return hotplug_disk.query_named_block_nodes(m, arguments)
+
+
 def _device_deleted(m: MachineView) -> None:
     from kvmlab.fake import hotplug  # noqa: PLC0415
 
@@ -184,10 +202,19 @@ COMMANDS: dict[str, QmpCommand] = {
     "netdev_del": QmpCommand(_netdev_del, frozenset({"id"}), ("id",)),
     "device_add": QmpCommand(
         _device_add,
-        frozenset({"driver", "id", "bus", "addr", "netdev", "mac", "romfile"}),
+        frozenset({"driver", "id", "bus", "addr", "netdev", "mac", "romfile", "drive"})
+        | frozenset({"write-cache"}),
         ("driver",),
     ),
     "device_del": QmpCommand(_device_del, frozenset({"id"}), ("id",), after=_device_deleted),
+    "blockdev-add": QmpCommand(
+        _blockdev_add,
+        frozenset({"driver", "node-name", "file", "read-only", "cache", "discard"})
+        | frozenset({"auto-read-only", "detect-zeroes", "force-share"}),
+        ("driver",),
+    ),
+    "blockdev-del": QmpCommand(_blockdev_del, frozenset({"node-name"}), ("node-name",)),
+    "query-named-block-nodes": QmpCommand(_query_named_block_nodes, frozenset({"flat"})),
     "human-monitor-command": QmpCommand(
         _human_monitor_command, frozenset({"command-line", "cpu-index"}), ("command-line",)
     ),

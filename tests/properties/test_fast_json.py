@@ -80,6 +80,7 @@ def test_from_validated_builds_what_model_construct_builds(args) -> None:
         "hvparams": runtime.hvparams,
         "disks": runtime.disks,
         "nic_slots": runtime.nic_slots,
+        "disk_slots": runtime.disk_slots,
     }
     built = KVMRuntime.model_construct(**parts)  # type: ignore[arg-type]
     assert list(runtime.__dict__.items()) == list(built.__dict__.items())

@@ -26,7 +26,7 @@ from kvmlab.layout import StateLayout
 from kvmlab.lifecycle import Hypervisor
 from kvmlab.models import Instance
 from kvmlab.process import is_alive
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime import FORMAT_VERSION, KVMRuntime
 from kvmlab.store import save_runtime
 
 ROOT = Path("/srv/kvmlab-reliability")
@@ -75,7 +75,7 @@ DAMAGED: dict[str, bytes | str] = {
     "name-path": with_(name="../vm1"),
     "extra-field": with_(colour="red"),
     "format-missing-name": json.dumps({"format": 1, "argv": ["/usr/bin/kvm"]}),
-    "format-future": with_(format=3),
+    "format-future": with_(format=FORMAT_VERSION + 1),
     "format-future-new-fields": with_(format=99, payload={"x": 1}),
     "format-string": with_(format="1"),
     "format-bool": with_(format=True),
@@ -159,7 +159,7 @@ def test_reboot_of_a_running_instance_with_a_damaged_runtime_leaves_it_running(
     lab = Hypervisor(state_dir, backend="fake")
     pid = lab.info("vm1", query_guest=False).pid
     path = lab.layout.runtime_file("vm1")
-    raw = path.read_bytes().replace(b'"format":2', b'"format":7')
+    raw = path.read_bytes().replace(f'"format":{FORMAT_VERSION}'.encode(), b'"format":7')
     path.write_bytes(raw)
 
     result = run_kvmlab(state_dir, "reboot", "vm1", tmpdir=private_tmp)

@@ -74,7 +74,8 @@ def test_whole_argv_minimal_kernel_boot_on_qemu_7_2() -> None:
         "-device", "virtio-balloon",
         "-daemonize",
         "-machine", "pc-i440fx-7.2",
-        "-drive", "file=/dev/vg/vm1,format=raw,if=virtio",
+        "-drive", "file=/dev/vg/vm1,format=raw,if=none,id=drive-s08",
+        "-device", "virtio-blk-pci,drive=drive-s08,id=disk-s08,addr=0x08",
         "-kernel", "/boot/vmlinuz-3-kvmU",
         "-append", "root=/dev/vda1 ro console=ttyS0,38400",
         "-monitor", "unix:/srv/kvmlab/ctrl/vm1.monitor,server=on,wait=off",
@@ -126,8 +127,11 @@ DB2_HEAD = [
     "-daemonize",
 ]  # fmt: skip
 DB2_DRIVES = [
-    "-drive", "file=/dev/vg/db2-root,format=raw,if=virtio,cache=none,aio=native",
-    "-drive", "file=/srv/images/data,,1.img,format=raw,if=virtio,cache=none,aio=native,readonly=on",
+    "-drive", "file=/dev/vg/db2-root,format=raw,if=none,cache=none,aio=native,id=drive-s08",
+    "-device", "virtio-blk-pci,drive=drive-s08,id=disk-s08,addr=0x08",
+    "-drive",
+    "file=/srv/images/data,,1.img,format=raw,if=none,cache=none,aio=native,id=drive-s09,readonly=on",
+    "-device", "virtio-blk-pci,drive=drive-s09,id=disk-s09,addr=0x09",
 ]  # fmt: skip
 DB2_CONTROL = [
     "-monitor", "unix:/srv/kvmlab/ctrl/db2.monitor,server=on,wait=off",
@@ -195,7 +199,8 @@ def test_whole_argv_cdrom_install_on_ganetis_qemu_1_0(ganeti_caps: LoadCaps) -> 
         "-daemonize",
         "-machine", "pc-1.0",
         "-boot", "d",
-        "-drive", "file=/dev/vg/vm1,format=raw,if=virtio",
+        "-drive", "file=/dev/vg/vm1,format=raw,if=none,id=drive-s08",
+        "-device", "virtio-blk-pci,drive=drive-s08,id=disk-s08,addr=0x08",
         "-drive", "file=/srv/iso/debian.iso,format=raw,media=cdrom,if=ide",
         "-monitor", "unix:/srv/kvmlab/ctrl/vm1.monitor,server,nowait",
         "-serial", "none",
@@ -478,7 +483,7 @@ def test_commas_in_paths_are_doubled() -> None:
         },
     )
     assert drives(argv(instance)) == [
-        "file=/srv/a,,b.img,format=raw,if=virtio",
+        "file=/srv/a,,b.img,format=raw,if=none,id=drive-s08",
         "file=/srv/x,,file=/etc/shadow.iso,format=raw,media=cdrom,if=ide",
         "file=/srv/y,,,,z.iso,format=raw,media=cdrom,if=ide",
         "file=/srv/f,,1.img,format=raw,if=floppy",
@@ -503,7 +508,7 @@ def test_read_only_disk_is_never_silently_writable(ganeti_caps: LoadCaps) -> Non
 
 @pytest.mark.parametrize(
     ("disk_type", "interface"),
-    [("paravirtual", "virtio"), ("ide", "ide"), ("ioemu", "ide")],
+    [("paravirtual", "none"), ("ide", "ide"), ("ioemu", "ide")],
 )
 def test_disk_interface(disk_type: str, interface: str) -> None:
     instance = make(disks=[{"path": "/dev/sda"}], hvparams={"disk_type": disk_type})
@@ -541,13 +546,20 @@ def test_more_than_four_ide_units_are_refused() -> None:
     argv(make(disks=disks[:2], hvparams=hv))  # exactly four is fine
 
 
+def test_more_virtio_disks_than_disk_slots_are_refused() -> None:
+    disks = [{"path": f"/dev/vd{c}"} for c in "abcdefghi"]
+    with pytest.raises(InstanceError, match="only 8 PCI slots are reserved for disks"):
+        argv(make(disks=disks))
+    argv(make(disks=disks[:8]))  # exactly eight is fine
+
+
 @pytest.mark.parametrize(
     ("cache", "aio", "suffix"),
     [("none", "native", ",cache=none,aio=native"), ("writeback", "threads", ",cache=writeback")],
 )
 def test_cache_and_aio(cache: str, aio: str, suffix: str) -> None:
     instance = make(disks=[{"path": "/d"}], hvparams={"disk_cache": cache, "disk_aio": aio})
-    assert drives(argv(instance))[0] == f"file=/d,format=raw,if=virtio{suffix}"
+    assert drives(argv(instance))[0] == f"file=/d,format=raw,if=none{suffix},id=drive-s08"
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_round_trip(make: Any) -> None:
 def test_document_is_versioned_json() -> None:
     runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}])
     document = json.loads(runtime.to_json())
-    assert document["format"] == FORMAT_VERSION == 2
+    assert document["format"] == FORMAT_VERSION == 3
     assert document["name"] == "vm1"
     assert document["argv"] == list(runtime.argv)
     assert document["nics"] == [{"mac": MAC, "mode": "bridged", "link": "br0"}]
@@ -88,7 +88,7 @@ def test_format_1_document_is_upgraded_with_the_slots_it_implied() -> None:
     runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}, {"mac": MAC2, "link": "br0"}])
     document = json.loads(runtime.to_json())
     document["format"] = 1
-    del document["nic_slots"]
+    del document["nic_slots"], document["disk_slots"]  # format 1 had neither
     upgraded = KVMRuntime.from_json(json.dumps(document))
     assert upgraded == runtime
     assert upgraded.format == FORMAT_VERSION
@@ -104,6 +104,43 @@ def test_bad_nic_slots_are_refused(slots: list[int], message: str) -> None:
     runtime = runtime_for(nics=[{"mac": MAC, "link": "br0"}, {"mac": MAC2, "link": "br0"}])
     document = json.loads(runtime.to_json())
     document["nic_slots"] = slots
+    with pytest.raises(RuntimeFormatError, match=message):
+        KVMRuntime.from_json(json.dumps(document))
+
+
+def test_virtio_disks_get_the_reserved_disk_slots_in_order() -> None:
+    runtime = runtime_for(disks=[{"path": "/a"}, {"path": "/b"}, {"path": "/c"}])
+    assert runtime.disk_slots == (0x08, 0x09, 0x0A)
+    devices = [runtime.argv[i + 1] for i, w in enumerate(runtime.argv) if w == "-device"]
+    assert "virtio-blk-pci,drive=drive-s0a,id=disk-s0a,addr=0x0a" in devices
+    assert json.loads(runtime.to_json())["disk_slots"] == [8, 9, 10]
+    # IDE disks sit on the IDE bus: no slot of their own.
+    ide = runtime_for(disks=[{"path": "/a"}], hvparams={"disk_type": "ide"})
+    assert ide.disk_slots == ()
+
+
+def test_format_2_document_is_upgraded_without_disk_slots() -> None:
+    """Format 2 wrote ``if=virtio`` drives (QEMU picked their slots): no slots is what its
+    argv says, and disk hotplug refuses it until a hard restart regenerates it."""
+    runtime = runtime_for(disks=[{"path": "/a"}], hvparams={"disk_type": "ide"})
+    document = json.loads(runtime.to_json())
+    document["format"] = 2
+    del document["disk_slots"]
+    upgraded = KVMRuntime.from_json(json.dumps(document))
+    assert upgraded == runtime
+    assert upgraded.format == FORMAT_VERSION
+    assert upgraded.disk_slots == ()
+    assert KVMRuntime.from_json(upgraded.to_json()) == upgraded
+
+
+@pytest.mark.parametrize(
+    ("slots", "message"),
+    [([0x08], "2 disks but 1 disk_slots"), ([0x08, 0x08], "twice"), ([0x08, 0x10], "outside")],
+)
+def test_bad_disk_slots_are_refused(slots: list[int], message: str) -> None:
+    runtime = runtime_for(disks=[{"path": "/a"}, {"path": "/b"}])
+    document = json.loads(runtime.to_json())
+    document["disk_slots"] = slots
     with pytest.raises(RuntimeFormatError, match=message):
         KVMRuntime.from_json(json.dumps(document))
 
