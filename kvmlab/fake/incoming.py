@@ -68,8 +68,10 @@ class Incoming:
         """
         try:
             family, addr = address(uri)
-        except ValueError:
-            raise FakeError(f"unknown migration protocol: {uri}", where) from None
+        except ValueError as err:
+            raise FakeError(str(err), where) from None
+        except OSError as err:
+            raise FakeError(str(err.strerror), where) from None
         sock = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             if isinstance(addr, str):
@@ -121,8 +123,14 @@ class Incoming:
             data = self.conn.recv(65536)
         except OSError:
             data = b""
-        if not data:
-            self._fail(["load of migration failed: Input/output error"])
+        if not data:  # the source cancelled or died: QEMU reads zeros in the RAM section
+            self._fail(
+                [
+                    "Unknown combination of migration flags: 0x0",
+                    "error while loading state section id 2(ram)",
+                    "load of migration failed: Invalid argument",
+                ]
+            )
         self.buffer += data
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
@@ -138,6 +146,9 @@ class Incoming:
                 if problems:
                     self._fail(problems)
             else:
+                problems = mismatch(self.m, self.header, devices=True)
+                if problems:
+                    self._fail(problems)
                 guest = message.get("guest")
                 self._complete(guest if isinstance(guest, dict) else {})
 
@@ -197,11 +208,14 @@ class Incoming:
 
 def migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
     incoming = m.incoming
-    if incoming is None or not incoming.deferred:
-        raise QmpCommandError("For use with '-incoming defer'")
-    if incoming.listener is not None or incoming.status is not None:
+    if incoming is not None and (incoming.listener is not None or incoming.status is not None):
         raise QmpCommandError("The incoming migration has already been started")
+    if incoming is None or m.status != "inmigrate":
+        raise QmpCommandError("'-incoming' was not specified on the command line")
     uri = str(arguments["uri"])
+    if m.profile.version < (9, 0, 0):
+        # QEMU 7.2 sends this one whatever the ``events`` capability says.
+        m.event("MIGRATION", {"status": "setup"})
     try:
         incoming.listen(uri, "")
     except FakeError as err:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -123,11 +122,12 @@ class Fake:
         )
         try:
             assert wait_until(lambda: self.qmp_path.exists() or self.proc.poll() is not None)
-            assert self.proc.poll() is None, self.proc.communicate()[1]
+            if self.proc.poll() is not None:
+                pytest.fail(f"{name} did not start: {self.proc.communicate()[1]}")
             self.qmp = Qmp(self.qmp_path)
         except BaseException:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
             raise
         self.nonce = 0
 
@@ -222,20 +222,22 @@ def test_migration_moves_the_guest(lab: Any) -> None:
     boot_id = source.guest("cat /proc/sys/kernel/random/boot_id")
     assert target.status() == "inmigrate"
     assert target.qmp.ok("query-status")["running"] is False
-    console = target.console()
-    assert source.qmp.ok("migrate", uri=uri) == {}
-    info = wait_done(source)
-    assert info["status"] == "completed", info
-    target.qmp.event("MIGRATION", status="completed")
-    assert source.status() == "postmigrate"
-    assert target.status() == "running"
-    assert target.guest("cat /root/token") == "token-123\n"
-    assert target.guest("cat /proc/sys/kernel/random/boot_id") == boot_id
-    # The guest had booted on the source: the target prints no boot of its own.
-    console.sendall(b"")
-    readable, _, _ = select.select([console], [], [], 0.2)
-    assert not readable or b"KVMLAB-BOOT-OK" not in console.recv(65536)
-    console.close()
+    with target.console() as console:
+        assert source.qmp.ok("migrate", uri=uri) == {}
+        info = wait_done(source)
+        assert info["status"] == "completed", info
+        target.qmp.event("MIGRATION", status="completed")
+        assert source.status() == "postmigrate"
+        assert target.status() == "running"
+        assert target.guest("cat /root/token") == "token-123\n"
+        assert target.guest("cat /proc/sys/kernel/random/boot_id") == boot_id
+        # The guest had booted on the source: the target prints no boot of its own.
+        console.setblocking(False)
+        try:
+            printed = console.recv(65536)
+        except BlockingIOError:
+            printed = b""
+        assert b"KVMLAB-BOOT-OK" not in printed
     assert source.proc.poll() is None  # postmigrate: paused, alive until quit
     assert source.qmp.ok("query-migrate")["status"] == "completed"
     assert target.qmp.ok("query-migrate") == {"status": "completed"}
@@ -317,7 +319,7 @@ def test_incoming_defer(lab: Any) -> None:
     again = target.qmp.cmd("migrate-incoming", uri=uri)
     assert again["error"]["desc"] == "The incoming migration has already been started"
     wrong = source.qmp.cmd("migrate-incoming", uri=uri)
-    assert wrong["error"]["desc"] == "For use with '-incoming defer'"
+    assert wrong["error"]["desc"] == "'-incoming' was not specified on the command line"
     source.qmp.ok("migrate", uri=uri)
     assert wait_done(source)["status"] == "completed"
 
@@ -484,3 +486,159 @@ def test_slow_migration_is_active_meanwhile(lab: Any) -> None:
     # ~8 MiB at 8 MiB/s: the active phase alone is about a second
     assert info["total-time"] >= 900
     assert info["ram"]["mbps"] <= 8 * 1024 * 1024 * 8 / 1e6 * 1.01
+
+
+# --------------------------------------------------------------------------- device state
+
+
+def start_two(lab: Any, source_extra: list[str], target_extra: list[str]) -> tuple[Fake, Fake, str]:
+    uri = f"unix:{lab.folder / 'mig'}"
+    source = lab("src", *source_extra)
+    target = lab("dst", "-incoming", uri, *target_extra)
+    return source, target, uri
+
+
+@pytest.mark.parametrize(
+    ("source_extra", "message"),
+    [
+        (["-smp", "2"], "Unknown savevm section or instance 'cpu_common' 1"),
+        (["-drive", "file={img},if=virtio,format=raw"], "'0000:00:02.0/virtio-blk' 0"),
+    ],
+)
+def test_device_state_mismatch_is_found_by_the_target_only(
+    lab: Any, source_extra: list[str], message: str
+) -> None:
+    """As in QEMU: the device state comes last, the source has already called it done."""
+    image = lab.folder / "disk.img"
+    image.write_bytes(b"\0" * 65536)
+    extra = [arg.format(img=image) for arg in source_extra]
+    source, target, uri = start_two(lab, extra, [])
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    assert source.status() == "postmigrate"
+    code, err = target.exit_status()
+    assert code == 1
+    assert message in err
+    assert "Make sure that your current VM setup matches your saved VM setup" in err
+
+
+def test_return_path_makes_the_source_see_the_targets_refusal(lab: Any) -> None:
+    source, target, uri = start_two(lab, ["-smp", "2"], [])
+    caps = [{"capability": "events", "state": True}, {"capability": "return-path", "state": True}]
+    source.qmp.ok("migrate-set-capabilities", capabilities=caps)
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source) == {"status": "failed"}  # QEMU gives no error-desc here
+    assert source.status() == "running"
+    names = [e["event"] for e in source.qmp.events]
+    assert names.index("STOP") < names.index("RESUME")
+    assert target.exit_status()[0] == 1
+    on = source.qmp.ok("query-migrate-capabilities")
+    assert {"state": True, "capability": "return-path"} in on
+
+
+def test_return_path_success(lab: Any) -> None:
+    source, target, uri = start_two(lab, [], [])
+    caps = [{"capability": "return-path", "state": True}]
+    source.qmp.ok("migrate-set-capabilities", capabilities=caps)
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    assert wait_until(lambda: target.status() == "running")
+
+
+def test_hotplugged_nic_must_be_on_the_target_command_line(lab: Any) -> None:
+    source, target, uri = start_two(lab, [], [])
+    source.qmp.ok("netdev_add", type="user", id="hp0")
+    source.qmp.ok("device_add", driver="virtio-net-pci", id="nic1", netdev="hp0")
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "failed"
+    _, err = target.exit_status()
+    assert 'Unknown ramblock "0000:00:03.0/virtio-net-pci.rom"' in err
+    # With the NIC in the target's argv (kvmlab saves the hotplug in the runtime), it passes.
+    nic = [
+        "-netdev",
+        "user,id=hp0",
+        "-device",
+        "virtio-net-pci,id=nic1,netdev=hp0,addr=3,mac=52:54:00:12:34:56",
+    ]
+    uri2 = f"unix:{lab.folder / 'mig2'}"
+    lab("dst2", "-incoming", uri2, *nic)
+    source.qmp.ok("migrate", uri=uri2)
+    assert wait_done(source)["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- QEMU 10.0, settings
+
+
+def test_qemu_10_device_status_and_fields(lab: Any) -> None:
+    source, target, uri = pair(
+        lab, KVMLAB_FAKE_PROFILE="qemu-10.0", T_KVMLAB_FAKE_PROFILE="qemu-10.0"
+    )
+    assert target.qmp.ok("query-status") == {"status": "inmigrate", "running": False}
+    assert target.qmp.ok("query-migrate")["status"] == "setup"
+    source.qmp.ok("migrate", uri=uri)
+    info = wait_done(source)
+    assert "skipped" not in info["ram"]
+    source.qmp.event("MIGRATION", status="completed")
+    assert source.qmp.migration_statuses() == ["setup", "active", "device", "completed"]
+    bad = source.qmp.cmd("migrate", uri="foo:bar")
+    assert bad["error"]["desc"] in (
+        "unknown migration protocol: foo:bar",
+        "Can't migrate the vm that was paused due to previous migration",
+    )
+    params = source.qmp.ok("query-migrate-parameters")
+    assert "mode" in params
+    assert "compress-level" not in params
+
+
+def test_settings_errors_in_qemus_words(lab: Any) -> None:
+    fake = lab("src")
+    q = fake.qmp
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "nope", "state": True}])
+    assert desc["error"]["desc"] == "Parameter 'capability' does not accept value 'nope'"
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events"}])
+    assert desc["error"]["desc"] == "Parameter 'capabilities[0].state' is missing"
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": 1}])
+    assert desc["error"]["desc"] == (
+        "Invalid parameter type for 'capabilities[0].state', expected: boolean"
+    )
+    desc = q.cmd("migrate-set-parameters", **{"downtime-limit": 3000000})
+    assert desc["error"]["desc"] == (
+        "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"
+    )
+    desc = q.cmd("migrate-set-parameters", **{"max-bandwidth": "x"})
+    assert desc["error"]["desc"] == "Parameter 'max-bandwidth' expects uint64"
+    desc = q.cmd("migrate-set-parameters", nope=1)
+    assert desc["error"]["desc"] == "Parameter 'nope' is unexpected"
+    assert q.ok("migrate-set-parameters", **{"max-bandwidth": -1}) == {}
+    assert q.ok("query-migrate-parameters")["max-bandwidth"] == 2**64 - 1
+    assert q.ok("migrate_cancel") == {}  # nothing to cancel
+    refused = q.cmd("migrate", uri="tcp:127.0.0.1:1")
+    assert refused == {"return": {}}
+    assert wait_done(fake) == {
+        "status": "failed",
+        "error-desc": "Failed to connect to '127.0.0.1:1': Connection refused",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("foo:bar", "-incoming foo:bar: unknown migration protocol: foo:bar"),
+        (
+            "unix:/nonexistent/dir/x",
+            "-incoming unix:/nonexistent/dir/x: Failed to bind socket to /nonexistent/dir/x:"
+            " No such file or directory",
+        ),
+        (
+            "tcp:127.0.0.1:notaport",
+            "-incoming tcp:127.0.0.1:notaport: address resolution failed for"
+            " 127.0.0.1:notaport: Servname not supported for ai_socktype",
+        ),
+    ],
+)
+def test_incoming_start_errors(value: str, message: str) -> None:
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
+    argv = [*FAKE, "-display", "none", "-incoming", value]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr == f"{PROG}: {message}\n"
