@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import _socket
 import contextlib
-import os
 import sys
 
 from kvmlab.fake.errors import FakeError, QmpCommandError, Shutdown
 from kvmlab.fake.host import unlink
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_state import address, mismatch, restore
+from kvmlab.fake.migration_state import address, die, mismatch, restore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["Incoming", "migrate_incoming"]
-
-_SIGKILL = 9
 
 
 class Incoming:
@@ -109,13 +106,7 @@ class Incoming:
         self.status = "active"
         self._event("active")
         if self.m.faults.migrate_die:
-            self.m.loop.after(0.005, self._die)
-
-    def _die(self) -> NoReturn:
-        """``KVMLAB_FAKE_MIGRATE_DIE``: killed mid-transfer; files stay behind."""
-        self.m.log("crash", fault="KVMLAB_FAKE_MIGRATE_DIE")
-        os.kill(os.getpid(), _SIGKILL)
-        os._exit(137)  # pragma: no cover - not reached
+            self.m.loop.after(0.005, lambda: die(self.m))
 
     def _readable(self) -> None:
         assert self.conn is not None

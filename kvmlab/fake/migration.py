@@ -24,7 +24,7 @@ import time
 
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_state import address, describe, snapshot
+from kvmlab.fake.migration_state import address, describe, die, snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ class Outgoing:
         self.status = "active"
         self._event("pass", 1)
         self._event("active")
+        if self.m.faults.migrate_die:
+            self.m.loop.after(min(self.duration / 2, 0.005), lambda: die(self.m))
         if not self.stall:
             self.m.loop.after(self.duration, self._stop_and_copy)
 
@@ -115,11 +117,11 @@ class Outgoing:
             return
         m = self.m
         self.stopped_at = time.monotonic()
-        if m.status == "running":
-            m.status = "finish-migrate"
+        # The run state the target takes over: a VM paused meanwhile stays paused.
+        self.was_running = m.status == "running"
+        m.status = "finish-migrate"
+        if self.was_running:
             m.event("STOP")
-        else:
-            m.status = "finish-migrate"
         if m.profile.version >= (9, 0, 0):
             self.status = "device"
             self._event("device")

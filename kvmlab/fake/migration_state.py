@@ -15,13 +15,16 @@ and :mod:`kvmlab.fake.incoming` (target); loaded with them only.
 from __future__ import annotations
 
 import _socket
+import os
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["MAGIC", "address", "describe", "machine_type", "mismatch", "restore", "snapshot"]
+__all__ = ["MAGIC", "address", "describe", "die", "machine_type", "mismatch", "restore", "snapshot"]
 
 #: The first key of the stream's header line.
 MAGIC = "kvmlab-fake-migration"
@@ -48,6 +51,13 @@ def address(uri: str) -> tuple[int, str | tuple[str, int]]:
             )
         return _socket.AF_INET, (host.strip("[]") or "0.0.0.0", int(port))
     raise ValueError(f"unknown migration protocol: {uri}")
+
+
+def die(m: MachineView) -> NoReturn:
+    """``KVMLAB_FAKE_MIGRATE_DIE``: killed mid-transfer (``SIGKILL``); files stay behind."""
+    m.log("crash", fault="KVMLAB_FAKE_MIGRATE_DIE")
+    os.kill(os.getpid(), 9)
+    os._exit(137)  # pragma: no cover - not reached
 
 
 def machine_type(m: MachineView) -> str:

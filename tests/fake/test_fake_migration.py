@@ -642,3 +642,24 @@ def test_incoming_start_errors(value: str, message: str) -> None:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 1
     assert done.stderr == f"{PROG}: {message}\n"
+
+
+def test_source_dies_during_the_migration(lab: Any) -> None:
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_DIE="1")
+    source.qmp.ok("migrate", uri=uri)
+    assert source.exit_status()[0] == -9
+    code, err = target.exit_status()
+    assert code == 1
+    assert err.endswith(f"{PROG}: load of migration failed: Invalid argument\n")
+    assert target.qmp.event("MIGRATION", status="failed")  # sent before it exited
+
+
+def test_a_paused_source_migrates_into_a_paused_target(lab: Any) -> None:
+    source, target, uri = pair(lab)
+    source.qmp.ok("stop")
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    target.qmp.event("MIGRATION", status="completed")
+    assert target.status() == "paused"
+    assert not [e for e in target.qmp.events if e["event"] == "RESUME"]
+    assert source.status() == "postmigrate"
