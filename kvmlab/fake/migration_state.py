@@ -141,15 +141,17 @@ def mismatch(m: MachineView, header: dict[str, object], devices: bool = False) -
 def snapshot(m: MachineView, running: bool) -> dict[str, object]:
     """The guest's state at the end of the transfer (the source is stopped by now)."""
     guest = m.guest
-    shell = guest.shell()
-    return {
+    state: dict[str, object] = {
         "running": running,
         "booted": guest.booted == guest.boots and not guest.needs_boot,
         "uptime": time.monotonic() - guest.booted_at if guest.booted_at is not None else 0.0,
         "pending_powerdown": guest.pending_powerdown,
-        "boot_id": shell.boot_id,
-        "files": dict(shell.files),
     }
+    shell = guest.current_shell()
+    if shell is not None:  # else no command ran: no one has seen a boot id or written a file
+        state["boot_id"] = shell.boot_id
+        state["files"] = dict(shell.files)
+    return state
 
 
 def restore(m: MachineView, state: dict[str, object]) -> None:
@@ -161,10 +163,9 @@ def restore(m: MachineView, state: dict[str, object]) -> None:
         uptime = state.get("uptime")
         guest.booted_at = time.monotonic() - (uptime if isinstance(uptime, float) else 0.0)
     guest.pending_powerdown = bool(state.get("pending_powerdown"))
-    shell = guest.shell()
     boot_id = state.get("boot_id")
-    if isinstance(boot_id, str):
-        shell.boot_id = boot_id
     files = state.get("files")
-    if isinstance(files, dict):
+    if isinstance(boot_id, str) and isinstance(files, dict):
+        shell = guest.shell()
+        shell.boot_id = boot_id
         shell.files = {str(path): str(text) for path, text in files.items()}
