@@ -222,6 +222,8 @@ def test_migration_moves_the_guest(lab: Any) -> None:
     boot_id = source.guest("cat /proc/sys/kernel/random/boot_id")
     assert target.status() == "inmigrate"
     assert target.qmp.ok("query-status")["running"] is False
+    hmp = target.qmp.ok("human-monitor-command", **{"command-line": "info status"})
+    assert hmp == "VM status: paused (inmigrate)\r\n"
     with target.console() as console:
         assert source.qmp.ok("migrate", uri=uri) == {}
         info = wait_done(source)
@@ -239,6 +241,8 @@ def test_migration_moves_the_guest(lab: Any) -> None:
             printed = b""
         assert b"KVMLAB-BOOT-OK" not in printed
     assert source.proc.poll() is None  # postmigrate: paused, alive until quit
+    hmp = source.qmp.ok("human-monitor-command", **{"command-line": "info status"})
+    assert hmp == "VM status: paused (postmigrate)\r\n"
     assert source.qmp.ok("query-migrate")["status"] == "completed"
     assert target.qmp.ok("query-migrate") == {"status": "completed"}
 
