@@ -16,7 +16,6 @@ source was paused) and the source gets its acknowledgement. With
 from __future__ import annotations
 
 import _socket
-import contextlib
 import sys
 
 from kvmlab.fake.errors import FakeError, QmpCommandError, Shutdown
@@ -150,8 +149,11 @@ class Incoming:
         self.status = "completed"
         m.log("incoming", status="completed")
         if self.conn is not None:
-            with contextlib.suppress(OSError):  # the source went away: it will fail
+            # ``contextlib.suppress`` would cost every -incoming start ~5 ms of imports.
+            try:  # noqa: SIM105
                 self.conn.sendall(b"ok\n")
+            except OSError:  # the source went away: it will fail
+                pass
             self._close_conn()
         if self.autostart and state.get("running", True):
             m.resume()
