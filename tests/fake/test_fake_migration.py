@@ -10,6 +10,7 @@ No assertion depends on timing: waits poll for a state, with a generous limit.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -669,3 +670,41 @@ def test_a_paused_source_migrates_into_a_paused_target(lab: Any) -> None:
     assert target.status() == "paused"
     assert not [e for e in target.qmp.events if e["event"] == "RESUME"]
     assert source.status() == "postmigrate"
+
+
+def test_progress_is_monotonic_and_consistent(lab: Any) -> None:
+    """What a property over many polls would check: nothing goes backwards."""
+    source, _target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_TIME="0.3")
+    source.qmp.ok("migrate", uri=uri)
+    polls: list[dict[str, Any]] = []
+    while not polls or polls[-1]["status"] not in TERMINAL:
+        polls.append(source.qmp.ok("query-migrate"))
+        time.sleep(0.005)
+    rams = [p["ram"] for p in polls if "ram" in p]
+    assert len(rams) >= 2
+    for before, after in itertools.pairwise(rams):
+        assert after["transferred"] >= before["transferred"]
+        assert after["remaining"] <= before["remaining"]
+        assert after["total"] == before["total"]
+    times = [p["total-time"] for p in polls if "total-time" in p]
+    assert times == sorted(times)
+    done = polls[-1]
+    assert done["status"] == "completed"
+    assert (
+        done["ram"]["transferred"] == done["ram"]["precopy-bytes"] + done["ram"]["downtime-bytes"]
+    )
+
+
+def test_a_failed_daemonized_target_removes_its_files(lab: Any) -> None:
+    folder: Path = lab.folder
+    pidfile, qmp, sock = folder / "t.pid", folder / "t.qmp", folder / "t.mig"
+    argv = [*FAKE, "-display", "none", "-m", "256", "-daemonize", "-pidfile", str(pidfile)]
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-incoming", f"unix:{sock}"]
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
+    assert subprocess.run(argv, env=env, check=False).returncode == 0
+    source = lab("src")  # -m 512: the target refuses the stream and exits
+    source.qmp.ok("migrate", uri=f"unix:{sock}")
+    assert wait_done(source)["status"] == "failed"
+    assert wait_until(lambda: not pidfile.exists())
+    assert not qmp.exists()
+    assert not sock.exists()
