@@ -108,12 +108,13 @@ class Fake:
         self.folder = folder
         self.name = name
         self.qmp_path = folder / f"{name}.qmp"
+        base = folder / name
         self.argv = [
             *FAKE,
             "-name", name, "-nodefaults", "-display", "none", "-m", "512",
             "-machine", "pc,accel=tcg",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-serial", f"unix:{folder / name}.console,server=on,wait=off",
+            "-serial", f"unix:{base}.console,server=on,wait=off,logfile={base}.log",
             "-serial", f"unix:{folder / name}.cmd,server=on,wait=off",
             *extra,
         ]  # fmt: skip
@@ -241,6 +242,9 @@ def test_migration_moves_the_guest(lab: Any) -> None:
         except BlockingIOError:
             printed = b""
         assert b"KVMLAB-BOOT-OK" not in printed
+    # Nor did it print anything before (the console log has all it ever printed).
+    assert (lab.folder / "dst.log").read_bytes() == b""
+    assert (lab.folder / "src.log").read_bytes().count(b"KVMLAB-BOOT-OK") == 1
     assert source.proc.poll() is None  # postmigrate: paused, alive until quit
     hmp = source.qmp.ok("human-monitor-command", **{"command-line": "info status"})
     assert hmp == "VM status: paused (postmigrate)\r\n"
