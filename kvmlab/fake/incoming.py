@@ -135,6 +135,7 @@ class Incoming:
                 problems = mismatch(self.m, message)
                 if problems:
                     self._fail(problems)
+                self._reply(b"loading\n")
             else:
                 problems = mismatch(self.m, self.header, devices=True)
                 if problems:
@@ -148,16 +149,20 @@ class Incoming:
         m.status = "paused"
         self.status = "completed"
         m.log("incoming", status="completed")
-        if self.conn is not None:
-            # Not ``contextlib.suppress``: the fake imports no ``contextlib`` (start-up).
-            try:  # noqa: SIM105
-                self.conn.sendall(b"ok\n")
-            except OSError:  # the source went away: it will fail
-                pass
-            self._close_conn()
+        self._reply(b"ok\n")
+        self._close_conn()
         if self.autostart and state.get("running", True):
             m.resume()
         self._event("completed")
+
+    def _reply(self, line: bytes) -> None:
+        """Tell the source (the fake's stand-in for the stream's flow control and return path)."""
+        if self.conn is not None:
+            # Not ``contextlib.suppress``: the fake imports no ``contextlib`` (start-up).
+            try:  # noqa: SIM105
+                self.conn.sendall(line)
+            except OSError:  # the source went away: the stream ends, and so do we
+                pass
 
     def _fail(self, lines: list[str]) -> NoReturn:
         for line in lines:
@@ -173,11 +178,13 @@ class Incoming:
             self.m.event("MIGRATION", {"status": status})
 
     def query(self) -> dict[str, object]:
-        """``query-migrate`` on the target."""
-        if self.status is not None:
+        """``query-migrate`` on the target, as QEMU 7.2 and 10.0 answer it."""
+        if self.status == "completed":
             return {"status": self.status}
         info: dict[str, object] = {}
-        if self.m.profile.version >= (9, 0, 0) and self.socket_address is not None:
+        if self.status is not None:
+            info["status"] = self.status
+        elif self.m.profile.version >= (9, 0, 0) and self.socket_address is not None:
             info["status"] = "setup"
         if self.socket_address is not None:
             info["socket-address"] = [self.socket_address]

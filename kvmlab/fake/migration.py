@@ -77,6 +77,10 @@ class Outgoing:
         self.stall = m.faults.migrate_stall
         #: The ``return-path`` capability: the source waits for the target's verdict.
         self.return_path = bool(capabilities(m).get("return-path"))
+        #: What the target said; it has accepted the header; the RAM phase is over.
+        self.replies = b""
+        self.loading = False
+        self.due = False
 
     # -- the run
 
@@ -122,6 +126,11 @@ class Outgoing:
     def _stop_and_copy(self) -> None:
         if self.status != "active" or self.sock is None:
             return
+        if not self.loading:
+            # The target has not read the header yet: a real stream would be held up
+            # by the full socket buffer until it reads (or refuses) it.
+            self.due = True
+            return
         m = self.m
         self.stopped_at = time.monotonic()
         # The run state the target takes over: a VM paused meanwhile stays paused.
@@ -145,18 +154,25 @@ class Outgoing:
             self.m.loop.after(_DOWNTIME, self._complete)
 
     def _readable(self) -> None:
+        """The target's lines: ``loading`` (header accepted), ``ok`` (state loaded), or EOF."""
         assert self.sock is not None
         try:
             data = self.sock.recv(4096)
         except OSError:
             data = b""
+        self.replies += data
+        if b"loading\n" in self.replies and not self.loading:
+            self.loading = True
+            if self.due:  # the RAM is "sent": it could not be before the target read it
+                self._stop_and_copy()
+                return
         if self.stopped_at is None:
             if not data:  # the target refused the stream, or died
                 self.fail(_BROKEN_PIPE)
         elif self.return_path:  # the target's answer on the return path
-            if data.startswith(b"ok"):
+            if b"ok\n" in self.replies:
                 self._complete()
-            else:
+            elif not data:
                 self.fail(None)
         elif not data:
             self._close_socket()

@@ -453,9 +453,14 @@ def test_cancel(lab: Any) -> None:
 
 
 def test_stall_stays_active_until_cancelled(lab: Any) -> None:
-    source, _target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_STALL="1")
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_STALL="1")
     source.qmp.ok("migrate", uri=uri)
     source.qmp.event("MIGRATION", status="active")
+    target.qmp.event("MIGRATION", status="active")
+    assert target.qmp.ok("query-migrate") == {
+        "status": "active",
+        "socket-address": [{"path": str(lab.folder / "mig"), "type": "unix"}],
+    }
     first = source.qmp.ok("query-migrate")
     assert wait_until(
         lambda: source.qmp.ok("query-migrate")["ram"]["transferred"] > first["ram"]["total"] // 64
