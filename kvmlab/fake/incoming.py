@@ -10,7 +10,8 @@ QEMU's errors, sends ``MIGRATION`` ``failed`` and exits with status 1, as QEMU d
 The guest state line completes it: the guest carries on where the source's left off
 (no second boot), the VM runs (``RESUME``; stays ``paused`` under ``-S`` or when the
 source was paused) and the source gets its acknowledgement. With
-``KVMLAB_FAKE_MIGRATE_DIE`` the process dies of ``SIGKILL`` once the transfer began.
+``KVMLAB_FAKE_MIGRATE_DIE`` the process dies of ``SIGKILL`` 5 ms after the source
+connected, before reading anything.
 """
 
 from __future__ import annotations
@@ -101,11 +102,13 @@ class Incoming:
         self.m.loop.unwatch(self.listener.fileno())
         self.listener.close()
         self.listener = None
-        self.m.loop.watch(self.conn.fileno(), self._readable)
         self.status = "active"
         self._event("active")
         if self.m.faults.migrate_die:
+            # Dies before it has read the header: the source cannot have finished.
             self.m.loop.after(0.005, lambda: die(self.m))
+            return
+        self.m.loop.watch(self.conn.fileno(), self._readable)
 
     def _readable(self) -> None:
         assert self.conn is not None

@@ -366,7 +366,8 @@ def test_daemonized_target_listens_before_the_parent_exits(lab: Any) -> None:
 
 
 def test_qemu_errors(lab: Any) -> None:
-    source, target, uri = pair(lab)
+    # A one-second active phase: the second migrate surely finds the first one running.
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_TIME="1")
     missing = f"unix:{lab.folder / 'nothing'}"
     assert source.qmp.ok("migrate", uri=missing) == {}
     info = wait_done(source)
