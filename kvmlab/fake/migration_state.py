@@ -81,13 +81,15 @@ def _sections(m: MachineView) -> list[list[object]]:
     """
     sections: list[list[object]] = [["section", "cpu_common", index] for index in range(m.cfg.cpus)]
     taken = {nic.slot for nic in m.devices if nic.slot is not None}
+    taken |= {disk.slot for disk in m.disks if disk.slot is not None}
     first = 2 if "-nodefaults" in m.cfg.argv else 3
     free = (slot for slot in range(first, 32) if slot not in taken)
     for nic in m.devices:
         slot = nic.slot if nic.slot is not None else next(free, 31)
         sections.append(["ramblock", f"0000:00:{slot:02x}.0/{nic.model}.rom", 0])
-    for _disk in m.cfg.virtio_disks:
-        sections.append(["section", f"0000:00:{next(free, 31):02x}.0/virtio-blk", 0])
+    for disk in m.disks:  # the live set: hotplugged disks included, at their slots
+        slot = disk.slot if disk.slot is not None else next(free, 31)
+        sections.append(["section", f"0000:00:{slot:02x}.0/virtio-blk", 0])
     return sections
 
 
