@@ -192,7 +192,7 @@ class GuestChannel:
             raise InvalidInputError(f"timeouts must be positive: {timeout}, {ready_timeout}")
         if self._check is not None:
             self._check()
-        with self._connect() as sock:
+        with self._connect(time.monotonic() + ready_timeout) as sock:
             leftover = self._wait_ready(sock, time.monotonic() + ready_timeout, ready_timeout)
             nonce = secrets.token_hex(8)
             reader = ReplyReader(nonce)
@@ -206,18 +206,35 @@ class GuestChannel:
                 )
             return result
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(5.0)
-            sock.connect(str(self.socket_path))
-        except OSError as err:
-            sock.close()
-            raise GuestChannelError(
-                f"cannot reach the command channel of {self.name} ({self.socket_path}):"
-                f" {err.strerror or err}"
-            ) from err
-        return sock
+    def _connect(self, deadline: float) -> socket.socket:
+        """Connect, waiting for a turn until ``deadline``.
+
+        QEMU accepts one client at a time and listens with a backlog of one: a
+        connect while the queue is full fails at once with ``EAGAIN`` on a unix
+        socket (it does not wait, as TCP would), so concurrent callers retry.
+        """
+        pause = 0.01
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(5.0)
+                sock.connect(str(self.socket_path))
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.2)
+                    continue
+                raise GuestTimeoutError(
+                    f"the command channel of {self.name} stayed busy (other clients queued)"
+                ) from None
+            except OSError as err:
+                sock.close()
+                raise GuestChannelError(
+                    f"cannot reach the command channel of {self.name} ({self.socket_path}):"
+                    f" {err.strerror or err}"
+                ) from err
+            return sock
 
     def _wait_ready(self, sock: socket.socket, deadline: float, ready_timeout: float) -> bytes:
         """Ping until the latest ping is answered; return bytes after its marker."""

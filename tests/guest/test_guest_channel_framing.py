@@ -157,3 +157,40 @@ def test_no_answer_is_a_timeout_and_a_closed_channel_an_error(tmp_path: Path) ->
     serve(closing, lambda conn: conn.recv(4096))
     with pytest.raises(GuestChannelError, match="closed"):
         GuestChannel("vm1", closing).run(["true"], ready_timeout=5)
+
+
+def test_concurrent_callers_wait_for_their_turn_at_a_full_backlog(tmp_path: Path) -> None:
+    """QEMU serves one client at a time with a backlog of one: a connect beyond that
+    fails at once with EAGAIN on a unix socket, and the caller must wait its turn."""
+    path = tmp_path / "busy"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def guest() -> None:
+        with listener:
+            for _ in range(6):
+                conn, _ = listener.accept()
+                with conn:
+                    line = ":"
+                    while line == ":":  # pings, then the command
+                        nonce, _seconds, line = read_line(conn).rstrip("\n").split(" ", 2)
+                        reply = "" if line == ":" else line.removeprefix("echo ") + "\n"
+                        threading.Event().wait(0.05)  # each client holds the channel a while
+                        conn.sendall(f"{reply}\nKVMLAB-EXIT {nonce} 0\n".encode())
+
+    threading.Thread(target=guest, daemon=True).start()
+    results: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        try:
+            results[index] = GuestChannel("vm1", path).run(f"echo {index}", timeout=5)
+        except Exception as err:  # the test reports what each caller got
+            results[index] = err
+
+    callers = [threading.Thread(target=call, args=(index,)) for index in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert results == {index: GuestResult(0, f"{index}\n") for index in range(6)}
