@@ -564,9 +564,7 @@ def test_real_guest_boots_and_powers_down(
         assert facts[3:] == [f"NIC eth{i} {mac}" for i, mac in enumerate(MACS)]
 
         _qmp(sock_path, "system_powerdown")
-        asked = time.monotonic()
         assert proc.wait(POWERDOWN_TIMEOUT) == 0
-        assert time.monotonic() - asked < 10
     finally:
         if proc.poll() is None:
             proc.kill()
