@@ -324,6 +324,21 @@ class Hypervisor:
                 progress=progress,
             )
 
+    def recover_migration(self, name: str) -> str | None:
+        """Finish or undo a migration of ``name`` that a killed kvmlab left (from either
+        lab); every locked command does this first, this one does only that.
+
+        :return: ``"completed"`` (the target has it), ``"rolled back"`` (the source
+            has it), or ``None`` when nothing was pending.
+        """
+        from kvmlab.migration import recover  # noqa: PLC0415
+
+        self._check_name(name)
+        if not self.layout.migration_journal(name).exists():
+            return None
+        with self._locked(name, recover=False):
+            return recover(self.layout, name, held=_HELD_LOCKS)
+
     # -- inspection -----------------------------------------------------------------
 
     def load_runtime(self, name: str) -> KVMRuntime:
@@ -421,7 +436,7 @@ class Hypervisor:
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str, recover: bool = True) -> Iterator[None]:
         try:
             self._prepare_dirs()
         except OSError as err:
@@ -435,10 +450,10 @@ class Hypervisor:
                 sweep_stale_temp_dirs()
                 remove_stale_writes(self.layout.runtime_file(name))
                 reap_adopted()  # daemons of ours that exited on their own since
-                if self.layout.migration_journal(name).exists():
-                    from kvmlab.migration import recover  # noqa: PLC0415
+                if recover and self.layout.migration_journal(name).exists():
+                    from kvmlab import migration  # noqa: PLC0415
 
-                    recover(self.layout, name, held=_HELD_LOCKS)
+                    migration.recover(self.layout, name, held=_HELD_LOCKS)
                 yield
             finally:
                 _HELD_LOCKS.discard(lock)

@@ -489,12 +489,15 @@ def _transfer(
         status = str(info.get("status", "none"))
         if progress is not None:
             progress(info)
+        if status == "completed":
+            return _settled(qmp, info)
         if status not in ACTIVE:
             return info
         if time.monotonic() >= deadline or running_pid(target, name) is None:
             timed_out = time.monotonic() >= deadline
             qmp.execute("migrate_cancel")
-            while status in ACTIVE:
+            cancel_deadline = time.monotonic() + TARGET_TIMEOUT
+            while status in ACTIVE and time.monotonic() < cancel_deadline:
                 time.sleep(POLL_INTERVAL)
                 info = qmp.execute("query-migrate")
                 status = str(info.get("status", "none"))
@@ -502,6 +505,21 @@ def _transfer(
                 return info
             return {**info, "status": "timeout" if timed_out else status}
         time.sleep(POLL_INTERVAL)
+
+
+def _settled(qmp: Any, info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The final figures of a completed transfer.
+
+    QEMU sets the state to ``completed`` a moment before its migration thread computes
+    ``total-time`` and ``downtime`` (QEMU 7.2 and 10.0: ``migration_calculate_complete``
+    runs after ``migration_completion``): a reply in between says 0 ms for both.
+    """
+    for _ in range(40):
+        if info.get("total-time"):
+            break
+        time.sleep(POLL_INTERVAL / 2)
+        info = qmp.execute("query-migrate")
+    return info
 
 
 def migrate(
