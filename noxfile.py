@@ -81,7 +81,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Speed figures: runtime JSON, the fake lifecycle, the golden suite and how it scales,
-    real QEMU boots."""
+    real QEMU boots, migration total time and downtime."""
     session.install("-e", ".[test]")  # bench_golden* run pytest (with xdist)
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
@@ -89,3 +89,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_golden_scale.py")
     if Path("benchmarks/bench_boot.py").exists():
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)
+    # Migration between two labs on real QEMU 7.2 and 10.0 (skips a pair not installed).
+    session.run("python", "benchmarks/bench_migration.py")
