@@ -90,11 +90,11 @@ def kvmlab_runs(kind: str, old: str, new: str, runs: int) -> dict[str, list[floa
     return figures
 
 
-def _bare_qemu(binary: str, root: Path, tag: str, incoming: str | None) -> Path:
+def _bare_qemu(binary: str, root: Path, tag: str, incoming: str | None, machine: str) -> Path:
     guest = build_guest()
     qmp = root / f"{tag}.qmp"
     argv = [
-        binary, "-name", tag, "-m", "192", "-smp", "2", "-machine", "q35,accel=tcg",
+        binary, "-name", tag, "-m", "192", "-smp", "2", "-machine", f"{machine},accel=tcg",
         "-nodefaults", "-display", "none", "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd), "-append", "panic=-1 quiet console=ttyS0,115200",
         "-serial", f"file:{root / tag}.serial", "-daemonize",
@@ -111,13 +111,15 @@ def baseline_runs(old: str, new: str, runs: int) -> dict[str, list[float]]:
     for run in range(runs):
         root = Path(tempfile.mkdtemp(prefix="kbm-"))
         try:
-            source = _bare_qemu(BINARIES[old], root, "src", None)
+            # The alias q35 means pc-q35-10.0 on 10.0: a user pins the source's type too.
+            machine = f"pc-q35-{old}"
+            source = _bare_qemu(BINARIES[old], root, "src", None, machine)
             serial = root / "src.serial"
             deadline = time.monotonic() + 180
             while b"KVMLAB-BOOT-OK" not in serial.read_bytes() and time.monotonic() < deadline:
                 time.sleep(0.1)
             uri = f"unix:{root}/mig{run}"
-            target = _bare_qemu(BINARIES[new], root, "dst", uri)
+            target = _bare_qemu(BINARIES[new], root, "dst", uri, machine)
             with QmpSession(source) as qmp:
                 qmp.execute("migrate", {"uri": uri})
                 info = qmp.execute("query-migrate")
