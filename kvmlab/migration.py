@@ -454,7 +454,8 @@ def _refuse_states(source: StateLayout, target: StateLayout, name: str) -> None:
 
 
 def _wait_incoming(target: StateLayout, name: str, timeout: float) -> None:
-    status = _wait_status(target, name, lambda state: state == "inmigrate", timeout)
+    # Any answer ends the wait: QEMU is in inmigrate from its start until the transfer.
+    status = _wait_status(target, name, lambda _state: True, timeout)
     if status != "inmigrate":
         why = "exited" if running_pid(target, name) is None else f"is {status or 'silent'}"
         raise MigrationError(f"the target of {name} {why} instead of waiting for the migration")
