@@ -357,7 +357,14 @@ class Hypervisor:
         :raise RuntimeFormatError: its saved runtime is damaged.
         """
         self._check_name(name)
-        runtime = self._load(name)
+        try:
+            runtime = self._load(name)
+        except UnknownInstanceError:
+            # An instance arriving by migration has no saved runtime yet (docs/migration.md).
+            arriving = self._incoming_runtime(name)
+            if arriving is None:
+                raise
+            runtime = arriving
         nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
         base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
         pending = self._pending_hotplug(name)
@@ -413,6 +420,13 @@ class Hypervisor:
         from kvmlab.hotplug import pending_hotplug  # noqa: PLC0415
 
         return pending_hotplug(self.layout, name)
+
+    def _incoming_runtime(self, name: str) -> KVMRuntime | None:
+        if not self.layout.migration_journal(name).exists():
+            return None
+        from kvmlab.migration import incoming_runtime  # noqa: PLC0415
+
+        return incoming_runtime(self.layout, name)
 
     def _pending_migration(self, name: str) -> dict[str, Any] | None:
         if not self.layout.migration_journal(name).exists():

@@ -71,6 +71,7 @@ from kvmlab.store import atomic_write, instance_lock, save_runtime
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MigrationResult",
+    "incoming_runtime",
     "migrate",
     "pending_migration",
     "prepare",
@@ -148,6 +149,18 @@ def pending_migration(layout: StateLayout, name: str) -> dict[str, Any] | None:
     if data is None:
         return None
     return {key: value for key, value in data.items() if key != "target_runtime"}
+
+
+def incoming_runtime(layout: StateLayout, name: str) -> KVMRuntime | None:
+    """The runtime an incoming migration into ``layout`` runs, before it is saved there
+    (``info`` in the target lab shows the instance while it arrives)."""
+    data = _read_journal(layout, name)
+    if data is None or data.get("role") != "target" or "target_runtime" not in data:
+        return None
+    try:
+        return KVMRuntime.from_json(str(data["target_runtime"]))
+    except RuntimeFormatError:
+        return None
 
 
 def _read_journal(layout: StateLayout, name: str) -> dict[str, Any] | None:
@@ -567,7 +580,7 @@ def migrate(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write_journal(source, name, {**journal, "target_runtime": planned.to_json()})
-    _write_journal(target, name, {**journal, "role": "target"})
+    _write_journal(target, name, {**journal, "role": "target", "target_runtime": planned.to_json()})
     try:
         remove_quietly(target.migration_socket(name))
         execute(planned, target, target_backend, target_caps, timeout=start_timeout, incoming=uri)

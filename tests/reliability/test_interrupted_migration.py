@@ -157,6 +157,8 @@ def test_a_kill_at_each_step_is_recovered_with_one_vm(
     assert len(running) <= 1
     pending = source.info("vm1", query_guest=False).extra.get("migration_pending")
     assert pending is not None and pending["target"] == str(target.layout.root)
+    if target.layout.migration_journal("vm1").exists():  # the arriving side shows it too
+        assert "migration_pending" in target.info("vm1", query_guest=False).extra
 
     # One follow-up command, from the target's side half of the time.
     side = target if point in ("after-completed", "after-source-quit") else source
