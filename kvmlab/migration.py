@@ -346,8 +346,16 @@ def _quit_source(source: StateLayout, name: str) -> None:
 def _roll_forward(
     source: StateLayout, target: StateLayout, name: str, planned: KVMRuntime, resume: bool
 ) -> str | None:
-    """The target keeps the VM: its runtime saved, then the source quit and forgotten."""
+    """The target keeps the VM: its runtime saved, then the source quit and forgotten.
+
+    A target that died after the transfer (or never left ``inmigrate``) cannot keep it:
+    then it is a roll back (its runtime removed, the source resumed) and ``None``.
+    """
     status = _wait_status(target, name, lambda state: state != "inmigrate", TARGET_TIMEOUT)
+    if status is None or status == "inmigrate":
+        remove_quietly(target.runtime_file(name))
+        _roll_back(source, target, name, resume)
+        return None
     if resume and status in _PAUSED:
         _resume(target, name)
     if not target.runtime_file(name).exists():
@@ -403,16 +411,18 @@ def _resolve(source: StateLayout, target: StateLayout, name: str) -> str:
         raise MigrationError(f"the migration journal of {name} is damaged: {err}") from None
     resume = bool(journal.get("resume_source", True))
     if target.runtime_file(name).exists():
-        _roll_forward(source, target, name, planned, resume)
-        return "completed"
+        return (
+            "completed" if _roll_forward(source, target, name, planned, resume) else "rolled back"
+        )
     outcome = _source_outcome(source, name)
     if outcome == "completed":
         status = _wait_status(target, name, lambda state: state != "inmigrate", TARGET_TIMEOUT)
     else:
         status = _status(target, name)
     if status is not None and status != "inmigrate" and outcome in ("completed", None):
-        _roll_forward(source, target, name, planned, resume)
-        return "completed"
+        return (
+            "completed" if _roll_forward(source, target, name, planned, resume) else "rolled back"
+        )
     _roll_back(source, target, name, resume)
     return "rolled back"
 
@@ -615,6 +625,12 @@ def migrate(
         target_state = _roll_forward(source, target, name, planned, resume)
     except QmpError as err:  # the journals stay: the next command finishes the job
         raise MigrationError(f"migration of {name} completed but not finished: {err}") from err
+    if target_state is None:
+        raise MigrationError(
+            f"the target of {name} did not take over after the transfer; it still runs in"
+            f" {source.root}",
+            status="completed",
+        )
     log.info("migrated %s to %s (target %s)", name, target.root, target_state)
     return MigrationResult(
         name=name,

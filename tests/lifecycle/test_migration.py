@@ -289,3 +289,22 @@ def assert_source_kept(source, target, runtime_bytes, token, boot_id) -> None:
     for path in ("pid/vm1", "conf/vm1.runtime", "conf/vm1.migration", "ctrl/vm1.qmp"):
         assert not (target.layout.root / path).exists(), path
     assert not source.layout.migration_journal("vm1").exists()
+
+
+def test_a_target_dying_right_after_the_transfer_gives_the_vm_back_to_the_source(
+    lab, target, make_instance
+) -> None:
+    lab.start(make_instance())
+    token, boot_id = write_token(lab)
+    before = lab.layout.runtime_file("vm1").read_bytes()
+
+    def kill_target_once_done(info) -> None:
+        if info.get("status") == "completed":
+            pid = read_pidfile(target.layout.pidfile("vm1"))
+            assert pid is not None
+            os.kill(pid, 9)
+
+    with pytest.raises(MigrationError, match="did not take over"):
+        lab.migrate("vm1", target, timeout=120, progress=kill_target_once_done)
+    # The source was paused (postmigrate) when the target died: resumed, same guest.
+    assert_source_kept(lab, target, before, token, boot_id)
