@@ -40,7 +40,7 @@ class CommandChannel(Frontend):
         self.pending = b""
         self.queue: list[bytes] = []
         self.shell: GuestShell | None = None
-        #: The guest boot (``Guest.boots``, counting resets) the shell state belongs to.
+        #: The guest boot (``Guest.boots``, counting resets) the queue belongs to.
         self.boot: int | None = None
         self.busy = False
         #: Bumped when the running command ends or is dropped, so stale timers do nothing.
@@ -66,7 +66,6 @@ class CommandChannel(Frontend):
                 self.busy = False
                 self.generation += 1
             self.boot = self.guest.boots
-            self.shell = None
 
     def _up(self) -> bool:
         """The guest's loop is running: booted since the last reset, and not paused."""
@@ -89,10 +88,7 @@ class CommandChannel(Frontend):
         secs, _, command = rest.partition(" ")
         self.current_nonce = nonce
         self.current_command = command
-        if self.shell is None:
-            from kvmlab.fake.guest_shell import GuestShell  # noqa: PLC0415 - first use only
-
-            self.shell = GuestShell(self.machine)
+        self.shell = self.guest.shell()
         try:
             limit = max(int(secs), 0)
         except ValueError:

@@ -234,6 +234,12 @@ def _append(p: ParseState, value: str, where: str) -> None:
     p.cfg.append = value
 
 
+def _incoming(p: ParseState, value: str, where: str) -> None:
+    if value != "defer" and not value.startswith(("unix:", "tcp:")):
+        raise FakeError(f"unknown migration protocol: {value}", where)
+    p.cfg.incoming = value
+
+
 def _pidfile(p: ParseState, value: str, where: str) -> None:
     p.cfg.pidfile = os.path.abspath(value)
 
@@ -308,6 +314,7 @@ OPTIONS: dict[str, OptionHandler] = {
     "initrd": _initrd,
     "append": _append,
     "pidfile": _pidfile,
+    "incoming": _incoming,
     **cmdline_chardev.OPTIONS,
     **cmdline_net.OPTIONS,
     "cpu": _cpu,

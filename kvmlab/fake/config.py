@@ -114,6 +114,7 @@ class Config:
         "cpus",
         "daemonize",
         "drives",
+        "incoming",
         "initrd",
         "kernel",
         "machine",
@@ -162,6 +163,8 @@ class Config:
         self.net_backends: list[NetBackend] = []
         self.nics: list[Nic] = []
         self.chroot: str | None = None
+        #: ``-incoming``: ``unix:PATH``, ``tcp:HOST:PORT`` or ``defer``.
+        self.incoming: str | None = None
         self.runas: tuple[str, str] | None = None
         #: Warnings QEMU would print at start (``netdev n0 has no peer``).
         self.warnings: list[str] = []

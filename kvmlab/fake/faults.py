@@ -46,6 +46,9 @@ class Faults:
         "fail_start",
         "hang_start",
         "ignore_powerdown",
+        "migrate_die",
+        "migrate_stall",
+        "migrate_time",
         "powerdown_delay",
         "slow_start",
         "tap_run",
@@ -60,6 +63,11 @@ class Faults:
         self.tap_run = False
         self.boot_delay = 0.0
         self.powerdown_delay = 0.1
+        #: Migration (:mod:`kvmlab.fake.migration`): the source never converges;
+        #: the target dies mid-transfer; the transfer phase takes this long.
+        self.migrate_stall = False
+        self.migrate_die = False
+        self.migrate_time: float | None = None
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -76,6 +84,9 @@ class Faults:
         faults.tap_run = os.environ.get("KVMLAB_FAKE_TAP", "") == "run" and os.geteuid() == 0
         faults.boot_delay = _env_float("KVMLAB_FAKE_BOOT_DELAY", 0.0) or 0.0
         faults.powerdown_delay = _env_float("KVMLAB_FAKE_POWERDOWN_DELAY", 0.1) or 0.0
+        faults.migrate_stall = _env_flag("KVMLAB_FAKE_MIGRATE_STALL")
+        faults.migrate_die = _env_flag("KVMLAB_FAKE_MIGRATE_DIE")
+        faults.migrate_time = _env_float("KVMLAB_FAKE_MIGRATE_TIME", None)
         return faults
 
     def to_dict(self) -> dict[str, object]:

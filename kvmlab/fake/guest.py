@@ -14,6 +14,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from kvmlab.fake.guest_shell import GuestShell
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["Guest", "facts"]
@@ -47,6 +48,18 @@ class Guest:
         self.boots = 0
         self.booted = -1
         self.pending_powerdown = False
+        #: The command channel's shell state (files, boot id) and the boot it belongs to.
+        self._shell: GuestShell | None = None
+        self._shell_boot = -1
+
+    def shell(self) -> GuestShell:
+        """The shell state of the current boot (a reset starts a new one)."""
+        if self._shell is None or self._shell_boot != self.boots:
+            from kvmlab.fake.guest_shell import GuestShell  # noqa: PLC0415 - first use only
+
+            self._shell = GuestShell(self.machine)
+            self._shell_boot = self.boots
+        return self._shell
 
     def vcpus_started(self) -> None:
         """The vCPUs run (start, ``cont``): boot the first time, deliver a pending ACPI event."""

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from kvmlab.fake.config import ChardevSpec, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
+    from kvmlab.fake.incoming import Incoming
+    from kvmlab.fake.migration import Outgoing
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["Machine"]
@@ -48,7 +50,8 @@ class Machine:
     :param faults: injected misbehaviour.
     :param log: the event log.
     :param prog: program name for messages.
-    :ivar status: QEMU's run state: ``prelaunch``, ``running``, ``paused``, ``shutdown``.
+    :ivar status: QEMU's run state: ``prelaunch``, ``running``, ``paused``, ``shutdown``,
+        and for migration ``inmigrate``, ``finish-migrate``, ``postmigrate``.
     :ivar devices: the guest's devices in the order it enumerates them; the
         command line's NICs at start; QMP hotplug adds and removes here.
     """
@@ -61,7 +64,12 @@ class Machine:
         self.faults = faults
         self.log = log
         self.prog = prog
-        self.status = "prelaunch"
+        self.status = "inmigrate" if cfg.incoming is not None else "prelaunch"
+        #: The migration sides (:mod:`kvmlab.fake.migration`, :mod:`kvmlab.fake.incoming`).
+        self.outgoing: Outgoing | None = None
+        self.incoming: Incoming | None = None
+        self.migrate_caps: dict[str, bool] | None = None
+        self.migrate_params: dict[str, object] | None = None
         self.devices: list[Nic] = list(cfg.nics)
         #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug`).
         self.netdevs: dict[str, str] | None = None
@@ -104,9 +112,9 @@ class Machine:
             self._setup(ready_fd)
             if ready_fd is not None:
                 self._detach(ready_fd)
-            self.log("ready", status="prelaunch" if self.cfg.start_paused else "running")
-            if not self.cfg.start_paused:
+            if self.status == "prelaunch" and not self.cfg.start_paused:
                 self.resume(quiet=True)
+            self.log("ready", status=self.status)
             if self.faults.crash_after is not None:
                 self.loop.after(self.faults.crash_after, self._crash)
             self.loop.run()
@@ -139,6 +147,11 @@ class Machine:
         host.check_boot_files(cfg)
         if cfg.chroot is not None and not os.path.isdir(cfg.chroot):
             raise FakeError("chroot failed")
+        if cfg.incoming is not None:
+            # Listening before the -daemonize parent exits: the caller may connect at once.
+            from kvmlab.fake.incoming import Incoming  # noqa: PLC0415 - migration targets only
+
+            self.incoming = Incoming(self, cfg.incoming)
         for dev in self.chardevs:
             if dev.listener is not None and dev.spec.wait:
                 dev.wait_for_client()
@@ -181,6 +194,9 @@ class Machine:
     def _cleanup(self, code: int, reason: str) -> None:
         """Close and remove what this process created, like QEMU at exit."""
         self.log("exit", code=code, reason=reason)
+        for side in (self.outgoing, self.incoming):
+            if side is not None:
+                side.close()
         for dev in self.chardevs:
             dev.close()
         for dev in self.chardevs:
@@ -260,6 +276,9 @@ class Machine:
         """Run the vCPUs (``cont``, or start without ``-S``)."""
         if self.status == "running":
             return
+        if self.incoming is not None and self.incoming.waiting():
+            self.incoming.autostart = True  # QEMU: ``cont`` during inmigrate runs it once in
+            return
         self.status = "running"
         if not quiet:
             self.event("RESUME")
@@ -267,6 +286,8 @@ class Machine:
 
     def stop(self) -> None:
         """Pause the vCPUs (``stop``)."""
+        if self.incoming is not None and self.incoming.waiting():
+            self.incoming.autostart = False
         if self.status == "running":
             self.status = "paused"
             self.event("STOP")

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 if TYPE_CHECKING:
     from kvmlab.fake.config import Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
+    from kvmlab.fake.guest import Guest
+    from kvmlab.fake.incoming import Incoming
     from kvmlab.fake.loop import EventLoop
+    from kvmlab.fake.migration import Outgoing
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["MachineView"]
@@ -25,7 +28,8 @@ __all__ = ["MachineView"]
 class MachineView(Protocol):
     """The machine as its components see it.
 
-    :ivar status: QEMU's run state: ``prelaunch``, ``running``, ``paused``, ``shutdown``.
+    :ivar status: QEMU's run state: ``prelaunch``, ``running``, ``paused``, ``shutdown``,
+        ``inmigrate``, ``finish-migrate``, ``postmigrate``.
     """
 
     cfg: Config
@@ -37,6 +41,12 @@ class MachineView(Protocol):
     devices: list[Nic]
     netdevs: dict[str, str] | None
     pending_unplug: list[str]
+    prog: str
+    guest: Guest
+    outgoing: Outgoing | None
+    incoming: Incoming | None
+    migrate_caps: dict[str, bool] | None
+    migrate_params: dict[str, object] | None
 
     @property
     def nics(self) -> list[Nic]:

@@ -15,7 +15,7 @@ from kvmlab.fake.hmp import run_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Container
 
     from kvmlab.fake.machine_view import MachineView
     from kvmlab.fake.profiles import Profile
@@ -37,7 +37,7 @@ class QmpCommand:
     def __init__(
         self,
         run: Callable[[MachineView, dict[str, object]], object],
-        allowed: frozenset[str] = frozenset(),
+        allowed: Container[str] = frozenset(),
         required: tuple[str, ...] = (),
         after: Callable[[MachineView], None] | None = None,
     ) -> None:
@@ -152,6 +152,50 @@ def _device_deleted(m: MachineView) -> None:
     hotplug.device_deleted(m)
 
 
+class _AnyName:
+    """``allowed`` for a command whose handler checks its own argument names."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+def _migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import migration  # noqa: PLC0415 - only when a VM is migrated
+
+    return migration.migrate(m, arguments)
+
+
+def _migrate_cancel(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import migration  # noqa: PLC0415
+
+    return migration.migrate_cancel(m, arguments)
+
+
+def _query_migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import migration  # noqa: PLC0415
+
+    return migration.query_migrate(m, arguments)
+
+
+def _migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import incoming  # noqa: PLC0415
+
+    return incoming.migrate_incoming(m, arguments)
+
+
+def _migration_settings(name: str) -> Callable[[MachineView, dict[str, object]], object]:
+    """``migrate-set-capabilities`` and co.: :mod:`kvmlab.fake.migration_params`' ``name``."""
+
+    def run(m: MachineView, arguments: dict[str, object]) -> object:
+        from kvmlab.fake import migration_params  # noqa: PLC0415
+
+        handler: Callable[[MachineView, dict[str, object]], object]
+        handler = getattr(migration_params, name)
+        return handler(m, arguments)
+
+    return run
+
+
 def _resume(m: MachineView) -> None:
     m.resume()
 
@@ -188,6 +232,26 @@ COMMANDS: dict[str, QmpCommand] = {
         ("driver",),
     ),
     "device_del": QmpCommand(_device_del, frozenset({"id"}), ("id",), after=_device_deleted),
+    "migrate": QmpCommand(
+        _migrate,
+        frozenset({"uri", "blk", "inc", "detach", "resume", "channels"}),
+        ("uri",),
+    ),
+    "migrate_cancel": QmpCommand(_migrate_cancel),
+    "query-migrate": QmpCommand(_query_migrate),
+    "migrate-incoming": QmpCommand(
+        _migrate_incoming,
+        frozenset({"uri", "channels", "exit-on-error"}),
+        ("uri",),
+    ),
+    "migrate-set-capabilities": QmpCommand(
+        _migration_settings("set_capabilities"),
+        frozenset({"capabilities"}),
+        ("capabilities",),
+    ),
+    "query-migrate-capabilities": QmpCommand(_migration_settings("query_capabilities")),
+    "migrate-set-parameters": QmpCommand(_migration_settings("set_parameters"), _AnyName()),
+    "query-migrate-parameters": QmpCommand(_migration_settings("query_parameters")),
     "human-monitor-command": QmpCommand(
         _human_monitor_command, frozenset({"command-line", "cpu-index"}), ("command-line",)
     ),

@@ -1,0 +1,306 @@
+"""Live migration, the source side: QMP ``migrate`` and friends, and the transfer.
+
+``migrate {"uri": "unix:PATH"|"tcp:HOST:PORT"}`` answers ``{}`` at once and runs in
+the background on the event loop, through QEMU's states: ``setup`` (connect, send
+the header :func:`~kvmlab.fake.migration_state.describe` makes), ``active`` (RAM is
+"copied": ``ram.transferred`` grows with time at ``max-bandwidth``; nothing is
+really sent), then the stop-and-copy (the vCPUs stop: ``STOP``, run state
+``finish-migrate``; under QEMU 10 the ``device`` status), the guest state line,
+the target's acknowledgement, ``completed`` and run state ``postmigrate``. A
+connection error, or the target closing the connection (it refused the stream or
+died), makes it ``failed`` with QEMU's ``error-desc`` and the VM runs on;
+``migrate_cancel`` makes it ``cancelling`` then ``cancelled``. ``MIGRATION`` and
+``MIGRATION_PASS`` events are sent when the ``events`` capability is on. The
+``KVMLAB_FAKE_MIGRATE_STALL`` fault keeps it ``active`` forever (the guest dirties
+memory as fast as it is sent), ``KVMLAB_FAKE_MIGRATE_TIME`` sets how long
+``active`` lasts. Imported on the first migration command only.
+"""
+
+from __future__ import annotations
+
+import _socket
+import sys
+import time
+
+from kvmlab.fake.errors import QmpCommandError
+from kvmlab.fake.lazy import json_module
+from kvmlab.fake.migration_state import address, describe, snapshot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kvmlab.fake.machine_view import MachineView
+
+__all__ = ["Outgoing", "migrate", "migrate_cancel", "query_migrate"]
+
+PAGE = 4096
+#: RAM beyond ``-m`` that QEMU migrates too (ROMs, firmware): 520 KiB on a ``pc``.
+_EXTRA_RAM = 532480
+#: Device state sent during the downtime, as QEMU 7.2 reports ``downtime-bytes``.
+_DEVICE_BYTES = 16423
+_BROKEN_PIPE = "Unable to write to socket: Broken pipe"
+
+
+def used_ram(memory: int) -> int:
+    """What the fake guest has touched (a busybox initramfs): 4 MiB + 1/128 of RAM, in pages."""
+    return min(memory, 4 * 1024 * 1024 + memory // 128) // PAGE * PAGE
+
+
+class Outgoing:
+    """One outgoing migration: its status, its clock and its connection to the target."""
+
+    def __init__(self, m: MachineView, uri: str) -> None:
+        self.m = m
+        self.uri = uri
+        self.status = "setup"
+        self.error: str | None = None
+        self.sock: _socket.socket | None = None
+        self.was_running = m.status == "running"
+        self.started = time.monotonic()
+        self.active_at: float | None = None
+        self.stopped_at: float | None = None
+        self.ended_at: float | None = None
+        self.ram_total = m.cfg.memory + _EXTRA_RAM
+        self.normal = used_ram(m.cfg.memory) // PAGE
+        self.duplicate = self.ram_total // PAGE - self.normal
+        #: Bytes of the RAM stream: whole pages, and 9 bytes per zero page.
+        self.stream = self.normal * (PAGE + 8) + self.duplicate * 9
+        params = parameters(m)
+        self.bandwidth = int(str(params["max-bandwidth"])) or 10 * 1024**3  # 0: no limit
+        self.downtime_limit = int(str(params["downtime-limit"]))
+        limit = m.faults.migrate_time
+        self.duration = self.stream / self.bandwidth if limit is None else limit
+        self.stall = m.faults.migrate_stall
+
+    # -- the run
+
+    def begin(self) -> None:
+        self._event("setup")
+        self.m.log("migrate", uri=self.uri, status="setup")
+        self.m.loop.after(0.001, self._connect)
+
+    def _connect(self) -> None:
+        if self.status != "setup":
+            return
+        family, where = address(self.uri)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        sock.settimeout(2.0)
+        try:
+            sock.connect(where)
+            header = json_module().dumps(describe(self.m)) + "\n"
+            sock.sendall(header.encode())
+        except OSError as err:
+            sock.close()
+            shown = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
+            self.fail(f"Failed to connect to '{shown}': {err.strerror}")
+            return
+        self.sock = sock
+        self.m.loop.watch(sock.fileno(), self._readable)
+        self.active_at = time.monotonic()
+        self.status = "active"
+        self._event("pass", 1)
+        self._event("active")
+        if not self.stall:
+            self.m.loop.after(self.duration, self._stop_and_copy)
+
+    def _stop_and_copy(self) -> None:
+        if self.status != "active" or self.sock is None:
+            return
+        m = self.m
+        self.stopped_at = time.monotonic()
+        if m.status == "running":
+            m.status = "finish-migrate"
+            m.event("STOP")
+        else:
+            m.status = "finish-migrate"
+        if m.profile.version >= (9, 0, 0):
+            self.status = "device"
+            self._event("device")
+        self._event("pass", 2)
+        line = json_module().dumps({"guest": snapshot(m, self.was_running)}) + "\n"
+        try:
+            self.sock.sendall(line.encode())
+        except OSError:
+            self.fail(_BROKEN_PIPE)
+
+    def _readable(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.fail(_BROKEN_PIPE)
+        elif data.startswith(b"ok") and self.stopped_at is not None:
+            self._complete()
+
+    def _complete(self) -> None:
+        self._close_socket()
+        self.ended_at = time.monotonic()
+        self.status = "completed"
+        self.m.status = "postmigrate"
+        self.m.log("migrate", uri=self.uri, status="completed", ms=self._ms(self.ended_at))
+        self._event("completed")
+
+    def fail(self, desc: str) -> None:
+        """End as ``failed``; the VM runs on as before the migration."""
+        self._close_socket()
+        self.ended_at = time.monotonic()
+        self.status = "failed"
+        self.error = desc
+        print(f"{self.m.prog}: {desc}", file=sys.stderr)
+        self.m.log("migrate", uri=self.uri, status="failed", error=desc)
+        self._restart()
+        self._event("failed")
+
+    def cancel(self) -> None:
+        """``migrate_cancel``: ``cancelling`` now, ``cancelled`` once the stream is closed."""
+        if self.status not in ("setup", "active", "device"):
+            return
+        self._close_socket()
+        self.status = "cancelling"
+        self._event("cancelling")
+        self.m.loop.after(0.002, self._cancelled)
+
+    def _cancelled(self) -> None:
+        self.ended_at = time.monotonic()
+        self.status = "cancelled"
+        self.m.log("migrate", uri=self.uri, status="cancelled")
+        self._restart()
+        self._event("cancelled")
+
+    def _restart(self) -> None:
+        if self.m.status == "finish-migrate":
+            self.m.status = "paused"
+            if self.was_running:
+                self.m.resume()
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            self.m.loop.unwatch(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def close(self) -> None:
+        """At exit: drop the connection."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _event(self, status: str, passes: int = 0) -> None:
+        if capabilities(self.m).get("events"):
+            if passes:
+                self.m.event("MIGRATION_PASS", {"pass": passes})
+            else:
+                self.m.event("MIGRATION", {"status": status})
+
+    # -- query-migrate
+
+    def _ms(self, until: float | None = None) -> int:
+        return int(((until or time.monotonic()) - self.started) * 1000)
+
+    def query(self) -> dict[str, object]:
+        """``query-migrate``'s answer, with the fields QEMU gives in each status."""
+        status = self.status
+        if status in ("setup", "cancelling", "cancelled"):
+            return {"status": status}
+        if status == "failed":
+            return {"status": status, "error-desc": self.error or ""}
+        assert self.active_at is not None
+        now = self.ended_at or time.monotonic()
+        copying = min(now, self.stopped_at or now) - self.active_at
+        info: dict[str, object] = {}
+        if status == "completed" and self.stopped_at is not None:
+            info = {"status": status, "setup-time": self._ms(self.active_at) or 1}
+            info["downtime"] = int((now - self.stopped_at) * 1000)
+        else:
+            info["expected-downtime"] = self.downtime_limit
+            info = {**info, "status": status, "setup-time": self._ms(self.active_at) or 1}
+        info["total-time"] = self._ms(now)
+        info["ram"] = self._ram(copying, status == "completed")
+        if self.stall:
+            info["expected-downtime"] = self.ram_total // 10 * 1000 // self.bandwidth
+        return info
+
+    def _ram(self, copying: float, done: bool) -> dict[str, object]:
+        if self.stall:
+            fraction = min(copying * self.bandwidth / self.stream, 0.9)
+            transferred = int(copying * self.bandwidth)
+        else:
+            fraction = 1.0 if done else min(copying / max(self.duration, 1e-6), 1.0)
+            transferred = int(self.stream * fraction)
+        normal = int(self.normal * fraction)
+        downtime_bytes = _DEVICE_BYTES if done else 0
+        remaining = 0 if done else (self.ram_total - int(self.ram_total * fraction)) // PAGE * PAGE
+        seconds = max(copying, 1e-3)
+        ram: dict[str, object] = {
+            "total": self.ram_total,
+            "postcopy-requests": 0,
+            "dirty-sync-count": 2 if done else 1 + int(self.stall and copying > self.duration),
+            "multifd-bytes": 0,
+            "pages-per-second": int((normal + int(self.duplicate * fraction)) / seconds),
+            "downtime-bytes": downtime_bytes,
+            "page-size": PAGE,
+            "remaining": remaining,
+            "postcopy-bytes": 0,
+            "mbps": transferred * 8 / 1e6 / seconds,
+            "transferred": transferred + downtime_bytes,
+            "dirty-sync-missed-zero-copy": 0,
+            "precopy-bytes": transferred,
+            "duplicate": int(self.duplicate * fraction),
+            "dirty-pages-rate": self.bandwidth // PAGE if self.stall else 0,
+            "skipped": 0,
+            "normal-bytes": (normal + (2 if done else 0)) * PAGE,
+            "normal": normal + (2 if done else 0),
+        }
+        if self.m.profile.version >= (9, 0, 0):
+            del ram["skipped"]
+        return ram
+
+
+# --------------------------------------------------------------------------- QMP
+
+
+def capabilities(m: MachineView) -> dict[str, bool]:
+    """The migration capabilities set so far (``events`` is the one the fake acts on)."""
+    if m.migrate_caps is None:
+        m.migrate_caps = {}
+    return m.migrate_caps
+
+
+def parameters(m: MachineView) -> dict[str, object]:
+    """``query-migrate-parameters``: QEMU's defaults, as changed by ``migrate-set-parameters``."""
+    if m.migrate_params is None:
+        from kvmlab.fake.migration_params import defaults  # noqa: PLC0415
+
+        m.migrate_params = defaults(m.profile.version)
+    return m.migrate_params
+
+
+def migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    uri = str(arguments["uri"])
+    current = m.outgoing
+    if m.status == "inmigrate":
+        raise QmpCommandError("Guest is waiting for an incoming migration")
+    if current is not None and current.status in ("setup", "active", "device", "cancelling"):
+        raise QmpCommandError("There's a migration process in progress")
+    if m.status == "postmigrate":
+        raise QmpCommandError("Can't migrate the vm that was paused due to previous migration")
+    try:
+        address(uri)
+    except ValueError:
+        raise QmpCommandError("Parameter 'uri' expects a valid migration protocol") from None
+    m.outgoing = Outgoing(m, uri)
+    m.outgoing.begin()
+    return {}
+
+
+def migrate_cancel(m: MachineView, arguments: dict[str, object]) -> object:
+    if m.outgoing is not None:
+        m.outgoing.cancel()
+    return {}
+
+
+def query_migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    if m.incoming is not None:
+        return m.incoming.query()
+    return m.outgoing.query() if m.outgoing is not None else {}
