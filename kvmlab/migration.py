@@ -382,13 +382,18 @@ def _source_outcome(source: StateLayout, name: str) -> str | None:
         return None
     try:
         with _qmp(source, name) as qmp:
-            status = str(qmp.execute("query-migrate").get("status", "none"))
+            info = qmp.execute("query-migrate")
+            status = str(info.get("status", "none"))
+            seen_active = status in ACTIVE
             if status in ACTIVE:
                 qmp.execute("migrate_cancel")
                 deadline = time.monotonic() + TARGET_TIMEOUT
                 while status in ACTIVE and time.monotonic() < deadline:
                     time.sleep(POLL_INTERVAL)
-                    status = str(qmp.execute("query-migrate").get("status", "none"))
+                    info = qmp.execute("query-migrate")
+                    status = str(info.get("status", "none"))
+            if status == "completed" and not _ours(qmp, info, seen_active):
+                return "none"  # the migration that brought it here, not one from it
             return status
     except (QmpError, AttributeError):
         return None
@@ -508,13 +513,17 @@ def _transfer(
         qmp.execute("stop")
     qmp.execute("migrate", {"uri": uri})
     deadline = time.monotonic() + timeout
+    seen_active = False
     while True:
         info: Mapping[str, Any] = qmp.execute("query-migrate")
         status = str(info.get("status", "none"))
         if progress is not None:
             progress(info)
-        if status == "completed":
+        seen_active = seen_active or status in ACTIVE
+        if status == "completed" and _ours(qmp, info, seen_active):
             return _settled(qmp, info)
+        if status == "completed":
+            status = "setup"
         if status not in ACTIVE:
             return info
         if time.monotonic() >= deadline or running_pid(target, name) is None:
@@ -525,10 +534,24 @@ def _transfer(
                 time.sleep(POLL_INTERVAL)
                 info = qmp.execute("query-migrate")
                 status = str(info.get("status", "none"))
-            if status == "completed":  # it finished while being cancelled
-                return info
+            if status == "completed" and _ours(qmp, info, seen_active):
+                return info  # it finished while being cancelled
             return {**info, "status": "timeout" if timed_out else status}
         time.sleep(POLL_INTERVAL)
+
+
+def _ours(qmp: Any, info: Mapping[str, Any], seen_active: bool) -> bool:
+    """Whether a ``completed`` reply is this transfer's end.
+
+    A VM that arrived by migration answers ``query-migrate`` with that *incoming*
+    migration (``completed``, no ``ram`` figures) until its own outgoing state shows;
+    QEMU replaces it as soon as ``migrate`` ran, the fake kvm of branch ``fakemig`` keeps
+    it. The source's run state settles it: ``postmigrate`` only follows an outgoing
+    migration that completed.
+    """
+    if seen_active or "ram" in info:
+        return True
+    return str(qmp.execute("query-status").get("status")) == "postmigrate"
 
 
 def _settled(qmp: Any, info: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -538,10 +561,10 @@ def _settled(qmp: Any, info: Mapping[str, Any]) -> Mapping[str, Any]:
     ``total-time`` and ``downtime`` (QEMU 7.2 and 10.0: ``migration_calculate_complete``
     runs after ``migration_completion``): a reply in between says 0 ms for both.
     """
-    for _ in range(40):
+    for _ in range(10):  # microseconds apart in QEMU; a fake may really report 0 ms
         if info.get("total-time"):
             break
-        time.sleep(POLL_INTERVAL / 2)
+        time.sleep(0.01)
         info = qmp.execute("query-migrate")
     return info
 
