@@ -55,6 +55,13 @@ Environment (read once at start; a fault sticks to the process it was given to):
 ``KVMLAB_FAKE_POWERDOWN_DELAY=SECONDS``
     how long an ACPI guest takes to power off after ``system_powerdown``
     (default 0.1).
+``KVMLAB_FAKE_MIGRATE_STALL=1``
+    (migration source) the migration never converges: ``active`` until cancelled.
+``KVMLAB_FAKE_MIGRATE_DIE=1``
+    the process dies of ``SIGKILL`` once a migration's transfer began (source or
+    target), leaving its files behind.
+``KVMLAB_FAKE_MIGRATE_TIME=SECONDS``
+    (migration source) how long the ``active`` phase of a migration lasts.
 
 Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the map):
 
@@ -66,7 +73,10 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
   to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
   :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.qmp` (+ ``qmp_commands``),
-  :mod:`~kvmlab.fake.hmp` and :mod:`~kvmlab.fake.guest`;
+  :mod:`~kvmlab.fake.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
+  :mod:`~kvmlab.fake.migration` (source), :mod:`~kvmlab.fake.incoming` (target,
+  ``-incoming``), :mod:`~kvmlab.fake.migration_state` and
+  :mod:`~kvmlab.fake.migration_params`, loaded only when used;
 - :mod:`~kvmlab.fake.errors`, :mod:`~kvmlab.fake.lazy`: shared by all.
 
 Start time is most of what a fake is for, so imports are chosen by their cost:

@@ -61,6 +61,10 @@ class Guest:
             self._shell_boot = self.boots
         return self._shell
 
+    def current_shell(self) -> GuestShell | None:
+        """The current boot's shell state if a command made one (none is made here)."""
+        return self._shell if self._shell_boot == self.boots else None
+
     def vcpus_started(self) -> None:
         """The vCPUs run (start, ``cont``): boot the first time, deliver a pending ACPI event."""
         if self.needs_boot:

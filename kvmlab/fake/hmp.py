@@ -114,7 +114,8 @@ def _help(m: MachineView, args: list[str]) -> str | None:
 
 
 def _info_status(m: MachineView) -> str:
-    return f"VM status: {_HMP_STATUS[m.status]}\r\n"
+    # QEMU: "paused (STATE)" for every state but running and paused (inmigrate, postmigrate...)
+    return f"VM status: {_HMP_STATUS.get(m.status, f'paused ({m.status})')}\r\n"
 
 
 def _info_name(m: MachineView) -> str:

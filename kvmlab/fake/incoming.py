@@ -10,20 +10,19 @@ QEMU's errors, sends ``MIGRATION`` ``failed`` and exits with status 1, as QEMU d
 The guest state line completes it: the guest carries on where the source's left off
 (no second boot), the VM runs (``RESUME``; stays ``paused`` under ``-S`` or when the
 source was paused) and the source gets its acknowledgement. With
-``KVMLAB_FAKE_MIGRATE_DIE`` the process dies of ``SIGKILL`` once the transfer began.
+``KVMLAB_FAKE_MIGRATE_DIE`` the process dies of ``SIGKILL`` 5 ms after the source
+connected, before reading anything.
 """
 
 from __future__ import annotations
 
 import _socket
-import contextlib
-import os
 import sys
 
 from kvmlab.fake.errors import FakeError, QmpCommandError, Shutdown
 from kvmlab.fake.host import unlink
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_state import address, mismatch, restore
+from kvmlab.fake.migration_state import address, die, mismatch, restore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["Incoming", "migrate_incoming"]
-
-_SIGKILL = 9
 
 
 class Incoming:
@@ -68,8 +65,10 @@ class Incoming:
         """
         try:
             family, addr = address(uri)
-        except ValueError:
-            raise FakeError(f"unknown migration protocol: {uri}", where) from None
+        except ValueError as err:
+            raise FakeError(str(err), where) from None
+        except OSError as err:
+            raise FakeError(str(err.strerror), where) from None
         sock = _socket.socket(family, _socket.SOCK_STREAM)
         try:
             if isinstance(addr, str):
@@ -103,17 +102,13 @@ class Incoming:
         self.m.loop.unwatch(self.listener.fileno())
         self.listener.close()
         self.listener = None
-        self.m.loop.watch(self.conn.fileno(), self._readable)
         self.status = "active"
         self._event("active")
         if self.m.faults.migrate_die:
-            self.m.loop.after(0.005, self._die)
-
-    def _die(self) -> NoReturn:
-        """``KVMLAB_FAKE_MIGRATE_DIE``: killed mid-transfer; files stay behind."""
-        self.m.log("crash", fault="KVMLAB_FAKE_MIGRATE_DIE")
-        os.kill(os.getpid(), _SIGKILL)
-        os._exit(137)  # pragma: no cover - not reached
+            # Dies before it has read the header: the source cannot have finished.
+            self.m.loop.after(0.005, lambda: die(self.m))
+            return
+        self.m.loop.watch(self.conn.fileno(), self._readable)
 
     def _readable(self) -> None:
         assert self.conn is not None
@@ -121,8 +116,14 @@ class Incoming:
             data = self.conn.recv(65536)
         except OSError:
             data = b""
-        if not data:
-            self._fail(["load of migration failed: Input/output error"])
+        if not data:  # the source cancelled or died: QEMU reads zeros in the RAM section
+            self._fail(
+                [
+                    "Unknown combination of migration flags: 0x0",
+                    "error while loading state section id 2(ram)",
+                    "load of migration failed: Invalid argument",
+                ]
+            )
         self.buffer += data
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
@@ -137,7 +138,11 @@ class Incoming:
                 problems = mismatch(self.m, message)
                 if problems:
                     self._fail(problems)
+                self._reply(b"loading\n")
             else:
+                problems = mismatch(self.m, self.header, devices=True)
+                if problems:
+                    self._fail(problems)
                 guest = message.get("guest")
                 self._complete(guest if isinstance(guest, dict) else {})
 
@@ -147,13 +152,20 @@ class Incoming:
         m.status = "paused"
         self.status = "completed"
         m.log("incoming", status="completed")
-        if self.conn is not None:
-            with contextlib.suppress(OSError):  # the source went away: it will fail
-                self.conn.sendall(b"ok\n")
-            self._close_conn()
+        self._reply(b"ok\n")
+        self._close_conn()
         if self.autostart and state.get("running", True):
             m.resume()
         self._event("completed")
+
+    def _reply(self, line: bytes) -> None:
+        """Tell the source (the fake's stand-in for the stream's flow control and return path)."""
+        if self.conn is not None:
+            # Not ``contextlib.suppress``: the fake imports no ``contextlib`` (start-up).
+            try:  # noqa: SIM105
+                self.conn.sendall(line)
+            except OSError:  # the source went away: the stream ends, and so do we
+                pass
 
     def _fail(self, lines: list[str]) -> NoReturn:
         for line in lines:
@@ -169,11 +181,13 @@ class Incoming:
             self.m.event("MIGRATION", {"status": status})
 
     def query(self) -> dict[str, object]:
-        """``query-migrate`` on the target."""
-        if self.status is not None:
+        """``query-migrate`` on the target, as QEMU 7.2 and 10.0 answer it."""
+        if self.status == "completed":
             return {"status": self.status}
         info: dict[str, object] = {}
-        if self.m.profile.version >= (9, 0, 0) and self.socket_address is not None:
+        if self.status is not None:
+            info["status"] = self.status
+        elif self.m.profile.version >= (9, 0, 0) and self.socket_address is not None:
             info["status"] = "setup"
         if self.socket_address is not None:
             info["socket-address"] = [self.socket_address]
@@ -197,11 +211,14 @@ class Incoming:
 
 def migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
     incoming = m.incoming
-    if incoming is None or not incoming.deferred:
-        raise QmpCommandError("For use with '-incoming defer'")
-    if incoming.listener is not None or incoming.status is not None:
+    if incoming is not None and (incoming.listener is not None or incoming.status is not None):
         raise QmpCommandError("The incoming migration has already been started")
+    if incoming is None or m.status != "inmigrate":
+        raise QmpCommandError("'-incoming' was not specified on the command line")
     uri = str(arguments["uri"])
+    if m.profile.version < (9, 0, 0):
+        # QEMU 7.2 sends this one whatever the ``events`` capability says.
+        m.event("MIGRATION", {"status": "setup"})
     try:
         incoming.listen(uri, "")
     except FakeError as err:

@@ -24,7 +24,7 @@ import time
 
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_state import address, describe, snapshot
+from kvmlab.fake.migration_state import address, describe, die, snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,11 +38,16 @@ _EXTRA_RAM = 532480
 #: Device state sent during the downtime, as QEMU 7.2 reports ``downtime-bytes``.
 _DEVICE_BYTES = 16423
 _BROKEN_PIPE = "Unable to write to socket: Broken pipe"
+#: How long the stop-and-copy takes without a return path (seconds).
+_DOWNTIME = 0.003
 
 
 def used_ram(memory: int) -> int:
-    """What the fake guest has touched (a busybox initramfs): 4 MiB + 1/128 of RAM, in pages."""
-    return min(memory, 4 * 1024 * 1024 + memory // 128) // PAGE * PAGE
+    """What the fake guest has touched (a busybox initramfs): 2 MiB + 1/256 of RAM, in pages.
+
+    With the zero pages, at the default 128 MiB/s, that is ~40 ms for 512 MiB, ~115 ms for 2 GiB.
+    """
+    return min(memory, 2 * 1024 * 1024 + memory // 256) // PAGE * PAGE
 
 
 class Outgoing:
@@ -70,6 +75,12 @@ class Outgoing:
         limit = m.faults.migrate_time
         self.duration = self.stream / self.bandwidth if limit is None else limit
         self.stall = m.faults.migrate_stall
+        #: The ``return-path`` capability: the source waits for the target's verdict.
+        self.return_path = bool(capabilities(m).get("return-path"))
+        #: What the target said; it has accepted the header; the RAM phase is over.
+        self.replies = b""
+        self.loading = False
+        self.due = False
 
     # -- the run
 
@@ -81,7 +92,11 @@ class Outgoing:
     def _connect(self) -> None:
         if self.status != "setup":
             return
-        family, where = address(self.uri)
+        try:
+            family, where = address(self.uri)
+        except OSError as err:
+            self.fail(str(err.strerror))
+            return
         sock = _socket.socket(family, _socket.SOCK_STREAM)
         sock.settimeout(2.0)
         try:
@@ -99,19 +114,30 @@ class Outgoing:
         self.status = "active"
         self._event("pass", 1)
         self._event("active")
+        if self.m.faults.migrate_die:
+            self.m.loop.after(min(self.duration / 2, 0.005), self._die)
         if not self.stall:
             self.m.loop.after(self.duration, self._stop_and_copy)
+
+    def _die(self) -> None:
+        if self.status == "active":  # not once cancelled
+            die(self.m)
 
     def _stop_and_copy(self) -> None:
         if self.status != "active" or self.sock is None:
             return
+        if not self.loading:
+            # The target has not read the header yet: a real stream would be held up
+            # by the full socket buffer until it reads (or refuses) it.
+            self.due = True
+            return
         m = self.m
         self.stopped_at = time.monotonic()
-        if m.status == "running":
-            m.status = "finish-migrate"
+        # The run state the target takes over: a VM paused meanwhile stays paused.
+        self.was_running = m.status == "running"
+        m.status = "finish-migrate"
+        if self.was_running:
             m.event("STOP")
-        else:
-            m.status = "finish-migrate"
         if m.profile.version >= (9, 0, 0):
             self.status = "device"
             self._event("device")
@@ -121,19 +147,39 @@ class Outgoing:
             self.sock.sendall(line.encode())
         except OSError:
             self.fail(_BROKEN_PIPE)
+            return
+        if not self.return_path:
+            # All is written: QEMU calls it done without hearing from the target,
+            # which may still refuse the device state and exit.
+            self.m.loop.after(_DOWNTIME, self._complete)
 
     def _readable(self) -> None:
+        """The target's lines: ``loading`` (header accepted), ``ok`` (state loaded), or EOF."""
         assert self.sock is not None
         try:
             data = self.sock.recv(4096)
         except OSError:
             data = b""
-        if not data:
-            self.fail(_BROKEN_PIPE)
-        elif data.startswith(b"ok") and self.stopped_at is not None:
-            self._complete()
+        self.replies += data
+        if b"loading\n" in self.replies and not self.loading:
+            self.loading = True
+            if self.due:  # the RAM is "sent": it could not be before the target read it
+                self._stop_and_copy()
+                return
+        if self.stopped_at is None:
+            if not data:  # the target refused the stream, or died
+                self.fail(_BROKEN_PIPE)
+        elif self.return_path:  # the target's answer on the return path
+            if b"ok\n" in self.replies:
+                self._complete()
+            elif not data:
+                self.fail(None)
+        elif not data:
+            self._close_socket()
 
     def _complete(self) -> None:
+        if self.status not in ("active", "device"):
+            return
         self._close_socket()
         self.ended_at = time.monotonic()
         self.status = "completed"
@@ -141,16 +187,17 @@ class Outgoing:
         self.m.log("migrate", uri=self.uri, status="completed", ms=self._ms(self.ended_at))
         self._event("completed")
 
-    def fail(self, desc: str) -> None:
-        """End as ``failed``; the VM runs on as before the migration."""
+    def fail(self, desc: str | None) -> None:
+        """End as ``failed`` (``desc``: QEMU's ``error-desc``, if it gives one); the VM runs on."""
         self._close_socket()
         self.ended_at = time.monotonic()
         self.status = "failed"
         self.error = desc
-        print(f"{self.m.prog}: {desc}", file=sys.stderr)
+        if desc is not None:
+            print(f"{self.m.prog}: {desc}", file=sys.stderr)
         self.m.log("migrate", uri=self.uri, status="failed", error=desc)
-        self._restart()
         self._event("failed")
+        self._restart()
 
     def cancel(self) -> None:
         """``migrate_cancel``: ``cancelling`` now, ``cancelled`` once the stream is closed."""
@@ -165,8 +212,8 @@ class Outgoing:
         self.ended_at = time.monotonic()
         self.status = "cancelled"
         self.m.log("migrate", uri=self.uri, status="cancelled")
-        self._restart()
         self._event("cancelled")
+        self._restart()
 
     def _restart(self) -> None:
         if self.m.status == "finish-migrate":
@@ -203,23 +250,31 @@ class Outgoing:
         status = self.status
         if status in ("setup", "cancelling", "cancelled"):
             return {"status": status}
+        if status == "failed" and self.error is None:
+            return {"status": status}
         if status == "failed":
-            return {"status": status, "error-desc": self.error or ""}
+            return {"status": status, "error-desc": self.error}
         assert self.active_at is not None
         now = self.ended_at or time.monotonic()
         copying = min(now, self.stopped_at or now) - self.active_at
-        info: dict[str, object] = {}
+        setup = self._ms(self.active_at) or 1
+        info: dict[str, object]  # in QEMU's order
         if status == "completed" and self.stopped_at is not None:
-            info = {"status": status, "setup-time": self._ms(self.active_at) or 1}
-            info["downtime"] = int((now - self.stopped_at) * 1000)
+            downtime = int((now - self.stopped_at) * 1000)
+            info = {"status": status, "setup-time": setup, "downtime": downtime}
         else:
-            info["expected-downtime"] = self.downtime_limit
-            info = {**info, "status": status, "setup-time": self._ms(self.active_at) or 1}
+            expected = self.downtime_limit
+            if self.stall:  # what is left to send, at the bandwidth: never under the limit
+                left = self.ram_total // 10 * 1000 // self.bandwidth
+                expected = max(left, 2 * self.downtime_limit)
+            info = {"expected-downtime": expected, "status": status, "setup-time": setup}
         info["total-time"] = self._ms(now)
         info["ram"] = self._ram(copying, status == "completed")
-        if self.stall:
-            info["expected-downtime"] = self.ram_total // 10 * 1000 // self.bandwidth
         return info
+
+    def _passes(self, copying: float) -> int:
+        """Under the stall fault, the passes over RAM completed so far."""
+        return int(copying * self.bandwidth / self.stream) if self.stall else 0
 
     def _ram(self, copying: float, done: bool) -> dict[str, object]:
         if self.stall:
@@ -235,7 +290,7 @@ class Outgoing:
         ram: dict[str, object] = {
             "total": self.ram_total,
             "postcopy-requests": 0,
-            "dirty-sync-count": 2 if done else 1 + int(self.stall and copying > self.duration),
+            "dirty-sync-count": 2 if done else 1 + self._passes(copying),
             "multifd-bytes": 0,
             "pages-per-second": int((normal + int(self.duplicate * fraction)) / seconds),
             "downtime-bytes": downtime_bytes,
@@ -287,7 +342,11 @@ def migrate(m: MachineView, arguments: dict[str, object]) -> object:
         raise QmpCommandError("Can't migrate the vm that was paused due to previous migration")
     try:
         address(uri)
+    except OSError:
+        pass  # a bad port: found by the connection, after the reply, as in QEMU
     except ValueError:
+        if m.profile.version >= (9, 0, 0):
+            raise QmpCommandError(f"unknown migration protocol: {uri}") from None
         raise QmpCommandError("Parameter 'uri' expects a valid migration protocol") from None
     m.outgoing = Outgoing(m, uri)
     m.outgoing.begin()

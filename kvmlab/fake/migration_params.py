@@ -125,7 +125,7 @@ def set_capabilities(m: MachineView, arguments: dict[str, object]) -> object:
             raise QmpCommandError(f"Parameter '{where}.{missing}' is missing")
         name = item["capability"]
         if name not in _names(m):
-            raise QmpCommandError(f"Parameter '{where}.capability' does not accept value '{name}'")
+            raise QmpCommandError(f"Parameter 'capability' does not accept value '{name}'")
         if not isinstance(item["state"], bool):
             raise QmpCommandError(f"Invalid parameter type for '{where}.state', expected: boolean")
         changes[str(name)] = item["state"]
@@ -155,21 +155,19 @@ def set_parameters(m: MachineView, arguments: dict[str, object]) -> object:
             raise QmpCommandError(f"Parameter '{key}' is unexpected")
         kind = type(params[key])
         if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-            raise QmpCommandError(f"Invalid parameter type for '{key}', expected: integer")
+            raise QmpCommandError(f"Parameter '{key}' expects uint64")
         if kind is bool and not isinstance(value, bool):
             raise QmpCommandError(f"Invalid parameter type for '{key}', expected: boolean")
         if kind is str and not isinstance(value, str):
             raise QmpCommandError(f"Invalid parameter type for '{key}', expected: string")
-    limit = arguments.get("downtime-limit")
-    if isinstance(limit, int) and not 0 <= limit <= _MAX_DOWNTIME:
+    changes = dict(arguments)
+    for key, value in arguments.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            changes[key] = value + 2**64  # QEMU reads a uint64: -1 is the largest value
+    limit = changes.get("downtime-limit")
+    if isinstance(limit, int) and limit > _MAX_DOWNTIME:
         raise QmpCommandError(
-            "Parameter 'downtime_limit' expects an integer in the range of 0 to 2000 seconds"
+            "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"
         )
-    bandwidth = arguments.get("max-bandwidth")
-    if isinstance(bandwidth, int) and not 0 <= bandwidth <= 2**64 - 1:
-        raise QmpCommandError(
-            "Parameter 'max_bandwidth' expects an integer in the range of 0 to 18446744073709551615"
-            " bytes/second"
-        )
-    params.update(arguments)
+    params.update(changes)
     return {}

@@ -15,13 +15,16 @@ and :mod:`kvmlab.fake.incoming` (target); loaded with them only.
 from __future__ import annotations
 
 import _socket
+import os
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["MAGIC", "address", "describe", "machine_type", "mismatch", "restore", "snapshot"]
+__all__ = ["MAGIC", "address", "describe", "die", "machine_type", "mismatch", "restore", "snapshot"]
 
 #: The first key of the stream's header line.
 MAGIC = "kvmlab-fake-migration"
@@ -34,14 +37,27 @@ _VM_SETUP = (
 def address(uri: str) -> tuple[int, str | tuple[str, int]]:
     """``unix:PATH`` or ``tcp:HOST:PORT`` as a socket family and address.
 
-    :raise ValueError: for another protocol or a bad port.
+    :raise ValueError: for another protocol (the protocol error's text).
+    :raise OSError: a port that is not a number (QEMU's resolution error as ``strerror``).
     """
     if uri.startswith("unix:"):
         return _socket.AF_UNIX, uri[5:]
     if uri.startswith("tcp:"):
-        host, _, port = uri[4:].rpartition(":")
-        return _socket.AF_INET, (host.strip("[]") or "0.0.0.0", int(port.split(",")[0]))
-    raise ValueError(uri)
+        host, _, port = uri[4:].partition(",")[0].rpartition(":")
+        if not port.isdigit():
+            raise OSError(
+                0,
+                f"address resolution failed for {uri[4:]}: Servname not supported for ai_socktype",
+            )
+        return _socket.AF_INET, (host.strip("[]") or "0.0.0.0", int(port))
+    raise ValueError(f"unknown migration protocol: {uri}")
+
+
+def die(m: MachineView) -> NoReturn:
+    """``KVMLAB_FAKE_MIGRATE_DIE``: killed mid-transfer (``SIGKILL``); files stay behind."""
+    m.log("crash", fault="KVMLAB_FAKE_MIGRATE_DIE")
+    os.kill(os.getpid(), 9)
+    os._exit(137)  # pragma: no cover - not reached
 
 
 def machine_type(m: MachineView) -> str:
@@ -63,7 +79,7 @@ def _sections(m: MachineView) -> list[list[object]]:
     the first thing a target misses when a NIC is only on the source). PCI slots
     count from 2 under ``-nodefaults`` (no VGA), else from 3, as QEMU numbers them.
     """
-    sections: list[list[object]] = [["section", "cpu", index] for index in range(m.cfg.cpus)]
+    sections: list[list[object]] = [["section", "cpu_common", index] for index in range(m.cfg.cpus)]
     taken = {nic.slot for nic in m.devices if nic.slot is not None}
     first = 2 if "-nodefaults" in m.cfg.argv else 3
     free = (slot for slot in range(first, 32) if slot not in taken)
@@ -85,9 +101,24 @@ def describe(m: MachineView) -> dict[str, object]:
     }
 
 
-def mismatch(m: MachineView, header: dict[str, object]) -> list[str]:
-    """QEMU's error lines for a stream this VM cannot load; empty when it can."""
+def mismatch(m: MachineView, header: dict[str, object], devices: bool = False) -> list[str]:
+    """QEMU's error lines for a stream this VM cannot load; empty when it can.
+
+    :param devices: check the device state sections (sent last, at the stop-and-copy)
+        rather than what comes first (configuration, RAM size, RAM blocks).
+    """
     invalid = "load of migration failed: Invalid argument"
+    listed = header.get("sections")
+    sections = [s for s in (listed if isinstance(listed, list) else []) if isinstance(s, list)]
+    mine = _sections(m)
+    if devices:
+        for kind, name, instance in sections:
+            if kind == "section" and [kind, name, instance] not in mine:
+                return [
+                    f"Unknown savevm section or instance '{name}' {instance}{_VM_SETUP}",
+                    invalid,
+                ]
+        return []
     if header.get(MAGIC) != 1:
         return ["Not a migration stream", invalid]
     local = machine_type(m)
@@ -95,42 +126,32 @@ def mismatch(m: MachineView, header: dict[str, object]) -> list[str]:
         received = header.get("machine")
         return [f"Machine type received is '{received}' and local is '{local}'", invalid]
     ram = header.get("ram")
-    if ram != m.cfg.memory and isinstance(ram, int):
-        return [
-            f"Size mismatch: pc.ram: {ram:#x} != {m.cfg.memory:#x}: Invalid argument",
-            "error while loading state for instance 0x0 of device 'ram'",
-            invalid,
-        ]
-    mine = _sections(m)
-    sections = header.get("sections")
-    listed = sections if isinstance(sections, list) else []
-    # The RAM section (with the NICs' ROM blocks) comes first in the stream.
-    for section in sorted(listed, key=lambda entry: entry[0] != "ramblock"):
-        if section in mine:
-            continue
-        kind, name, instance = section
-        if kind == "ramblock":
-            return [
-                f'Unknown ramblock "{name}", cannot accept migration',
-                "error while loading state for instance 0x0 of device 'ram'",
-                invalid,
-            ]
-        return [f"Unknown savevm section or instance '{name}' {instance}{_VM_SETUP}", invalid]
+    ramblocks = [s[1] for s in sections if s[0] == "ramblock" and s not in mine]
+    resized = isinstance(ram, int) and ram != m.cfg.memory
+    if resized or ramblocks:
+        first = (
+            f"Size mismatch: pc.ram: {ram:#x} != {m.cfg.memory:#x}: Invalid argument"
+            if resized
+            else f'Unknown ramblock "{ramblocks[0]}", cannot accept migration'
+        )
+        return [first, "error while loading state for instance 0x0 of device 'ram'", invalid]
     return []
 
 
 def snapshot(m: MachineView, running: bool) -> dict[str, object]:
     """The guest's state at the end of the transfer (the source is stopped by now)."""
     guest = m.guest
-    shell = guest.shell()
-    return {
+    state: dict[str, object] = {
         "running": running,
         "booted": guest.booted == guest.boots and not guest.needs_boot,
         "uptime": time.monotonic() - guest.booted_at if guest.booted_at is not None else 0.0,
         "pending_powerdown": guest.pending_powerdown,
-        "boot_id": shell.boot_id,
-        "files": dict(shell.files),
     }
+    shell = guest.current_shell()
+    if shell is not None:  # else no command ran: no one has seen a boot id or written a file
+        state["boot_id"] = shell.boot_id
+        state["files"] = dict(shell.files)
+    return state
 
 
 def restore(m: MachineView, state: dict[str, object]) -> None:
@@ -142,10 +163,9 @@ def restore(m: MachineView, state: dict[str, object]) -> None:
         uptime = state.get("uptime")
         guest.booted_at = time.monotonic() - (uptime if isinstance(uptime, float) else 0.0)
     guest.pending_powerdown = bool(state.get("pending_powerdown"))
-    shell = guest.shell()
     boot_id = state.get("boot_id")
-    if isinstance(boot_id, str):
-        shell.boot_id = boot_id
     files = state.get("files")
-    if isinstance(files, dict):
+    if isinstance(boot_id, str) and isinstance(files, dict):
+        shell = guest.shell()
+        shell.boot_id = boot_id
         shell.files = {str(path): str(text) for path, text in files.items()}

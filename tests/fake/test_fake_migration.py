@@ -10,9 +10,9 @@ No assertion depends on timing: waits poll for a state, with a generous limit.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -108,12 +108,13 @@ class Fake:
         self.folder = folder
         self.name = name
         self.qmp_path = folder / f"{name}.qmp"
+        base = folder / name
         self.argv = [
             *FAKE,
             "-name", name, "-nodefaults", "-display", "none", "-m", "512",
             "-machine", "pc,accel=tcg",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-serial", f"unix:{folder / name}.console,server=on,wait=off",
+            "-serial", f"unix:{base}.console,server=on,wait=off,logfile={base}.log",
             "-serial", f"unix:{folder / name}.cmd,server=on,wait=off",
             *extra,
         ]  # fmt: skip
@@ -123,11 +124,12 @@ class Fake:
         )
         try:
             assert wait_until(lambda: self.qmp_path.exists() or self.proc.poll() is not None)
-            assert self.proc.poll() is None, self.proc.communicate()[1]
+            if self.proc.poll() is not None:
+                pytest.fail(f"{name} did not start: {self.proc.communicate()[1]}")
             self.qmp = Qmp(self.qmp_path)
         except BaseException:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
             raise
         self.nonce = 0
 
@@ -222,21 +224,30 @@ def test_migration_moves_the_guest(lab: Any) -> None:
     boot_id = source.guest("cat /proc/sys/kernel/random/boot_id")
     assert target.status() == "inmigrate"
     assert target.qmp.ok("query-status")["running"] is False
-    console = target.console()
-    assert source.qmp.ok("migrate", uri=uri) == {}
-    info = wait_done(source)
-    assert info["status"] == "completed", info
-    target.qmp.event("MIGRATION", status="completed")
-    assert source.status() == "postmigrate"
-    assert target.status() == "running"
-    assert target.guest("cat /root/token") == "token-123\n"
-    assert target.guest("cat /proc/sys/kernel/random/boot_id") == boot_id
-    # The guest had booted on the source: the target prints no boot of its own.
-    console.sendall(b"")
-    readable, _, _ = select.select([console], [], [], 0.2)
-    assert not readable or b"KVMLAB-BOOT-OK" not in console.recv(65536)
-    console.close()
+    hmp = target.qmp.ok("human-monitor-command", **{"command-line": "info status"})
+    assert hmp == "VM status: paused (inmigrate)\r\n"
+    with target.console() as console:
+        assert source.qmp.ok("migrate", uri=uri) == {}
+        info = wait_done(source)
+        assert info["status"] == "completed", info
+        target.qmp.event("MIGRATION", status="completed")
+        assert source.status() == "postmigrate"
+        assert target.status() == "running"
+        assert target.guest("cat /root/token") == "token-123\n"
+        assert target.guest("cat /proc/sys/kernel/random/boot_id") == boot_id
+        # The guest had booted on the source: the target prints no boot of its own.
+        console.setblocking(False)
+        try:
+            printed = console.recv(65536)
+        except BlockingIOError:
+            printed = b""
+        assert b"KVMLAB-BOOT-OK" not in printed
+    # Nor did it print anything before (the console log has all it ever printed).
+    assert (lab.folder / "dst.log").read_bytes() == b""
+    assert (lab.folder / "src.log").read_bytes().count(b"KVMLAB-BOOT-OK") == 1
     assert source.proc.poll() is None  # postmigrate: paused, alive until quit
+    hmp = source.qmp.ok("human-monitor-command", **{"command-line": "info status"})
+    assert hmp == "VM status: paused (postmigrate)\r\n"
     assert source.qmp.ok("query-migrate")["status"] == "completed"
     assert target.qmp.ok("query-migrate") == {"status": "completed"}
 
@@ -317,7 +328,7 @@ def test_incoming_defer(lab: Any) -> None:
     again = target.qmp.cmd("migrate-incoming", uri=uri)
     assert again["error"]["desc"] == "The incoming migration has already been started"
     wrong = source.qmp.cmd("migrate-incoming", uri=uri)
-    assert wrong["error"]["desc"] == "For use with '-incoming defer'"
+    assert wrong["error"]["desc"] == "'-incoming' was not specified on the command line"
     source.qmp.ok("migrate", uri=uri)
     assert wait_done(source)["status"] == "completed"
 
@@ -355,7 +366,8 @@ def test_daemonized_target_listens_before_the_parent_exits(lab: Any) -> None:
 
 
 def test_qemu_errors(lab: Any) -> None:
-    source, target, uri = pair(lab)
+    # A one-second active phase: the second migrate surely finds the first one running.
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_TIME="1")
     missing = f"unix:{lab.folder / 'nothing'}"
     assert source.qmp.ok("migrate", uri=missing) == {}
     info = wait_done(source)
@@ -442,9 +454,14 @@ def test_cancel(lab: Any) -> None:
 
 
 def test_stall_stays_active_until_cancelled(lab: Any) -> None:
-    source, _target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_STALL="1")
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_STALL="1")
     source.qmp.ok("migrate", uri=uri)
     source.qmp.event("MIGRATION", status="active")
+    target.qmp.event("MIGRATION", status="active")
+    assert target.qmp.ok("query-migrate") == {
+        "status": "active",
+        "socket-address": [{"path": str(lab.folder / "mig"), "type": "unix"}],
+    }
     first = source.qmp.ok("query-migrate")
     assert wait_until(
         lambda: source.qmp.ok("query-migrate")["ram"]["transferred"] > first["ram"]["total"] // 64
@@ -481,6 +498,223 @@ def test_slow_migration_is_active_meanwhile(lab: Any) -> None:
     assert source.qmp.ok("query-migrate")["status"] == "active"
     info = wait_done(source)
     assert info["status"] == "completed"
-    # ~8 MiB at 8 MiB/s: the active phase alone is about a second
-    assert info["total-time"] >= 900
-    assert info["ram"]["mbps"] <= 8 * 1024 * 1024 * 8 / 1e6 * 1.01
+    # The RAM was sent at no more than max-bandwidth.
+    bandwidth = 8 * 1024 * 1024
+    assert info["total-time"] >= info["ram"]["precopy-bytes"] * 1000 // bandwidth
+    assert info["total-time"] >= 500  # ~5 MiB at 8 MiB/s
+    assert info["ram"]["mbps"] <= bandwidth * 8 / 1e6 * 1.01
+
+
+# --------------------------------------------------------------------------- device state
+
+
+def start_two(lab: Any, source_extra: list[str], target_extra: list[str]) -> tuple[Fake, Fake, str]:
+    uri = f"unix:{lab.folder / 'mig'}"
+    source = lab("src", *source_extra)
+    target = lab("dst", "-incoming", uri, *target_extra)
+    return source, target, uri
+
+
+@pytest.mark.parametrize(
+    ("source_extra", "message"),
+    [
+        (["-smp", "2"], "Unknown savevm section or instance 'cpu_common' 1"),
+        (["-drive", "file={img},if=virtio,format=raw"], "'0000:00:02.0/virtio-blk' 0"),
+    ],
+)
+def test_device_state_mismatch_is_found_by_the_target_only(
+    lab: Any, source_extra: list[str], message: str
+) -> None:
+    """As in QEMU: the device state comes last, the source has already called it done."""
+    image = lab.folder / "disk.img"
+    image.write_bytes(b"\0" * 65536)
+    extra = [arg.format(img=image) for arg in source_extra]
+    source, target, uri = start_two(lab, extra, [])
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    assert source.status() == "postmigrate"
+    code, err = target.exit_status()
+    assert code == 1
+    assert message in err
+    assert "Make sure that your current VM setup matches your saved VM setup" in err
+
+
+def test_return_path_makes_the_source_see_the_targets_refusal(lab: Any) -> None:
+    source, target, uri = start_two(lab, ["-smp", "2"], [])
+    caps = [{"capability": "events", "state": True}, {"capability": "return-path", "state": True}]
+    source.qmp.ok("migrate-set-capabilities", capabilities=caps)
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source) == {"status": "failed"}  # QEMU gives no error-desc here
+    assert source.status() == "running"
+    names = [e["event"] for e in source.qmp.events]
+    assert names.index("STOP") < names.index("RESUME")
+    assert target.exit_status()[0] == 1
+    on = source.qmp.ok("query-migrate-capabilities")
+    assert {"state": True, "capability": "return-path"} in on
+
+
+def test_return_path_success(lab: Any) -> None:
+    source, target, uri = start_two(lab, [], [])
+    caps = [{"capability": "return-path", "state": True}]
+    source.qmp.ok("migrate-set-capabilities", capabilities=caps)
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    assert wait_until(lambda: target.status() == "running")
+
+
+def test_hotplugged_nic_must_be_on_the_target_command_line(lab: Any) -> None:
+    source, target, uri = start_two(lab, [], [])
+    source.qmp.ok("netdev_add", type="user", id="hp0")
+    source.qmp.ok("device_add", driver="virtio-net-pci", id="nic1", netdev="hp0")
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "failed"
+    _, err = target.exit_status()
+    assert 'Unknown ramblock "0000:00:03.0/virtio-net-pci.rom"' in err
+    # With the NIC in the target's argv (kvmlab saves the hotplug in the runtime), it passes.
+    nic = [
+        "-netdev",
+        "user,id=hp0",
+        "-device",
+        "virtio-net-pci,id=nic1,netdev=hp0,addr=3,mac=52:54:00:12:34:56",
+    ]
+    uri2 = f"unix:{lab.folder / 'mig2'}"
+    lab("dst2", "-incoming", uri2, *nic)
+    source.qmp.ok("migrate", uri=uri2)
+    assert wait_done(source)["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- QEMU 10.0, settings
+
+
+def test_qemu_10_device_status_and_fields(lab: Any) -> None:
+    source, target, uri = pair(
+        lab, KVMLAB_FAKE_PROFILE="qemu-10.0", T_KVMLAB_FAKE_PROFILE="qemu-10.0"
+    )
+    assert target.qmp.ok("query-status") == {"status": "inmigrate", "running": False}
+    assert target.qmp.ok("query-migrate")["status"] == "setup"
+    source.qmp.ok("migrate", uri=uri)
+    info = wait_done(source)
+    assert "skipped" not in info["ram"]
+    source.qmp.event("MIGRATION", status="completed")
+    assert source.qmp.migration_statuses() == ["setup", "active", "device", "completed"]
+    bad = source.qmp.cmd("migrate", uri="foo:bar")
+    assert bad["error"]["desc"] in (
+        "unknown migration protocol: foo:bar",
+        "Can't migrate the vm that was paused due to previous migration",
+    )
+    params = source.qmp.ok("query-migrate-parameters")
+    assert "mode" in params
+    assert "compress-level" not in params
+
+
+def test_settings_errors_in_qemus_words(lab: Any) -> None:
+    fake = lab("src")
+    q = fake.qmp
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "nope", "state": True}])
+    assert desc["error"]["desc"] == "Parameter 'capability' does not accept value 'nope'"
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events"}])
+    assert desc["error"]["desc"] == "Parameter 'capabilities[0].state' is missing"
+    desc = q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": 1}])
+    assert desc["error"]["desc"] == (
+        "Invalid parameter type for 'capabilities[0].state', expected: boolean"
+    )
+    desc = q.cmd("migrate-set-parameters", **{"downtime-limit": 3000000})
+    assert desc["error"]["desc"] == (
+        "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms"
+    )
+    desc = q.cmd("migrate-set-parameters", **{"max-bandwidth": "x"})
+    assert desc["error"]["desc"] == "Parameter 'max-bandwidth' expects uint64"
+    desc = q.cmd("migrate-set-parameters", nope=1)
+    assert desc["error"]["desc"] == "Parameter 'nope' is unexpected"
+    assert q.ok("migrate-set-parameters", **{"max-bandwidth": -1}) == {}
+    assert q.ok("query-migrate-parameters")["max-bandwidth"] == 2**64 - 1
+    assert q.ok("migrate_cancel") == {}  # nothing to cancel
+    refused = q.cmd("migrate", uri="tcp:127.0.0.1:1")
+    assert refused == {"return": {}}
+    assert wait_done(fake) == {
+        "status": "failed",
+        "error-desc": "Failed to connect to '127.0.0.1:1': Connection refused",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("foo:bar", "-incoming foo:bar: unknown migration protocol: foo:bar"),
+        (
+            "unix:/nonexistent/dir/x",
+            "-incoming unix:/nonexistent/dir/x: Failed to bind socket to /nonexistent/dir/x:"
+            " No such file or directory",
+        ),
+        (
+            "tcp:127.0.0.1:notaport",
+            "-incoming tcp:127.0.0.1:notaport: address resolution failed for"
+            " 127.0.0.1:notaport: Servname not supported for ai_socktype",
+        ),
+    ],
+)
+def test_incoming_start_errors(value: str, message: str) -> None:
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
+    argv = [*FAKE, "-display", "none", "-incoming", value]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stderr == f"{PROG}: {message}\n"
+
+
+def test_source_dies_during_the_migration(lab: Any) -> None:
+    source, target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_DIE="1")
+    source.qmp.ok("migrate", uri=uri)
+    assert source.exit_status()[0] == -9
+    code, err = target.exit_status()
+    assert code == 1
+    assert err.endswith(f"{PROG}: load of migration failed: Invalid argument\n")
+    assert target.qmp.event("MIGRATION", status="failed")  # sent before it exited
+
+
+def test_a_paused_source_migrates_into_a_paused_target(lab: Any) -> None:
+    source, target, uri = pair(lab)
+    source.qmp.ok("stop")
+    source.qmp.ok("migrate", uri=uri)
+    assert wait_done(source)["status"] == "completed"
+    target.qmp.event("MIGRATION", status="completed")
+    assert target.status() == "paused"
+    assert not [e for e in target.qmp.events if e["event"] == "RESUME"]
+    assert source.status() == "postmigrate"
+
+
+def test_progress_is_monotonic_and_consistent(lab: Any) -> None:
+    """What a property over many polls would check: nothing goes backwards."""
+    source, _target, uri = pair(lab, KVMLAB_FAKE_MIGRATE_TIME="0.3")
+    source.qmp.ok("migrate", uri=uri)
+    polls: list[dict[str, Any]] = []
+    while not polls or polls[-1]["status"] not in TERMINAL:
+        polls.append(source.qmp.ok("query-migrate"))
+        time.sleep(0.005)
+    rams = [p["ram"] for p in polls if "ram" in p]
+    assert len(rams) >= 2
+    for before, after in itertools.pairwise(rams):
+        assert after["transferred"] >= before["transferred"]
+        assert after["remaining"] <= before["remaining"]
+        assert after["total"] == before["total"]
+    times = [p["total-time"] for p in polls if "total-time" in p]
+    assert times == sorted(times)
+    done = polls[-1]
+    assert done["status"] == "completed"
+    assert (
+        done["ram"]["transferred"] == done["ram"]["precopy-bytes"] + done["ram"]["downtime-bytes"]
+    )
+
+
+def test_a_failed_daemonized_target_removes_its_files(lab: Any) -> None:
+    folder: Path = lab.folder
+    pidfile, qmp, sock = folder / "t.pid", folder / "t.qmp", folder / "t.mig"
+    argv = [*FAKE, "-display", "none", "-m", "256", "-daemonize", "-pidfile", str(pidfile)]
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-incoming", f"unix:{sock}"]
+    env = {**os.environ, "PYTHONPATH": SOURCE_ROOT}
+    assert subprocess.run(argv, env=env, check=False).returncode == 0
+    source = lab("src")  # -m 512: the target refuses the stream and exits
+    source.qmp.ok("migrate", uri=f"unix:{sock}")
+    assert wait_done(source)["status"] == "failed"
+    assert wait_until(lambda: not pidfile.exists())
+    assert not qmp.exists()
+    assert not sock.exists()
