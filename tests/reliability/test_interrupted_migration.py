@@ -4,7 +4,8 @@ The kvmlab running ``migrate`` is a small driver that replaces one internal step
 ``kill -9`` of itself (as test_interrupted_commands.py does for start and reboot), so
 each kill lands at a known point: after the journals, after the target started, right
 after ``migrate`` was sent (QEMU carries on alone), after the transfer completed, after
-the target saved its runtime, after the source was quit, in the middle of a rollback.
+the target saved its runtime, after the source was quit, in the middle of a rollback; and
+three of them on a VM's second hop (it arrived by migration before).
 
 Afterwards: never two guests executing at once; ``info`` in the source lab reports the
 pending migration; one follow-up command (``kvmlab recover``, from either lab) resolves
@@ -136,14 +137,25 @@ def _status(lab: Hypervisor) -> str | None:
         return None
 
 
-@pytest.mark.parametrize("point", list(POINTS))
+#: The second hop: a VM that arrived by migration answers query-migrate with that incoming
+#: one (completed) until its own shows, which the recovery must not take for its own.
+SECOND_HOP = ("after-target-start", "after-migrate-sent", "after-completed")
+
+
+@pytest.mark.parametrize(
+    ("point", "hop"),
+    [(point, 1) for point in POINTS] + [(point, 2) for point in SECOND_HOP],
+)
 def test_a_kill_at_each_step_is_recovered_with_one_vm(
-    request: pytest.FixtureRequest, workdir: Path, backend_kind: str, point: str
+    request: pytest.FixtureRequest, workdir: Path, backend_kind: str, point: str, hop: int
 ) -> None:
     source, target = _lab(workdir / "a", backend_kind), _lab(workdir / "b", backend_kind)
     source.start(_instance(request, backend_kind))
     token = os.urandom(6).hex()
     assert source.guest("vm1").run(f"echo {token} > /tmp/t", ready_timeout=120).exit_code == 0
+    if hop == 2:
+        source.migrate("vm1", target, timeout=120)
+        source, target = target, source
     argv = [
         PYTHON, "-c", DRIVER, point, "--state-dir", str(source.layout.root),
         "--backend", backend_kind, "migrate", "vm1", "--to", str(target.layout.root),
