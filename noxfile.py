@@ -48,9 +48,14 @@ def notebooks(session: nox.Session) -> None:
     """Execute every notebook top to bottom on a fresh kernel (nbclient); fail on any error."""
     session.install("-e", ".[test,notebooks]")
     session.run("python", "tools/run_notebooks.py", *session.posargs)
-    # Notebook 3 must also skip cleanly on a machine without QEMU.
+    # Notebook 3 must also skip cleanly on a machine without QEMU; notebook 5 then migrates
+    # on the fake kvm.
     session.run(
-        "python", "tools/run_notebooks.py", "--without-qemu", "notebooks/03-real-guest.ipynb"
+        "python",
+        "tools/run_notebooks.py",
+        "--without-qemu",
+        "notebooks/03-real-guest.ipynb",
+        "notebooks/05-migration.ipynb",
     )
 
 
@@ -81,7 +86,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Speed figures: runtime JSON, the fake lifecycle, the golden suite and how it scales,
-    real QEMU boots."""
+    real QEMU boots, migration total time and downtime."""
     session.install("-e", ".[test]")  # bench_golden* run pytest (with xdist)
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
@@ -89,3 +94,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_golden_scale.py")
     if Path("benchmarks/bench_boot.py").exists():
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)
+    # Migration between two labs on real QEMU 7.2 and 10.0 (skips a pair not installed).
+    session.run("python", "benchmarks/bench_migration.py")

@@ -148,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("path")
 
+    p = command(
+        "migrate", cmd_migrate, "move a running instance into another state directory (live)"
+    )
+    p.add_argument("name")
+    p.add_argument("--to", required=True, metavar="STATE_DIR", help="the target lab's state dir")
+    p.add_argument("--timeout", type=float, help="seconds the transfer may take (default 300)")
+    p.add_argument("--offline", action="store_true", help="pause the guest for the transfer")
+    p.add_argument(
+        "--target-qemu",
+        metavar="PATH",
+        help="the QEMU binary of the target lab (default: the source lab's backend choice)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as a JSON object")
+
+    p = command(
+        "recover", cmd_recover, "finish or undo a migration that a killed kvmlab left pending"
+    )
+    p.add_argument("name")
+
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
 
@@ -199,6 +218,12 @@ def _print_info(info: InstanceInfo) -> None:
         link = f" {nic['link']}" if nic.get("link") else ""
         print(f"nic{seq}:    {nic['mac']} {nic['mode']}{link}")
     print(f"runtime: {info.runtime_file}")
+    migrating = info.extra.get("migration_pending")
+    if migrating is not None:
+        print(
+            f"migration: PENDING {json.dumps(migrating)}: a migration was interrupted; the next"
+            " command on the instance (in either lab) finishes or undoes it"
+        )
     pending = info.extra.get("hotplug_pending")
     if pending is not None:
         print(
@@ -360,6 +385,54 @@ def cmd_detach_disk(args: argparse.Namespace) -> int:
     path = _disk_path(args.path)
     _lab(args).detach_disk(args.name, path)
     print(f"detached disk {path} from {args.name} (saved)")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    from kvmlab.lifecycle import Hypervisor  # noqa: PLC0415
+
+    source = _lab(args)
+    backend: Any = args.backend
+    if args.target_qemu:
+        from kvmlab.backends import QemuBackend  # noqa: PLC0415
+
+        backend = QemuBackend(args.target_qemu)
+    target = Hypervisor(args.to, backend=backend)
+    last = [time.monotonic()]
+
+    def progress(info: Any) -> None:
+        # stderr, once a second: a long transfer shows it is alive; stdout keeps the result.
+        if time.monotonic() - last[0] < 1.0:
+            return
+        last[0] = time.monotonic()
+        ram = info.get("ram") or {}
+        sent = ram.get("transferred", 0) // (1 << 20)
+        total = ram.get("total", 0) // (1 << 20)
+        print(
+            f"kvmlab: migrating {args.name}: {info.get('status')}, {sent} of {total} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    result = source.migrate(
+        args.name, target, live=not args.offline, timeout=args.timeout, progress=progress
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"migrated {result.name} to {result.target} (QEMU {result.source_version} ->"
+            f" {result.target_version}): total {result.total_time_ms} ms, downtime"
+            f" {result.downtime_ms} ms, {result.transferred_bytes} bytes"
+        )
+    return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    outcome = _lab(args).recover_migration(args.name)
+    print(f"{args.name}: " + (f"interrupted migration {outcome}" if outcome else "nothing pending"))
     return EXIT_OK
 
 

@@ -12,7 +12,8 @@ apart by type::
      |    +-- UnknownInstanceError    no such instance in the state directory
      |    +-- LayoutError             a state-directory path is unusable
      |    +-- HotplugRefusedError     a hotplug refused before anything changed
-     |         +-- HotplugNotRunningError  (also a NotRunningError) the VM is stopped
+     |    |    +-- HotplugNotRunningError  (also a NotRunningError) the VM is stopped
+     |    +-- MigrationRefusedError   a migration refused before anything changed
      +-- OperationError               the operation failed: exit code 1
           +-- StateError              wrong life-cycle state for the request
           |    +-- AlreadyRunningError
@@ -22,7 +23,8 @@ apart by type::
           +-- StopError               the process would not go away
           +-- ProbeError              running a binary for its capabilities failed
           +-- GuestChannelError       the guest command channel failed
-               +-- GuestTimeoutError  the guest did not answer in time
+          |    +-- GuestTimeoutError  the guest did not answer in time
+          +-- MigrationError          a migration failed (the source still runs)
 
 This module imports nothing but the standard library: the fake kvm program
 shares it and must start fast.
@@ -45,6 +47,8 @@ __all__ = [
     "LaunchError",
     "LayoutError",
     "LockedError",
+    "MigrationError",
+    "MigrationRefusedError",
     "NotRunningError",
     "OperationError",
     "ProbeError",
@@ -186,3 +190,22 @@ class GuestTimeoutError(GuestChannelError):
     def __init__(self, message: str, *, output: str = "") -> None:
         super().__init__(message)
         self.output = output
+
+
+class MigrationRefusedError(InvalidInputError):
+    """A migration refused up front, nothing changed: the source is not running, the
+    target already has the instance, the target QEMU is older than the source's or
+    lacks its machine type, source and target are one state directory (issue 12)."""
+
+
+class MigrationError(OperationError):
+    """A migration started and failed (or timed out): the target was killed and the
+    source left running with its runtime untouched (docs/migration.md).
+
+    :ivar status: the last migration status QEMU reported (``failed``, ``cancelled``,
+        ``timeout`` when kvmlab gave up, ``""`` before the transfer began).
+    """
+
+    def __init__(self, message: str, *, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status

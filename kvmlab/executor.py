@@ -78,6 +78,7 @@ def clear_stale_files(layout: StateLayout, name: str) -> None:
         layout.serial_socket(name),
         layout.qmp_socket(name),
         layout.cmd_socket(name),
+        layout.migration_socket(name),
     ):
         remove_quietly(path)
 
@@ -186,8 +187,13 @@ def execute(
     caps: QemuCapabilities,
     *,
     timeout: float = DEFAULT_START_TIMEOUT,
+    incoming: str | None = None,
 ) -> Started:
     """Start the saved runtime.
+
+    :param incoming: start it as the target of a migration (``-incoming URI``, a
+        start-time argument; see :mod:`kvmlab.migration`). QEMU listens before it
+        daemonizes, so the URI accepts a connection once this returns.
 
     :raise AlreadyRunningError: the instance's process is alive.
     :raise LaunchError: taps without root, the binary failed or timed out, or it
@@ -220,6 +226,7 @@ def execute(
             qmp_socket=str(layout.qmp_socket(name)),
             nic_dir=str(nic_dir),
             caps=caps,
+            incoming=incoming,
         )
         plan = plan_execution(runtime, facts)
         for temp in plan.temp_files:

@@ -83,6 +83,14 @@ class StateLayout:
         """Where a hotplug in progress is recorded, next to the saved runtime (docs/hotplug.md)."""
         return self.root / "conf" / f"{name}.hotplug"
 
+    def migration_journal(self, name: str) -> Path:
+        """Where a migration in progress is recorded, in both labs (docs/migration.md)."""
+        return self.root / "conf" / f"{name}.migration"
+
+    def migration_socket(self, name: str) -> Path:
+        """The unix socket an incoming migration listens on (``-incoming unix:...``)."""
+        return self._socket(name, "migrate")
+
     def monitor_socket(self, name: str) -> Path:
         return self._socket(name, "monitor")
 

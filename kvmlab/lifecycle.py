@@ -27,9 +27,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmlab.backends import Backend, resolve_backend
 from kvmlab.console import Console
@@ -70,6 +70,9 @@ from kvmlab.process import (
 from kvmlab.runtime import KVMRuntime
 from kvmlab.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 
+if TYPE_CHECKING:
+    from kvmlab.migration import MigrationResult
+
 __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
 
 log = logging.getLogger("kvmlab")
@@ -83,6 +86,9 @@ QMP_TIMEOUT = 5.0
 #: real guests do. Ganeti's instance shutdown likewise retries the powerdown (every 5 s).
 POWERDOWN_RETRY = 2.0
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+#: Instance lock files this process holds now: a migration holds two, and the
+#: recovery of an interrupted one must not try to take one of them again.
+_HELD_LOCKS: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -214,6 +220,7 @@ class Hypervisor:
                 self.layout.log_file(name),
                 self.layout.serial_log(name),
                 self.layout.hotplug_intent(name),
+                self.layout.migration_journal(name),
             ):
                 remove_quietly(path)
             shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
@@ -285,6 +292,85 @@ class Hypervisor:
             caps = self.backend.capabilities(runtime.binary)
             return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
 
+    # -- migration (docs/migration.md) -----------------------------------------------
+
+    def migrate(
+        self,
+        name: str,
+        target_lab: Hypervisor,
+        live: bool = True,
+        timeout: float | None = None,
+        progress: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> MigrationResult:
+        """Move the running ``name`` into ``target_lab`` (another state directory) while
+        the guest runs (``live``) or paused (``live=False``), as Ganeti migrates.
+
+        The target starts the source's saved runtime, rebased onto its own state
+        directory and binary, with ``-incoming``; on success the source is quit and its
+        runtime removed after the target saved its own. Locks: this lab's, then the
+        target's, each taken without waiting (a busy one is ``LockedError`` at once, so
+        two migrations in opposite directions cannot deadlock).
+
+        :param timeout: seconds the transfer may take (default 300) before it is cancelled.
+        :param progress: called with each ``query-migrate`` reply while it runs.
+        :raise MigrationRefusedError: (exit 2, nothing changed) not running here, the
+            target has the instance, an older target QEMU, a machine type it lacks.
+        :raise MigrationError: (exit 1) it failed or timed out: the target was killed,
+            the source still runs with its runtime untouched.
+        """
+        from kvmlab import migration  # noqa: PLC0415 - only for migrations
+
+        self._check_name(name)
+        self._require_known(name)
+        runtime = self._load(name)
+
+        def plan(runtime: KVMRuntime) -> tuple[KVMRuntime, Any, Any]:
+            source_caps = self.backend.capabilities(runtime.binary)
+            binary = target_lab.backend.binary(runtime.hvparams)
+            target_caps = target_lab.backend.capabilities(binary)
+            planned = migration.prepare(
+                runtime,
+                source=self.layout,
+                target=target_lab.layout,
+                source_caps=source_caps,
+                target_caps=target_caps,
+                binary=binary,
+            )
+            return planned, source_caps, target_caps
+
+        plan(runtime)  # every refusal the files allow, before a state dir is touched
+        with self._locked(name), target_lab._locked(name):
+            runtime = self._load(name)  # what the lock now guarantees
+            planned, source_caps, target_caps = plan(runtime)
+            return migration.migrate(
+                runtime,
+                planned,
+                source=self.layout,
+                target=target_lab.layout,
+                target_backend=target_lab.backend,
+                source_caps=source_caps,
+                target_caps=target_caps,
+                live=live,
+                timeout=migration.DEFAULT_TIMEOUT if timeout is None else timeout,
+                start_timeout=target_lab.start_timeout,
+                progress=progress,
+            )
+
+    def recover_migration(self, name: str) -> str | None:
+        """Finish or undo a migration of ``name`` that a killed kvmlab left (from either
+        lab); every locked command does this first, this one does only that.
+
+        :return: ``"completed"`` (the target has it), ``"rolled back"`` (the source
+            has it), or ``None`` when nothing was pending.
+        """
+        from kvmlab.migration import recover  # noqa: PLC0415
+
+        self._check_name(name)
+        if not self.layout.migration_journal(name).exists():
+            return None
+        with self._locked(name, recover=False):
+            return recover(self.layout, name, held=_HELD_LOCKS)
+
     # -- inspection -----------------------------------------------------------------
 
     def load_runtime(self, name: str) -> KVMRuntime:
@@ -303,12 +389,22 @@ class Hypervisor:
         :raise RuntimeFormatError: its saved runtime is damaged.
         """
         self._check_name(name)
-        runtime = self._load(name)
+        try:
+            runtime = self._load(name)
+        except UnknownInstanceError:
+            # An instance arriving by migration has no saved runtime yet (docs/migration.md).
+            arriving = self._incoming_runtime(name)
+            if arriving is None:
+                raise
+            runtime = arriving
         nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
         base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
         pending = self._pending_hotplug(name)
         if pending is not None:
             base = dataclasses.replace(base, extra={**base.extra, "hotplug_pending": pending})
+        migrating = self._pending_migration(name)
+        if migrating is not None:
+            base = dataclasses.replace(base, extra={**base.extra, "migration_pending": migrating})
         if base.pid is None or not query_guest:
             return base
         memory, vcpus, extra = self._query(name, base.memory, base.vcpus)
@@ -357,6 +453,20 @@ class Hypervisor:
 
         return pending_hotplug(self.layout, name)
 
+    def _incoming_runtime(self, name: str) -> KVMRuntime | None:
+        if not self.layout.migration_journal(name).exists():
+            return None
+        from kvmlab.migration import incoming_runtime  # noqa: PLC0415
+
+        return incoming_runtime(self.layout, name)
+
+    def _pending_migration(self, name: str) -> dict[str, Any] | None:
+        if not self.layout.migration_journal(name).exists():
+            return None
+        from kvmlab.migration import pending_migration  # noqa: PLC0415
+
+        return pending_migration(self.layout, name)
+
     def _check_name(self, name: str) -> None:
         # Names reach paths: anything but a DNS label cannot be an instance.
         if not name or len(name) > 63 or not set(name) <= _NAME_CHARS:
@@ -372,18 +482,27 @@ class Hypervisor:
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str, recover: bool = True) -> Iterator[None]:
         try:
             self._prepare_dirs()
         except OSError as err:
             raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
-        with _host_errors(name), instance_lock(self.layout.lock_file(name), name):
-            # Whatever a kvmlab killed mid-operation left behind, now that no other
-            # command can be writing it.
-            sweep_stale_temp_dirs()
-            remove_stale_writes(self.layout.runtime_file(name))
-            reap_adopted()  # daemons of ours that exited on their own since
-            yield
+        lock = self.layout.lock_file(name)
+        with _host_errors(name), instance_lock(lock, name):
+            _HELD_LOCKS.add(lock)
+            try:
+                # Whatever a kvmlab killed mid-operation left behind, now that no other
+                # command can be writing it.
+                sweep_stale_temp_dirs()
+                remove_stale_writes(self.layout.runtime_file(name))
+                reap_adopted()  # daemons of ours that exited on their own since
+                if recover and self.layout.migration_journal(name).exists():
+                    from kvmlab import migration  # noqa: PLC0415
+
+                    migration.recover(self.layout, name, held=_HELD_LOCKS)
+                yield
+            finally:
+                _HELD_LOCKS.discard(lock)
 
     def _load(self, name: str) -> KVMRuntime:
         path = self.layout.runtime_file(name)

@@ -90,6 +90,16 @@ class StartFacts:
     #: Directory whose ``<seq>`` files receive each tap's name (``nic/<name>``).
     nic_dir: str | None = None
     caps: QemuCapabilities = field(default_factory=QemuCapabilities.default)
+    #: ``-incoming URI`` for the target of a migration (``unix:PATH``, ``tcp:127.0.0.1:PORT``):
+    #: a start-time argument, never in the saved argv (docs/migration.md).
+    incoming: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.incoming is not None and (
+            not self.incoming.startswith(("unix:/", "tcp:"))
+            or any(char in self.incoming for char in ",\n\x00")
+        ):
+            raise InvalidInputError(f"incoming migration URI {self.incoming!r} is not usable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +228,8 @@ def plan_execution(runtime: KVMRuntime, facts: StartFacts) -> ExecutionPlan:
     if facts.qmp_socket and caps.has_qmp:
         switches = "server=on,wait=off" if caps.uses_long_booleans else "server,nowait"
         start += ["-qmp", f"unix:{facts.qmp_socket},{switches}"]
+    if facts.incoming is not None:
+        start += ["-incoming", facts.incoming]
     temp_files = tuple(
         TempFile(plan.script_path, tap_up_script(runtime.name, seq, nic, facts.nic_dir))
         for seq, (nic, plan) in enumerate(zip(runtime.nics, facts.nic_plans, strict=True))

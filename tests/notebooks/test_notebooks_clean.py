@@ -22,6 +22,7 @@ EXPECTED = (
     "02-lifecycle-on-the-fake.ipynb",
     "03-real-guest.ipynb",
     "04-capability-matrix.ipynb",
+    "05-migration.ipynb",
 )
 
 
