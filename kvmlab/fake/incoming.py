@@ -175,7 +175,7 @@ class Incoming:
         raise Shutdown(1, "incoming migration failed")
 
     def _event(self, status: str) -> None:
-        from kvmlab.fake.migration import capabilities  # noqa: PLC0415
+        from kvmlab.fake.migration_params import capabilities  # noqa: PLC0415
 
         if capabilities(self.m).get("events"):
             self.m.event("MIGRATION", {"status": status})

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
 
     from kvmlab.fake.config import BlockDevice, ChardevSpec, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
-    from kvmlab.fake.incoming import Incoming
-    from kvmlab.fake.migration import Outgoing
+    from kvmlab.fake.machine_view import IncomingSide, OutgoingSide
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["Machine"]
@@ -66,8 +65,8 @@ class Machine:
         self.prog = prog
         self.status = "inmigrate" if cfg.incoming is not None else "prelaunch"
         #: The migration sides (:mod:`kvmlab.fake.migration`, :mod:`kvmlab.fake.incoming`).
-        self.outgoing: Outgoing | None = None
-        self.incoming: Incoming | None = None
+        self.outgoing: OutgoingSide | None = None
+        self.incoming: IncomingSide | None = None
         self.migrate_caps: dict[str, bool] | None = None
         self.migrate_params: dict[str, object] | None = None
         self.devices: list[Nic] = list(cfg.nics)

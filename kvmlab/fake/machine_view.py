@@ -16,13 +16,69 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 if TYPE_CHECKING:
     from kvmlab.fake.config import BlockDevice, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
-    from kvmlab.fake.guest import Guest
-    from kvmlab.fake.incoming import Incoming
     from kvmlab.fake.loop import EventLoop
-    from kvmlab.fake.migration import Outgoing
     from kvmlab.fake.profiles import Profile
 
-__all__ = ["MachineView"]
+__all__ = ["GuestState", "IncomingSide", "MachineView", "OutgoingSide", "ShellState"]
+
+
+# The guest and the two migration sides import this module (to be typed with the
+# machine), so the machine's view of them is a protocol too, not their classes.
+
+
+class ShellState(Protocol):
+    """What a migration moves of the guest's command-channel shell."""
+
+    boot_id: str
+    files: dict[str, str]
+
+
+class GuestState(Protocol):
+    """The guest as a migration reads and restores it (:class:`~kvmlab.fake.guest.Guest`)."""
+
+    booted_at: float | None
+    needs_boot: bool
+    boots: int
+    booted: int
+    pending_powerdown: bool
+
+    def shell(self) -> ShellState: ...
+
+    def current_shell(self) -> ShellState | None: ...
+
+
+class OutgoingSide(Protocol):
+    """The source side of a migration (:class:`~kvmlab.fake.migration.Outgoing`)."""
+
+    @property
+    def status(self) -> str: ...
+
+    def query(self) -> dict[str, object]: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class IncomingSide(Protocol):
+    """The target side of a migration (:class:`~kvmlab.fake.incoming.Incoming`)."""
+
+    @property
+    def status(self) -> str | None: ...
+
+    #: Whether the guest runs once the migration is in (``cont``/``stop`` decide).
+    autostart: bool
+
+    @property
+    def listener(self) -> object | None: ...
+
+    def query(self) -> dict[str, object]: ...
+
+    def listen(self, uri: str, where: str) -> None: ...
+
+    def waiting(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class MachineView(Protocol):
@@ -44,11 +100,13 @@ class MachineView(Protocol):
     netdevs: dict[str, str] | None
     pending_unplug: list[str]
     prog: str
-    guest: Guest
-    outgoing: Outgoing | None
-    incoming: Incoming | None
+    outgoing: OutgoingSide | None
+    incoming: IncomingSide | None
     migrate_caps: dict[str, bool] | None
     migrate_params: dict[str, object] | None
+
+    @property
+    def guest(self) -> GuestState: ...
 
     @property
     def nics(self) -> list[Nic]:

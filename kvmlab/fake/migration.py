@@ -24,6 +24,7 @@ import time
 
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
+from kvmlab.fake.migration_params import capabilities, parameters
 from kvmlab.fake.migration_state import address, describe, die, snapshot
 
 TYPE_CHECKING = False
@@ -315,22 +316,6 @@ class Outgoing:
 # --------------------------------------------------------------------------- QMP
 
 
-def capabilities(m: MachineView) -> dict[str, bool]:
-    """The migration capabilities set so far (``events`` is the one the fake acts on)."""
-    if m.migrate_caps is None:
-        m.migrate_caps = {}
-    return m.migrate_caps
-
-
-def parameters(m: MachineView) -> dict[str, object]:
-    """``query-migrate-parameters``: QEMU's defaults, as changed by ``migrate-set-parameters``."""
-    if m.migrate_params is None:
-        from kvmlab.fake.migration_params import defaults  # noqa: PLC0415
-
-        m.migrate_params = defaults(m.profile.version)
-    return m.migrate_params
-
-
 def migrate(m: MachineView, arguments: dict[str, object]) -> object:
     uri = str(arguments["uri"])
     current = m.outgoing
@@ -348,8 +333,9 @@ def migrate(m: MachineView, arguments: dict[str, object]) -> object:
         if m.profile.version >= (9, 0, 0):
             raise QmpCommandError(f"unknown migration protocol: {uri}") from None
         raise QmpCommandError("Parameter 'uri' expects a valid migration protocol") from None
-    m.outgoing = Outgoing(m, uri)
-    m.outgoing.begin()
+    outgoing = Outgoing(m, uri)
+    m.outgoing = outgoing
+    outgoing.begin()
     return {}
 
 
@@ -360,6 +346,8 @@ def migrate_cancel(m: MachineView, arguments: dict[str, object]) -> object:
 
 
 def query_migrate(m: MachineView, arguments: dict[str, object]) -> object:
-    if m.incoming is not None:
-        return m.incoming.query()
-    return m.outgoing.query() if m.outgoing is not None else {}
+    # The latest migration: a VM that arrived by one and is now sent on reports the
+    # outgoing one, as QEMU does (its migration state is replaced by ``migrate``).
+    if m.outgoing is not None:
+        return m.outgoing.query()
+    return m.incoming.query() if m.incoming is not None else {}

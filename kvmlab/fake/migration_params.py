@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAPABILITIES",
+    "capabilities",
     "defaults",
+    "parameters",
     "query_capabilities",
     "query_parameters",
     "set_capabilities",
@@ -98,6 +100,20 @@ _ONLY_10 = {
 _MAX_DOWNTIME = 2000000
 
 
+def capabilities(m: MachineView) -> dict[str, bool]:
+    """The migration capabilities set so far (``events`` is the one the fake acts on)."""
+    if m.migrate_caps is None:
+        m.migrate_caps = {}
+    return m.migrate_caps
+
+
+def parameters(m: MachineView) -> dict[str, object]:
+    """``query-migrate-parameters``: QEMU's defaults, as changed by ``migrate-set-parameters``."""
+    if m.migrate_params is None:
+        m.migrate_params = defaults(m.profile.version)
+    return m.migrate_params
+
+
 def _names(m: MachineView) -> tuple[str, ...]:
     return _CAPABILITIES_10 if m.profile.version >= (9, 0, 0) else CAPABILITIES
 
@@ -109,8 +125,6 @@ def defaults(version: tuple[int, int, int]) -> dict[str, object]:
 
 
 def set_capabilities(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake.migration import capabilities  # noqa: PLC0415
-
     caps = capabilities(m)
     items = arguments["capabilities"]
     if not isinstance(items, list):
@@ -134,21 +148,15 @@ def set_capabilities(m: MachineView, arguments: dict[str, object]) -> object:
 
 
 def query_capabilities(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake.migration import capabilities  # noqa: PLC0415
-
     caps = capabilities(m)
     return [{"state": caps.get(name, False), "capability": name} for name in _names(m)]
 
 
 def query_parameters(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake.migration import parameters  # noqa: PLC0415
-
     return dict(parameters(m))
 
 
 def set_parameters(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake.migration import parameters  # noqa: PLC0415
-
     params = parameters(m)
     for key, value in arguments.items():
         if key not in params:
