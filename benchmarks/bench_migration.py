@@ -71,7 +71,7 @@ def kvmlab_runs(kind: str, old: str, new: str, runs: int) -> dict[str, list[floa
             labs[here].guest("bench").run("true", ready_timeout=180)
             there = 1 - here
             result = labs[here].migrate("bench", labs[there], timeout=300)
-            # None: the fake kvm gives no figures for a VM's second hop (docs/migration.md).
+            # None: QEMU did not report them (never seen, but the result allows it).
             if result.total_time_ms is not None and result.downtime_ms is not None:
                 figures["total"].append(float(result.total_time_ms))
                 figures["downtime"].append(float(result.downtime_ms))

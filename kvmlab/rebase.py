@@ -85,14 +85,8 @@ def pin_machine(runtime: KVMRuntime, machine: str) -> KVMRuntime:
                 argv[index + 1] = machine + sep + rest
             break
     hvparams = runtime.hvparams.model_copy(update={"machine_version": machine})
-    return KVMRuntime.from_validated(
-        runtime.name,
-        tuple(argv),
-        runtime.nics,
-        hvparams,
-        runtime.disks,
-        nic_slots=runtime.nic_slots,
-    )
+    # A copy, so every other field (NIC and disk slots...) travels as it is.
+    return runtime.model_copy(update={"argv": tuple(argv), "hvparams": hvparams})
 
 
 def rebase_paths(word: str, source: Path, target: Path) -> str:
@@ -141,6 +135,4 @@ def target_runtime(
             f" machine type {effective!r}"
         )
     argv = (binary, *(rebase_paths(word, source.root, target.root) for word in pinned.argv[1:]))
-    return KVMRuntime.from_validated(
-        name, argv, pinned.nics, pinned.hvparams, pinned.disks, nic_slots=pinned.nic_slots
-    )
+    return pinned.model_copy(update={"argv": argv})

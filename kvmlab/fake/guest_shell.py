@@ -7,7 +7,7 @@ machine simulates (a NIC added to ``Machine.devices`` shows up at once):
 - ``/sys/block/vdX/size`` (512-byte sectors) for each virtio disk (``if=virtio``,
   ``-device virtio-blk-pci`` or hotplugged), ``/proc/partitions`` (major 254, as
   virtio_blk gets on the test guest's kernel), and for a disk at a PCI slot
-  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX``;
+  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX/size``;
 - ``/proc/meminfo`` (``MemTotal`` equals the ``MEM`` fact), ``/proc/cpuinfo``-free;
 - ``/proc/sys/kernel/random/boot_id``, new at each boot;
 - files written with ``>`` or ``>>`` anywhere outside ``/proc``, ``/sys`` and ``/dev``
@@ -194,7 +194,8 @@ class GuestShell:
                 for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
                     tree[path] = None
                 tree[f"{under}/block"] = None
-                tree[f"{under}/block/{name}"] = None
+                tree[f"{under}/block/{name}"] = None  # the same device as /sys/block/vdX
+                tree[f"{under}/block/{name}/size"] = f"{size // 512}\n"
         tree["/proc/partitions"] = partitions
         for path, text in self.files.items():
             tree[path] = text
