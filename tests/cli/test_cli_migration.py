@@ -7,10 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from test_cli import one_line_error, run, state_dir, workdir, write_instance
-
-from kvmlab.fake.qmp_commands import COMMANDS as FAKE_QMP_COMMANDS
 
 __all__ = ["run", "state_dir", "workdir", "write_instance"]  # the fixtures, shared
 
@@ -83,7 +80,6 @@ def test_a_locked_command_recovers_first(
     assert not path.exists()
 
 
-@pytest.mark.skipif("migrate" not in FAKE_QMP_COMMANDS, reason="the fake kvm cannot migrate yet")
 def test_migrate_prints_the_figures_and_json(
     run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:

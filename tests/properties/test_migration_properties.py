@@ -27,15 +27,10 @@ from hypothesis import strategies as st
 
 from kvmlab.backends import FakeBackend
 from kvmlab.errors import MigrationRefusedError, NotRunningError
-from kvmlab.fake.qmp_commands import COMMANDS as FAKE_QMP_COMMANDS
 from kvmlab.lifecycle import Hypervisor
 from kvmlab.models import HvParams, Instance, Nic
 from kvmlab.process import read_cmdline
 from kvmlab.testing import strategies as kst
-
-pytestmark = pytest.mark.skipif(
-    "migrate" not in FAKE_QMP_COMMANDS, reason="this fake kvm has no migration yet (fakemig)"
-)
 
 steps = st.lists(
     st.one_of(

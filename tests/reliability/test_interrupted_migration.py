@@ -24,7 +24,6 @@ import pytest
 from helpers_reliability import KVMLAB, PYTHON
 
 from kvmlab.backends import FakeBackend, QemuBackend
-from kvmlab.fake.qmp_commands import COMMANDS as FAKE_QMP_COMMANDS
 from kvmlab.guest import boot_hvparams
 from kvmlab.lifecycle import Hypervisor
 from kvmlab.models import HvParams, Instance, Nic
@@ -91,8 +90,6 @@ POINTS = {
 
 @pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.qemu)])
 def backend_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "fake" and "migrate" not in FAKE_QMP_COMMANDS:
-        pytest.skip("this fake kvm has no migration yet (branch fakemig)")
     return str(request.param)
 
 
