@@ -33,7 +33,7 @@ from kvmlab.layout import StateLayout
 from kvmlab.models import Nic, NicMode
 from kvmlab.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime import KVMRuntime, free_nic_slot
-from kvmlab.store import atomic_write, save_runtime
+from kvmlab.store import atomic_write, read_record, save_runtime
 
 __all__ = [
     "NIC_COMMANDS",
@@ -57,16 +57,7 @@ QMP_TIMEOUT = 10.0
 
 def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
     """The intent a hotplug left behind (it died between the QMP change and the save)."""
-    path = layout.hotplug_intent(name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {"op": "unknown", "raw": text[:200]}
-    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
+    return read_record(layout.hotplug_intent(name))
 
 
 def check_running(layout: StateLayout, name: str, what: str) -> None:

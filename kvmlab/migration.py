@@ -66,7 +66,7 @@ from kvmlab.process import (
 )
 from kvmlab.rebase import machine_of, pin_machine, target_runtime
 from kvmlab.runtime import KVMRuntime
-from kvmlab.store import atomic_write, instance_lock, save_runtime
+from kvmlab.store import atomic_write, instance_lock, read_record, save_runtime
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -164,15 +164,7 @@ def incoming_runtime(layout: StateLayout, name: str) -> KVMRuntime | None:
 
 
 def _read_journal(layout: StateLayout, name: str) -> dict[str, Any] | None:
-    try:
-        text = layout.migration_journal(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {"op": "unknown", "raw": text[:200]}
-    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
+    return read_record(layout.migration_journal(name))
 
 
 def _write_journal(layout: StateLayout, name: str, data: Mapping[str, Any]) -> None:

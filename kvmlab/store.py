@@ -10,15 +10,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
 from kvmlab.runtime import KVMRuntime
 
-__all__ = ["atomic_write", "instance_lock", "load_runtime", "remove_stale_writes", "save_runtime"]
+__all__ = [
+    "atomic_write",
+    "instance_lock",
+    "load_runtime",
+    "read_record",
+    "remove_stale_writes",
+    "save_runtime",
+]
 
 
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
@@ -80,6 +89,24 @@ def load_runtime(path: Path) -> KVMRuntime:
         return KVMRuntime.from_json(text)
     except RuntimeFormatError as err:
         raise RuntimeFormatError(f"{path}: {err}") from None
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON object a crashed operation left (hotplug intent, migration journal).
+
+    ``None`` when there is none. A damaged one is still reported, as
+    ``{"op": "unknown", "raw": ...}``: it says an operation died, which ``info``
+    must tell even when the file is half written.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"op": "unknown", "raw": text[:200]}
+    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
 
 
 @contextlib.contextmanager
