@@ -119,15 +119,8 @@ def check_commands(
 
 
 def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...]) -> KVMRuntime:
-    return KVMRuntime.from_validated(
-        runtime.name,
-        runtime.argv,
-        nics,
-        runtime.hvparams,
-        runtime.disks,
-        nic_slots=slots,
-        disk_slots=runtime.disk_slots,
-    )
+    # A copy: every field not named here (disks, their slots...) stays as it is.
+    return runtime.model_copy(update={"nics": nics, "nic_slots": slots})
 
 
 def attach_nic(

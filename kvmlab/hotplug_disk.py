@@ -153,15 +153,8 @@ def _blocks(runtime: KVMRuntime, caps: QemuCapabilities) -> list[tuple[int, tupl
 def _saved(
     runtime: KVMRuntime, argv: tuple[str, ...], disks: tuple[Disk, ...], slots: tuple[int, ...]
 ) -> KVMRuntime:
-    return KVMRuntime.from_validated(
-        runtime.name,
-        argv,
-        runtime.nics,
-        runtime.hvparams,
-        disks,
-        nic_slots=runtime.nic_slots,
-        disk_slots=slots,
-    )
+    # A copy: every field not named here (NICs, their slots...) stays as it is.
+    return runtime.model_copy(update={"argv": argv, "disks": disks, "disk_slots": slots})
 
 
 def attach_disk(
