@@ -537,9 +537,9 @@ def _ours(qmp: Any, info: Mapping[str, Any], seen_active: bool) -> bool:
 
     A VM that arrived by migration answers ``query-migrate`` with that *incoming*
     migration (``completed``, no ``ram`` figures) until its own outgoing state shows;
-    QEMU replaces it as soon as ``migrate`` ran, the fake kvm of branch ``fakemig`` keeps
-    it. The source's run state settles it: ``postmigrate`` only follows an outgoing
-    migration that completed.
+    QEMU replaces it as soon as ``migrate`` ran (so does the fake kvm), but a reply read
+    before that is the old one. The source's run state settles it: ``postmigrate`` only
+    follows an outgoing migration that completed.
     """
     if seen_active or "ram" in info:
         return True
