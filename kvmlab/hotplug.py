@@ -6,11 +6,14 @@ runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
    changed, a stopped VM, a duplicate MAC or a MAC not attached, a q35 machine, a
-   QEMU without the commands, a NIC mode that is not ``user``;
+   QEMU without the commands, a tap NIC (bridged, routed) when not root;
 2. write an *intent* file (``conf/<name>.hotplug``) naming the change;
 3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
    ``netdev_del``); a failed ``device_add`` is undone (``netdev_del``) and leaves
-   the runtime untouched;
+   the runtime untouched. A tap NIC's tap is opened and configured by kvmlab first
+   (:mod:`kvmlab.tap`: the start's up-script), passed with ``getfd`` and named in
+   ``netdev_add type=tap,fd=NAME``; a failure deletes it again (``closefd`` too);
+   a detach deletes it and its record;
 4. rewrite the runtime atomically with the new NIC list and slots;
 5. remove the intent file.
 
@@ -22,21 +25,25 @@ Design and measurements: docs/hotplug.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from typing import Any
 
 from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError
 from kvmlab.inventory import running_pid
 from kvmlab.layout import StateLayout
-from kvmlab.models import Nic, NicMode
+from kvmlab.models import Nic
 from kvmlab.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime import KVMRuntime, free_nic_slot
 from kvmlab.store import atomic_write, read_record, save_runtime
+from kvmlab.tap import TapError, configure_tap, delete_tap, open_tap, tap_record
 
 __all__ = [
     "NIC_COMMANDS",
+    "TAP_COMMANDS",
     "attach_nic",
     "check_commands",
     "check_machine",
@@ -50,6 +57,8 @@ log = logging.getLogger("kvmlab")
 
 #: QMP commands NIC hotplug needs (QEMU 7.2 and 10.0 both have them).
 NIC_COMMANDS = ("netdev_add", "netdev_del", "device_add", "device_del")
+#: And for a tap NIC, whose descriptor kvmlab passes (7.2 and 10.0 have them too).
+TAP_COMMANDS = ("getfd", "closefd")
 #: Seconds the guest gets to eject a card after ``device_del`` (ACPI PCI hotplug).
 UNPLUG_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
@@ -123,6 +132,52 @@ def _with_nics(runtime: KVMRuntime, nics: tuple[Nic, ...], slots: tuple[int, ...
     return runtime.model_copy(update={"nics": nics, "nic_slots": slots})
 
 
+def _plug_tap(
+    qmp: Any,
+    layout: StateLayout,
+    runtime: KVMRuntime,
+    nic: Nic,
+    slot: int,
+    *,
+    caps: QemuCapabilities,
+) -> str:
+    """Open and configure the tap of ``nic``, hand it to QEMU as netdev ``net-sSS``; its name.
+
+    On any failure nothing is left: the netdev is not there, the descriptor name is
+    closed, the tap and its record are deleted.
+    """
+    from kvmlab.qmp import QmpError  # noqa: PLC0415
+
+    hv = runtime.hvparams
+    netdev_id, _ = nic_ids(slot)
+    nic_dir = layout.nic_dir(runtime.name)
+    nic_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = nic_dir / tap_record(slot)
+    # As a start: vnet_hdr for a virtio NIC (QEMU probes the flag on the descriptor).
+    fd, tap = open_tap(vnet_hdr=hv.vnet_hdr and hv.nic_type == "paravirtual")
+    fdname = f"tap-{netdev_id}"
+    try:
+        configure_tap(runtime.name, nic, nic_dir, record.name, tap)
+        backend: dict[str, object] = {"type": "tap", "id": netdev_id, "fd": fdname}
+        if hv.vhost_net and caps.has_vhost:
+            backend["vhost"] = True
+        qmp.send_fd(fd)
+        qmp.execute("getfd", {"fdname": fdname})
+        try:
+            qmp.execute("netdev_add", backend)
+        except QmpError:
+            # QEMU took the name out of its table if it got that far: a closefd may fail.
+            with contextlib.suppress(QmpError):
+                qmp.execute("closefd", {"fdname": fdname})
+            raise
+    except (QmpError, TapError):
+        delete_tap(tap, record)
+        raise
+    finally:
+        os.close(fd)  # QEMU has its own copy now (or none)
+    return tap
+
+
 def attach_nic(
     layout: StateLayout, runtime: KVMRuntime, nic: Nic, caps: QemuCapabilities
 ) -> KVMRuntime:
@@ -138,10 +193,11 @@ def attach_nic(
     check_machine(runtime)
     if any(existing.mac == nic.mac for existing in runtime.nics):
         raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
-    if nic.mode is not NicMode.USER:
+    if nic.mode.needs_tap and os.geteuid() != 0:
         raise HotplugRefusedError(
-            f"hotplug of a {nic.mode} NIC is not supported (it needs a tap passed with"
-            " getfd): only user-mode NICs can be attached"
+            f"hotplug of a {nic.mode} NIC needs root: kvmlab opens its tap device"
+            " (/dev/net/tun) and passes it to QEMU with getfd; run as root, or attach a"
+            " user-mode NIC"
         )
     _check_device(runtime, caps)
     slot = free_nic_slot(runtime.nic_slots)
@@ -150,20 +206,29 @@ def attach_nic(
     from kvmlab.qmp import QmpError  # noqa: PLC0415
 
     with session(layout, name) as qmp:
-        check_commands(qmp, name)
+        check_commands(qmp, name, (*NIC_COMMANDS, *TAP_COMMANDS) if nic.mode.needs_tap else None)
         model = nic_device_model(runtime.hvparams.nic_type, caps)
         props = nic_device_args(model, nic.mac, slot)
         netdev_id, _ = nic_ids(slot)
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "attach-nic", "mac": nic.mac, "slot": slot}))
+        change: dict[str, object] = {"op": "attach-nic", "mac": nic.mac, "slot": slot}
+        atomic_write(intent, json.dumps(change))
+        tap: str | None = None
+        record = layout.nic_dir(name) / tap_record(slot)
         try:
-            qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
+            if nic.mode.needs_tap:
+                tap = _plug_tap(qmp, layout, runtime, nic, slot, caps=caps)
+                atomic_write(intent, json.dumps({**change, "tap": tap}))
+            else:
+                qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
             try:
                 qmp.execute("device_add", props)
             except QmpError:
                 qmp.execute("netdev_del", {"id": netdev_id})
                 raise
-        except QmpError:
+        except (QmpError, TapError):
+            if tap is not None:
+                delete_tap(tap, record)
             intent.unlink(missing_ok=True)
             raise
         saved = _with_nics(runtime, (*runtime.nics, nic), (*runtime.nic_slots, slot))
@@ -171,6 +236,24 @@ def attach_nic(
         intent.unlink(missing_ok=True)
     log.info("attached NIC %s to %s at slot %#04x", nic.mac, name, slot)
     return saved
+
+
+def _release_tap(layout: StateLayout, name: str, slot: int) -> None:
+    """After a ``netdev_del``: delete the tap hotplugged at ``slot``, and forget its record.
+
+    QEMU closed its descriptor, which removes the tap; a start-time tap's record
+    (``nic_dir/<seq>``) is dropped once its tap is gone, for stop not to look for it.
+    """
+    nic_dir = layout.nic_dir(name)
+    if not nic_dir.is_dir():
+        return
+    hotplugged = nic_dir / tap_record(slot)
+    if hotplugged.exists():
+        delete_tap(hotplugged.read_text(encoding="utf-8", errors="replace").strip(), hotplugged)
+    for record in nic_dir.iterdir():
+        tap = record.read_text(encoding="utf-8", errors="replace").strip()
+        if not os.path.exists(f"/sys/class/net/{tap}") or not tap:
+            record.unlink(missing_ok=True)
 
 
 def detach_nic(
@@ -200,6 +283,7 @@ def detach_nic(
             "device_del", {"id": device_id}, "DEVICE_DELETED", {"device": device_id}, UNPLUG_TIMEOUT
         )
         qmp.execute("netdev_del", {"id": netdev_id})
+        _release_tap(layout, name, slot)
         keep = [i for i in range(len(runtime.nics)) if i != index]
         saved = _with_nics(
             runtime,

@@ -144,11 +144,14 @@ def nic_device_args(model: str, mac: str, slot: int) -> dict[str, str]:
     return props
 
 
-def tap_up_script(instance: str, seq: int, nic: Nic, nic_dir: str | None) -> str:
+def tap_up_script(
+    instance: str, seq: int, nic: Nic, nic_dir: str | None, record: str | None = None
+) -> str:
     """The script QEMU runs with the new tap's name as ``$1``.
 
     It brings the tap up, attaches it to the bridge (bridged) and records the tap
-    name in ``nic_dir/<seq>`` so that stop can find it.
+    name in ``nic_dir/<seq>`` (or ``nic_dir/<record>``) so that stop can find it.
+    A hotplug runs the same script itself on the tap it opened (:mod:`kvmlab.tap`).
     """
     q = shlex.quote
     lines = [
@@ -168,7 +171,8 @@ def tap_up_script(instance: str, seq: int, nic: Nic, nic_dir: str | None) -> str
     if nic.mode is NicMode.BRIDGED:
         lines.append('ip link set dev "$INTERFACE" master "$LINK"')
     if nic_dir:
-        lines.append(f"printf '%s\\n' \"$INTERFACE\" > {q(str(Path(nic_dir) / str(seq)))}")
+        path = Path(nic_dir) / (record if record is not None else str(seq))
+        lines.append(f"printf '%s\\n' \"$INTERFACE\" > {q(str(path))}")
     return "\n".join(lines) + "\n"
 
 

@@ -121,6 +121,28 @@ class QmpSession:
         except (QMPError, OSError, FutureTimeout) as err:
             raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
 
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` to QEMU over the socket (``SCM_RIGHTS``), for a ``getfd`` to name it.
+
+        The library's ``send_fd_scm`` runs on the session's loop, like every other
+        call; the descriptor stays open here (the caller closes its copy).
+
+        :raise QmpError: not connected, or the socket refused it.
+        """
+        from qemu.qmp import QMPError  # noqa: PLC0415
+
+        client = self._client
+        if client is None:
+            raise QmpError(f"QMP session to {self.path} is not connected")
+
+        async def send() -> None:
+            client.send_fd_scm(fd)
+
+        try:
+            _LoopThread.run(send(), self.timeout)
+        except (QMPError, OSError, FutureTimeout) as err:
+            raise QmpError(f"QMP cannot pass a descriptor: {_describe(err)}") from err
+
     def execute_and_wait(
         self,
         command: str,

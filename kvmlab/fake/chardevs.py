@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Chardev", "Frontend"]
 
+#: Ancillary space for the descriptors of one message (QEMU takes up to 253).
+_FD_SPACE: int = _socket.CMSG_SPACE(16 * 4)
+
 
 class Frontend:
     """What a chardev's bytes go to; this base ignores them (the serial console's input)."""
@@ -57,6 +60,8 @@ class Chardev:
         self.out_fd: int | None = None
         self.log_fd: int | None = None
         self.bound: str | None = None
+        #: Descriptors the client sent with ``SCM_RIGHTS`` and nobody took yet.
+        self.received_fds: list[int] = []
 
     def open(self) -> None:
         """Create the log file, the output file or the listening socket, as QEMU does."""
@@ -132,13 +137,30 @@ class Chardev:
     def _read(self) -> None:
         assert self.client is not None
         try:
-            data = self.client.recv(65536)
+            data, ancillary, _, _ = self.client.recvmsg(65536, _FD_SPACE)
         except OSError:
-            data = b""
+            data, ancillary = b"", []
+        if ancillary:
+            self._keep_fds(ancillary)
         if not data:
             self.drop_client()
             return
         self.frontend.received(data)
+
+    def _keep_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        """Keep the descriptors of one message, closing unclaimed ones (as QEMU does)."""
+        self._close_fds()
+        for level, kind, payload in ancillary:
+            if level != _socket.SOL_SOCKET or kind != _socket.SCM_RIGHTS:
+                continue
+            for start in range(0, len(payload) - len(payload) % 4, 4):
+                fd = int.from_bytes(payload[start : start + 4], sys.byteorder, signed=True)
+                os.set_inheritable(fd, False)  # not into the scripts the fake runs
+                self.received_fds.append(fd)
+
+    def _close_fds(self) -> None:
+        while self.received_fds:
+            os.close(self.received_fds.pop())
 
     def drop_client(self) -> None:
         """Close the client's connection and listen for the next one."""
@@ -147,6 +169,7 @@ class Chardev:
         self.loop.unwatch(self.client.fileno())
         self.client.close()
         self.client = None
+        self._close_fds()
         self.frontend.disconnected()
         if self.listener is not None:
             self.loop.watch(self.listener.fileno(), self._accept)

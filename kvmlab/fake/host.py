@@ -11,8 +11,9 @@ right after the start returns, so QEMU (and the fake) must have run or checked
 them by the time it is ready. By default nothing runs: the script must be an
 executable file and ``would run`` is logged. As root with ``KVMLAB_FAKE_TAP=run``
 a real tap device is created through ``/dev/net/tun`` and the scripts run, so
-kvmlab's tap tests see real interfaces. ``netdev_add`` of a tap will start its
-backend the same way.
+kvmlab's tap tests see real interfaces. A tap kvmlab hotplugs arrives as a
+descriptor (``getfd``, :mod:`kvmlab.fake.fds`): ``named`` holds the names not yet
+used, ``passed`` the descriptors ``netdev_add`` took (closed by ``netdev_del``).
 """
 
 from __future__ import annotations
@@ -180,6 +181,23 @@ class Taps:
         self.faults = faults
         self.log = log
         self.started: list[tuple[int | None, str, str | None]] = []
+        #: ``getfd`` names -> descriptors, and netdev ids -> the descriptors they took.
+        self.named: dict[str, int] = {}
+        self.passed: dict[str, int] = {}
+        #: Netdev id -> index in ``started``.
+        self.by_netdev: dict[str, int] = {}
+
+    def release(self, netdev: str) -> None:
+        """``netdev_del`` of a tap: close its descriptor (the tap goes with it)."""
+        fd = self.passed.pop(netdev, None)
+        if fd is not None:
+            os.close(fd)
+        index = self.by_netdev.pop(netdev, None)
+        if index is not None:  # a tap made at start: QEMU closes it the same way
+            start_fd, tap, downscript = self.started[index]
+            if start_fd is not None:
+                os.close(start_fd)
+            self.started[index] = (None, tap, downscript)
 
     def start(self, backend: NetBackend) -> None:
         """Check or run a tap NIC's host side before ready, as QEMU does."""
@@ -199,6 +217,7 @@ class Taps:
         fd, tap = None, backend.ifname or f"tap{index}"
         if self.faults.tap_run:
             fd, tap = open_tap(backend, tap)
+        self.by_netdev[backend.id] = len(self.started)
         self.started.append((fd, tap, backend.downscript))
         script = backend.script
         if script is None:
@@ -227,3 +246,7 @@ class Taps:
                 spawn_wait([downscript, tap])
             if fd is not None:
                 os.close(fd)
+        for fd in (*self.named.values(), *self.passed.values()):
+            os.close(fd)
+        self.named.clear()
+        self.passed.clear()

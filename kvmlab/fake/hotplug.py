@@ -1,5 +1,8 @@
 """QMP hotplug on the fake: ``netdev_add``, ``netdev_del``, ``device_add``, ``device_del``.
 
+``netdev_add`` takes user networking, or a tap by descriptor (``fd=``, a ``getfd``
+name: :mod:`kvmlab.fake.fds`); ``netdev_del`` closes that descriptor.
+
 NICs and virtio disks are modelled: a ``device_add`` of a NIC driver appends to
 ``Machine.devices`` (the guest shell's ``/sys/class/net`` shows it at once), of a
 disk driver to ``Machine.disks`` (``/sys/block``, with its block node from
@@ -42,10 +45,20 @@ def netdev_add(m: MachineView, arguments: dict[str, object]) -> object:
     kind = str(arguments["type"])
     ident = str(arguments["id"])
     netdevs = _netdevs(m)
-    if kind != "user":
-        raise QmpCommandError(f"netdev_add type {kind!r} is not simulated by kvmlab-fake")
+    if kind not in ("user", "tap") or (kind == "tap" and "fd" not in arguments):
+        what = "tap without fd=" if kind == "tap" else repr(kind)
+        raise QmpCommandError(f"netdev_add type {what} is not simulated by kvmlab-fake")
+    if kind == "user" and ("fd" in arguments or "vhost" in arguments):
+        key = "fd" if "fd" in arguments else "vhost"
+        raise QmpCommandError(f"Parameter '{key}' is unexpected")
     if ident in netdevs:
         raise QmpCommandError(f"Duplicate ID '{ident}' for netdev")
+    if kind == "tap":
+        from kvmlab.fake import fds  # noqa: PLC0415 - a tap passed by descriptor
+
+        fd = fds.take_fd(m, str(arguments["fd"]))
+        m.taps.passed[ident] = fd
+        m.log("tap", netdev=ident, fd=fd)
     netdevs[ident] = kind
     return {}
 
@@ -58,6 +71,7 @@ def netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
     if any(nic.netdev == ident for nic in m.devices):
         raise QmpCommandError(f"Device '{ident}' is in use")  # pragma: no cover - kvmlab never
     del netdevs[ident]
+    m.taps.release(ident)
     return {}
 
 

@@ -83,6 +83,7 @@ class Machine:
         self.netdevs: dict[str, str] | None = None
         #: Device ids a ``device_del`` asked the guest to eject.
         self.pending_unplug: list[str] = []
+        self.scm_fds: list[int] = []
         self.loop = EventLoop()
         self.guest = Guest(self)
         self.chardevs: list[Chardev] = []

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 if TYPE_CHECKING:
     from kvmlab.fake.config import BlockDevice, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
+    from kvmlab.fake.host import Taps
     from kvmlab.fake.loop import EventLoop
     from kvmlab.fake.profiles import Profile
 
@@ -99,6 +100,9 @@ class MachineView(Protocol):
     block_nodes: dict[str, tuple[str, bool]]
     netdevs: dict[str, str] | None
     pending_unplug: list[str]
+    #: Descriptors the current QMP client sent (``SCM_RIGHTS``), for ``getfd``.
+    scm_fds: list[int]
+    taps: Taps
     prog: str
     outgoing: OutgoingSide | None
     incoming: IncomingSide | None

@@ -167,6 +167,7 @@ class QmpMonitor(Frontend):
                 return
         if command == "qmp_capabilities":
             self.negotiated = True
+        self.machine.scm_fds = self.dev.received_fds  # what getfd takes (QEMU: per monitor)
         try:
             reply = entry.run(self.machine, arguments)
         except QmpCommandError as err:

@@ -134,6 +134,18 @@ def _netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
     return hotplug.netdev_del(m, arguments)
 
 
+def _getfd(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import fds  # noqa: PLC0415 - only when a descriptor is passed
+
+    return fds.getfd(m, arguments)
+
+
+def _closefd(m: MachineView, arguments: dict[str, object]) -> object:
+    from kvmlab.fake import fds  # noqa: PLC0415
+
+    return fds.closefd(m, arguments)
+
+
 def _device_add(m: MachineView, arguments: dict[str, object]) -> object:
     from kvmlab.fake import hotplug  # noqa: PLC0415
 
@@ -241,8 +253,12 @@ COMMANDS: dict[str, QmpCommand] = {
     "system_reset": QmpCommand(_empty, after=_reset),
     "quit": QmpCommand(_quit, after=_exit),
     "netdev_add": QmpCommand(
-        _netdev_add, frozenset({"type", "id", "hostfwd", "net", "ipv6"}), ("type", "id")
+        _netdev_add,
+        frozenset({"type", "id", "hostfwd", "net", "ipv6", "fd", "vhost"}),
+        ("type", "id"),
     ),
+    "getfd": QmpCommand(_getfd, frozenset({"fdname"}), ("fdname",)),
+    "closefd": QmpCommand(_closefd, frozenset({"fdname"}), ("fdname",)),
     "netdev_del": QmpCommand(_netdev_del, frozenset({"id"}), ("id",)),
     "device_add": QmpCommand(
         _device_add,
