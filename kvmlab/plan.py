@@ -196,11 +196,10 @@ def _nic_args(runtime: KVMRuntime, plans: Sequence[NicPlan], caps: QemuCapabilit
             backend = f"tap,script={plan.script_path},downscript=no"
         else:
             backend = f"tap,fd={plan.fd}"
-        if plan.kind is not NicPlanKind.USER:
-            if hv.vhost_net and caps.has_vhost:
-                backend += ",vhost=on"
-            if plan.kind is NicPlanKind.FD and hv.vnet_hdr and hv.nic_type == "paravirtual":
-                backend += ",vnet_hdr=on"
+        # No vnet_hdr= with fd=: QEMU refuses it ("... are invalid with fd="); the
+        # header is the descriptor's own flag (IFF_VNET_HDR, kvmlab.tap) instead.
+        if plan.kind is not NicPlanKind.USER and hv.vhost_net and caps.has_vhost:
+            backend += ",vhost=on"
         if modern:
             kind, _, options = backend.partition(",")
             props = nic_device_args(model, nic.mac, slot)
