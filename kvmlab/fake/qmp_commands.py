@@ -16,6 +16,8 @@ from kvmlab.fake.hmp import run_command
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Container
+    from types import ModuleType
+    from typing import Any
 
     from kvmlab.fake.machine_view import MachineView
     from kvmlab.fake.profiles import Profile
@@ -122,64 +124,53 @@ def _human_monitor_command(m: MachineView, arguments: dict[str, object]) -> obje
     return run_command(m, str(arguments["command-line"]))
 
 
-def _netdev_add(m: MachineView, arguments: dict[str, object]) -> object:
+# Hotplug and migration handlers live in modules most VMs never load: each row below
+# imports its module on first use, so the fake starts without them.
+
+
+def _hotplug() -> ModuleType:
     from kvmlab.fake import hotplug  # noqa: PLC0415 - only when a VM is hotplugged
 
-    return hotplug.netdev_add(m, arguments)
+    return hotplug
 
 
-def _netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import hotplug  # noqa: PLC0415
-
-    return hotplug.netdev_del(m, arguments)
-
-
-def _getfd(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import fds  # noqa: PLC0415 - only when a descriptor is passed
-
-    return fds.getfd(m, arguments)
-
-
-def _closefd(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import fds  # noqa: PLC0415
-
-    return fds.closefd(m, arguments)
-
-
-def _device_add(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import hotplug  # noqa: PLC0415
-
-    return hotplug.device_add(m, arguments)
-
-
-def _device_del(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import hotplug  # noqa: PLC0415
-
-    return hotplug.device_del(m, arguments)
-
-
-def _blockdev_add(m: MachineView, arguments: dict[str, object]) -> object:
+def _hotplug_disk() -> ModuleType:
     from kvmlab.fake import hotplug_disk  # noqa: PLC0415 - only when a disk is hotplugged
 
-    return hotplug_disk.blockdev_add(m, arguments)
+    return hotplug_disk
 
 
-def _blockdev_del(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import hotplug_disk  # noqa: PLC0415
+def _fds() -> ModuleType:
+    from kvmlab.fake import fds  # noqa: PLC0415 - only when a descriptor is passed
 
-    return hotplug_disk.blockdev_del(m, arguments)
-
-
-def _query_named_block_nodes(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import hotplug_disk  # noqa: PLC0415
-
-    return hotplug_disk.query_named_block_nodes(m, arguments)
+    return fds
 
 
-def _device_deleted(m: MachineView) -> None:
-    from kvmlab.fake import hotplug  # noqa: PLC0415
+def _migration() -> ModuleType:
+    from kvmlab.fake import migration  # noqa: PLC0415 - only when a VM is migrated
 
-    hotplug.device_deleted(m)
+    return migration
+
+
+def _incoming() -> ModuleType:
+    from kvmlab.fake import incoming  # noqa: PLC0415
+
+    return incoming
+
+
+def _migration_params() -> ModuleType:
+    from kvmlab.fake import migration_params  # noqa: PLC0415
+
+    return migration_params
+
+
+def _lazy(load: Callable[[], ModuleType], name: str) -> Callable[..., Any]:
+    """The handler ``name`` of the module ``load`` imports, imported when first called."""
+
+    def run(*args: Any) -> Any:
+        return getattr(load(), name)(*args)
+
+    return run
 
 
 class _AnyName:
@@ -187,43 +178,6 @@ class _AnyName:
 
     def __contains__(self, name: object) -> bool:
         return True
-
-
-def _migrate(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import migration  # noqa: PLC0415 - only when a VM is migrated
-
-    return migration.migrate(m, arguments)
-
-
-def _migrate_cancel(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import migration  # noqa: PLC0415
-
-    return migration.migrate_cancel(m, arguments)
-
-
-def _query_migrate(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import migration  # noqa: PLC0415
-
-    return migration.query_migrate(m, arguments)
-
-
-def _migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
-    from kvmlab.fake import incoming  # noqa: PLC0415
-
-    return incoming.migrate_incoming(m, arguments)
-
-
-def _migration_settings(name: str) -> Callable[[MachineView, dict[str, object]], object]:
-    """``migrate-set-capabilities`` and co.: :mod:`kvmlab.fake.migration_params`' ``name``."""
-
-    def run(m: MachineView, arguments: dict[str, object]) -> object:
-        from kvmlab.fake import migration_params  # noqa: PLC0415
-
-        handler: Callable[[MachineView, dict[str, object]], object]
-        handler = getattr(migration_params, name)
-        return handler(m, arguments)
-
-    return run
 
 
 def _resume(m: MachineView) -> None:
@@ -253,48 +207,57 @@ COMMANDS: dict[str, QmpCommand] = {
     "system_reset": QmpCommand(_empty, after=_reset),
     "quit": QmpCommand(_quit, after=_exit),
     "netdev_add": QmpCommand(
-        _netdev_add,
+        _lazy(_hotplug, "netdev_add"),
         frozenset({"type", "id", "hostfwd", "net", "ipv6", "fd", "vhost"}),
         ("type", "id"),
     ),
-    "getfd": QmpCommand(_getfd, frozenset({"fdname"}), ("fdname",)),
-    "closefd": QmpCommand(_closefd, frozenset({"fdname"}), ("fdname",)),
-    "netdev_del": QmpCommand(_netdev_del, frozenset({"id"}), ("id",)),
+    "getfd": QmpCommand(_lazy(_fds, "getfd"), frozenset({"fdname"}), ("fdname",)),
+    "closefd": QmpCommand(_lazy(_fds, "closefd"), frozenset({"fdname"}), ("fdname",)),
+    "netdev_del": QmpCommand(_lazy(_hotplug, "netdev_del"), frozenset({"id"}), ("id",)),
     "device_add": QmpCommand(
-        _device_add,
+        _lazy(_hotplug, "device_add"),
         frozenset({"driver", "id", "bus", "addr", "netdev", "mac", "romfile", "drive"})
         | frozenset({"write-cache"}),
         ("driver",),
     ),
-    "device_del": QmpCommand(_device_del, frozenset({"id"}), ("id",), after=_device_deleted),
+    "device_del": QmpCommand(
+        _lazy(_hotplug, "device_del"),
+        frozenset({"id"}),
+        ("id",),
+        after=_lazy(_hotplug, "device_deleted"),
+    ),
     "blockdev-add": QmpCommand(
-        _blockdev_add,
+        _lazy(_hotplug_disk, "blockdev_add"),
         frozenset({"driver", "node-name", "file", "read-only", "cache", "discard"})
         | frozenset({"auto-read-only", "detect-zeroes", "force-share"}),
         ("driver",),
     ),
-    "blockdev-del": QmpCommand(_blockdev_del, frozenset({"node-name"}), ("node-name",)),
-    "query-named-block-nodes": QmpCommand(_query_named_block_nodes, frozenset({"flat"})),
+    "blockdev-del": QmpCommand(
+        _lazy(_hotplug_disk, "blockdev_del"), frozenset({"node-name"}), ("node-name",)
+    ),
+    "query-named-block-nodes": QmpCommand(
+        _lazy(_hotplug_disk, "query_named_block_nodes"), frozenset({"flat"})
+    ),
     "migrate": QmpCommand(
-        _migrate,
+        _lazy(_migration, "migrate"),
         frozenset({"uri", "blk", "inc", "detach", "resume", "channels"}),
         ("uri",),
     ),
-    "migrate_cancel": QmpCommand(_migrate_cancel),
-    "query-migrate": QmpCommand(_query_migrate),
+    "migrate_cancel": QmpCommand(_lazy(_migration, "migrate_cancel")),
+    "query-migrate": QmpCommand(_lazy(_migration, "query_migrate")),
     "migrate-incoming": QmpCommand(
-        _migrate_incoming,
+        _lazy(_incoming, "migrate_incoming"),
         frozenset({"uri", "channels", "exit-on-error"}),
         ("uri",),
     ),
     "migrate-set-capabilities": QmpCommand(
-        _migration_settings("set_capabilities"),
+        _lazy(_migration_params, "set_capabilities"),
         frozenset({"capabilities"}),
         ("capabilities",),
     ),
-    "query-migrate-capabilities": QmpCommand(_migration_settings("query_capabilities")),
-    "migrate-set-parameters": QmpCommand(_migration_settings("set_parameters"), _AnyName()),
-    "query-migrate-parameters": QmpCommand(_migration_settings("query_parameters")),
+    "query-migrate-capabilities": QmpCommand(_lazy(_migration_params, "query_capabilities")),
+    "migrate-set-parameters": QmpCommand(_lazy(_migration_params, "set_parameters"), _AnyName()),
+    "query-migrate-parameters": QmpCommand(_lazy(_migration_params, "query_parameters")),
     "human-monitor-command": QmpCommand(
         _human_monitor_command, frozenset({"command-line", "cpu-index"}), ("command-line",)
     ),
