@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from kvmlab.inventory import InstanceInfo
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: A pydantic model (unbound here: importing pydantic would slow every command down).
+_Model = TypeVar("_Model")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -338,16 +340,23 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def cmd_attach_nic(args: argparse.Namespace) -> int:
+def _device_model(model: type[_Model], what: str, **fields: Any) -> _Model:
+    """A NIC or disk built from the options, or exit 2 naming the field and the value."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from kvmlab.errors import InvalidInputError  # noqa: PLC0415
-    from kvmlab.models import Nic, format_validation_error  # noqa: PLC0415
+    from kvmlab.models import format_validation_error  # noqa: PLC0415
 
     try:
-        nic = Nic(mac=args.mac, mode=args.mode, link=args.link)
+        return model(**fields)
     except ValidationError as err:
-        raise InvalidInputError(f"invalid NIC: {format_validation_error(err)}") from None
+        raise InvalidInputError(f"invalid {what}: {format_validation_error(err)}") from None
+
+
+def cmd_attach_nic(args: argparse.Namespace) -> int:
+    from kvmlab.models import Nic  # noqa: PLC0415
+
+    nic = _device_model(Nic, "NIC", mac=args.mac, mode=args.mode, link=args.link)
     runtime = _lab(args).attach_nic(args.name, nic)
     slot = runtime.nic_slots[-1]
     print(f"attached NIC {nic.mac} to {args.name} at PCI slot {slot:#04x} (saved)")
@@ -366,15 +375,9 @@ def _disk_path(path: str) -> str:
 
 
 def cmd_attach_disk(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
+    from kvmlab.models import Disk  # noqa: PLC0415
 
-    from kvmlab.errors import InvalidInputError  # noqa: PLC0415
-    from kvmlab.models import Disk, format_validation_error  # noqa: PLC0415
-
-    try:
-        disk = Disk(path=_disk_path(args.path), mode=args.mode)
-    except ValidationError as err:
-        raise InvalidInputError(f"invalid disk: {format_validation_error(err)}") from None
+    disk = _device_model(Disk, "disk", path=_disk_path(args.path), mode=args.mode)
     runtime = _lab(args).attach_disk(args.name, disk)
     slot = runtime.disk_slots[-1]
     print(f"attached disk {disk.path} to {args.name} at PCI slot {slot:#04x} (saved)")
