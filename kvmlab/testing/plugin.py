@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from kvmlab.guest import GuestImage
     from kvmlab.lifecycle import Hypervisor
 
-__all__ = ["in_ci", "require_qemu"]
+__all__ = ["in_ci", "require_qemu", "stop_all"]
 
 _FAILED = pytest.StashKey[bool]()
 
@@ -105,6 +105,17 @@ def kvmlab_backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
+def stop_all(lab: Hypervisor) -> None:
+    """Stop every VM a test left running in ``lab``, killing what will not stop: a
+    teardown must not leave a daemon behind, whatever the test broke."""
+    for info in lab.list_instances():
+        if info.pid is not None:
+            try:
+                lab.stop(info.name, force=True)
+            except Exception:
+                os.kill(info.pid, 9)
+
+
 def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervisor]:
     from kvmlab.lifecycle import Hypervisor  # noqa: PLC0415
 
@@ -115,12 +126,7 @@ def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervis
         yield lab
     finally:
         try:
-            for info in lab.list_instances():
-                if info.pid is not None:
-                    try:
-                        lab.stop(info.name, force=True)
-                    except Exception:
-                        os.kill(info.pid, 9)
+            stop_all(lab)
             if request.node.stash.get(_FAILED, False) and (root / "log").is_dir():
                 label = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
                 kept = Path(tempfile.mkdtemp(prefix=f"kvmlab-failed-{label}-"))

@@ -21,6 +21,7 @@ import pytest
 from kvmlab.cli import main
 from kvmlab.lifecycle import Hypervisor
 from kvmlab.process import is_alive
+from kvmlab.testing.plugin import stop_all
 
 KVMLAB = str(Path(sys.executable).with_name("kvmlab"))
 NIC_OPTIONS = {"-net", "-netdev", "-nic"}
@@ -48,13 +49,7 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         if (path / "sd").is_dir():
-            lab = Hypervisor(path / "sd", backend="fake")
-            for info in lab.list_instances():
-                if info.pid is not None:
-                    try:
-                        lab.stop(info.name, force=True)
-                    except Exception:
-                        os.kill(info.pid, 9)
+            stop_all(Hypervisor(path / "sd", backend="fake"))
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from kvmlab.lifecycle import Hypervisor
 from kvmlab.models import Disk, Nic
 from kvmlab.process import read_cmdline, read_pidfile
 from kvmlab.rebase import machine_of, pin_machine
+from kvmlab.testing.plugin import stop_all
 
 QEMU_7_2 = "/usr/bin/qemu-system-x86_64"
 QEMU_10_0 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
@@ -60,12 +61,7 @@ def make_lab(kvmlab_backend: str) -> Iterator[Callable[..., Hypervisor]]:
 
     yield make
     for lab in made:
-        for info in lab.list_instances():
-            if info.pid is not None:
-                try:
-                    lab.stop(info.name, force=True)
-                except Exception:
-                    os.kill(info.pid, 9)
+        stop_all(lab)
         shutil.rmtree(lab.layout.root, ignore_errors=True)
 
 
