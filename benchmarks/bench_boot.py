@@ -9,7 +9,7 @@ Four sides boot the same test guest (kernel and initramfs), 192 MiB, 1 vCPU, and
 stops at the first ``KVMLAB-BOOT-OK`` on the serial line:
 
 - **kvmlab**: ``Hypervisor(tmpdir, backend=QemuBackend(binary)).start(instance)`` of the
-  test guest as the tests boot it (:func:`kvmlab.guest.boot_hvparams`: Q35, ``-nodefaults``,
+  test guest as the tests boot it (:func:`kvmlab.guest.build.boot_hvparams`: Q35, ``-nodefaults``,
   a quiet kernel; one user NIC), then the serial log is polled every 10 ms.
 - **bare**: a ``#!/bin/sh`` script runs the argv kvmlab executed (read back from ``/proc``
   with ``lab.info(name).argv`` during a warm-up run; through the wrapper when the binary is
@@ -64,12 +64,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from kvmlab.backends import QemuBackend, find_qemu
-from kvmlab.capabilities import QemuCapabilities
-from kvmlab.guest import GuestImage, boot_hvparams, build_guest
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import is_alive, read_pidfile, remove_quietly, wait_for_exit
+from kvmlab.guest.build import GuestImage, boot_hvparams, build_guest
+from kvmlab.host.backends import QemuBackend, find_qemu
+from kvmlab.host.process import is_alive, read_pidfile, remove_quietly, wait_for_exit
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.capabilities import QemuCapabilities
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
 MARKER = "KVMLAB-BOOT-OK"

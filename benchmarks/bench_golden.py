@@ -3,7 +3,7 @@
 The budget is 5 s on the 2-core reference machine, so that the golden suite can run
 on every change. Three figures:
 
-- ``cold``: :func:`kvmlab.golden.compare_all` once in this fresh process, including
+- ``cold``: :func:`kvmlab.golden.cases.compare_all` once in this fresh process, including
   loading every profile (parsing the recorded help texts) and reading every case file;
 - ``warm``: the median of further runs (profiles and cases cached, golden files re-read);
 - ``pytest``: ``pytest tests/golden/test_golden_argv.py`` as a subprocess, start to
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvmlab.golden import compare_all, golden_profiles
+from kvmlab.golden.cases import compare_all, golden_profiles
 
 BUDGET_SECONDS = 5.0
 ROOT = Path(__file__).resolve().parents[1]

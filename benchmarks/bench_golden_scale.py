@@ -4,11 +4,11 @@ Cases grow: every hypervisor change adds some, and the suite must stay worth run
 every change. This benchmark copies the source tree into a scratch directory, adds
 ``(factor - 1)`` generated variants of every case (the same instance under another name,
 so another command line; a refused case is copied as it is, under another name), writes
-their golden files with :func:`kvmlab.golden.regenerate_case`, and times in that copy:
+their golden files with :func:`kvmlab.golden.cases.regenerate_case`, and times in that copy:
 
 - ``pytest``: ``pytest -p no:cacheprovider tests/golden/test_golden_argv.py`` (serial; and
   with ``-n auto`` unless ``--no-xdist``), start to end, as a developer runs it;
-- ``compare_all``: :func:`kvmlab.golden.compare_all` in this process (no pytest).
+- ``compare_all``: :func:`kvmlab.golden.cases.compare_all` in this process (no pytest).
 
 Each figure is the median of ``--rounds`` runs, for the original cases and the scaled
 set, alternating, then divided by the number of cases. The target: time per case flat,
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvmlab.golden import (
+from kvmlab.golden.cases import (
     compare_all,
     default_cases_dir,
     default_ganeti_dir,
@@ -39,7 +39,7 @@ from kvmlab.golden import (
     golden_profiles,
     regenerate_case,
 )
-from kvmlab.models import Instance
+from kvmlab.spec.instance import Instance
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.5
@@ -96,7 +96,7 @@ def time_compare_all(tree: Path) -> float:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from kvmlab.golden import compare_all, golden_profiles, default_ganeti_dir\n"
+        "from kvmlab.golden.cases import compare_all, golden_profiles, default_ganeti_dir\n"
         "t = time.perf_counter()\n"
         "r = compare_all(profiles=golden_profiles(default_ganeti_dir()))\n"
         "assert r.ok, r\n"

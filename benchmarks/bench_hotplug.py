@@ -19,9 +19,9 @@ import statistics
 import tempfile
 import time
 
-from kvmlab.guest import build_guest
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Disk, HvParams, Instance, Nic
+from kvmlab.guest.build import build_guest
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
 
 
 def macs(lab: Hypervisor) -> list[str]:

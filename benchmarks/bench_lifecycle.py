@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 INSTANCE = Instance(
     name="bench",

@@ -26,11 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvmlab.backends import Backend, FakeBackend, QemuBackend
-from kvmlab.guest import boot_hvparams, build_guest
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.qmp import QmpSession
+from kvmlab.channels.qmp import QmpSession
+from kvmlab.guest.build import boot_hvparams, build_guest
+from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 BINARIES = {
     "7.2": "/usr/bin/qemu-system-x86_64",

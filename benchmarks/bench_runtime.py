@@ -19,9 +19,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from kvmlab.generator import generate_runtime
-from kvmlab.models import Disk, HvParams, Instance, Nic
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
 
 INSTANCE = Instance(
     name="bench-vm",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
-    from kvmlab.console import Console, GuestFacts
+    from kvmlab.channels.console import Console, GuestFacts
+    from kvmlab.channels.guest_channel import GuestChannel, GuestResult
     from kvmlab.errors import (
         AlreadyRunningError,
         CapabilityError,
@@ -33,15 +33,15 @@ if TYPE_CHECKING:
         StopError,
         UnknownInstanceError,
     )
-    from kvmlab.generator import generate_runtime
-    from kvmlab.guest_channel import GuestChannel, GuestResult
-    from kvmlab.invariants import InvariantReport, Violation, check_runtime
-    from kvmlab.inventory import InstanceInfo, InstanceState
-    from kvmlab.layout import StateLayout
-    from kvmlab.lifecycle import Hypervisor
-    from kvmlab.models import Disk, HvParams, Instance, Nic, load_instance
-    from kvmlab.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
-    from kvmlab.runtime import KVMRuntime
+    from kvmlab.host.inventory import InstanceInfo, InstanceState
+    from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.runtime.generator import generate_runtime
+    from kvmlab.runtime.invariants import InvariantReport, Violation, check_runtime
+    from kvmlab.runtime.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
+    from kvmlab.runtime.saved import KVMRuntime
+    from kvmlab.spec.capabilities import QemuCapabilities, available_profiles, load_profile
+    from kvmlab.spec.instance import Disk, HvParams, Instance, Nic, load_instance
+    from kvmlab.spec.layout import StateLayout
 
 __all__ = [
     # Describing instances
@@ -97,32 +97,32 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Instance": "models",
-    "Nic": "models",
-    "Disk": "models",
-    "HvParams": "models",
-    "load_instance": "models",
-    "QemuCapabilities": "capabilities",
-    "load_profile": "capabilities",
-    "available_profiles": "capabilities",
-    "generate_runtime": "generator",
-    "KVMRuntime": "runtime",
-    "StateLayout": "layout",
-    "plan_execution": "plan",
-    "StartFacts": "plan",
-    "NicPlan": "plan",
-    "NicPlanKind": "plan",
-    "ExecutionPlan": "plan",
-    "Hypervisor": "lifecycle",
-    "InstanceInfo": "inventory",
-    "InstanceState": "inventory",
-    "Console": "console",
-    "GuestFacts": "console",
-    "GuestChannel": "guest_channel",
-    "GuestResult": "guest_channel",
-    "check_runtime": "invariants",
-    "InvariantReport": "invariants",
-    "Violation": "invariants",
+    "Instance": "spec.instance",
+    "Nic": "spec.instance",
+    "Disk": "spec.instance",
+    "HvParams": "spec.instance",
+    "load_instance": "spec.instance",
+    "QemuCapabilities": "spec.capabilities",
+    "load_profile": "spec.capabilities",
+    "available_profiles": "spec.capabilities",
+    "generate_runtime": "runtime.generator",
+    "KVMRuntime": "runtime.saved",
+    "StateLayout": "spec.layout",
+    "plan_execution": "runtime.plan",
+    "StartFacts": "runtime.plan",
+    "NicPlan": "runtime.plan",
+    "NicPlanKind": "runtime.plan",
+    "ExecutionPlan": "runtime.plan",
+    "Hypervisor": "lifecycle.hypervisor",
+    "InstanceInfo": "host.inventory",
+    "InstanceState": "host.inventory",
+    "Console": "channels.console",
+    "GuestFacts": "channels.console",
+    "GuestChannel": "channels.guest_channel",
+    "GuestResult": "channels.guest_channel",
+    "check_runtime": "runtime.invariants",
+    "InvariantReport": "runtime.invariants",
+    "Violation": "runtime.invariants",
 }
 
 

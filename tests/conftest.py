@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from kvmlab.process import child_states
+from kvmlab.host.process import child_states
 
 PROJECT = Path(__file__).resolve().parents[1]
 GANETI_FIXTURES = PROJECT.parent / "shared" / "fixtures" / "ganeti"
@@ -81,7 +81,7 @@ def _in_xdist_controller(config: pytest.Config) -> bool:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not _in_xdist_controller(session.config):
-        from kvmlab.process import become_subreaper  # noqa: PLC0415
+        from kvmlab.host.process import become_subreaper  # noqa: PLC0415
 
         become_subreaper()
 
@@ -107,7 +107,7 @@ def _describe(pid: int) -> str:
 def _no_leftover_processes() -> Iterator[None]:
     before = set(child_states())
     yield
-    from kvmlab.process import wait_for_exit  # noqa: PLC0415
+    from kvmlab.host.process import wait_for_exit  # noqa: PLC0415
 
     _reap_zombies()
     left = [pid for pid in child_states() if pid not in before]

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kvmlab.capabilities import FACTS_FILE, QemuCapabilities, facts_json  # noqa: E402
+from kvmlab.spec.capabilities import FACTS_FILE, QemuCapabilities, facts_json  # noqa: E402
 
 DEFAULT_RECORDINGS = ROOT.parent / "shared" / "fixtures" / "ganeti"
 DEFAULT_PROFILES = ROOT / "fixtures" / "profiles"

@@ -105,11 +105,11 @@ __all__ = [
 FORMATTERS: Final[
     tuple[tuple[str, str, Callable[[Any], str], Callable[[Any], str] | None], ...]
 ] = (
-    ("kvmlab.models", "Instance", instance_html, instance_text),
-    ("kvmlab.runtime", "KVMRuntime", runtime_html, runtime_text),
-    ("kvmlab.invariants", "InvariantReport", report_html, report_text),
-    ("kvmlab.lifecycle", "Hypervisor", hypervisor_html, hypervisor_text),
-    ("kvmlab.console", "GuestFacts", facts_html, None),
+    ("kvmlab.spec.instance", "Instance", instance_html, instance_text),
+    ("kvmlab.runtime.saved", "KVMRuntime", runtime_html, runtime_text),
+    ("kvmlab.runtime.invariants", "InvariantReport", report_html, report_text),
+    ("kvmlab.lifecycle.hypervisor", "Hypervisor", hypervisor_html, hypervisor_text),
+    ("kvmlab.channels.console", "GuestFacts", facts_html, None),
 )
 
 

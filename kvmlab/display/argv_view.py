@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from kvmlab.argv import FLAG_OPTIONS
 from kvmlab.display._markup import (
     _MUTED,
     _box,
@@ -15,6 +14,7 @@ from kvmlab.display._markup import (
     _table,
     _text_table,
 )
+from kvmlab.spec.argv import FLAG_OPTIONS
 
 if TYPE_CHECKING:
     pass
@@ -108,8 +108,8 @@ class ArgvRow:
 def _split_options(argv: Sequence[str]) -> list[tuple[int, str, str | None]]:
     """``(index, option, value)`` for every option after ``argv[0]``.
 
-    QEMU options take at most one value; the flags in :data:`kvmlab.argv.FLAG_OPTIONS` take none, an
-    unknown option takes the next word unless that word is itself an option.
+    QEMU options take at most one value; the flags in :data:`kvmlab.spec.argv.FLAG_OPTIONS` take
+    none, an unknown option takes the next word unless that word is itself an option.
     """
     out: list[tuple[int, str, str | None]] = []
     index = 1

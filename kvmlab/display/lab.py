@@ -20,10 +20,10 @@ from kvmlab.display._markup import (
 from kvmlab.display.argv_view import argv_html
 
 if TYPE_CHECKING:
-    from kvmlab.console import GuestFacts
-    from kvmlab.inventory import InstanceInfo
-    from kvmlab.lifecycle import Hypervisor
-    from kvmlab.models import Instance
+    from kvmlab.channels.console import GuestFacts
+    from kvmlab.host.inventory import InstanceInfo
+    from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.spec.instance import Instance
 
 __all__ = [
     "facts_html",

@@ -20,8 +20,8 @@ from kvmlab.display._markup import (
 from kvmlab.display.argv_view import _split_options
 
 if TYPE_CHECKING:
-    from kvmlab.capabilities import QemuCapabilities
-    from kvmlab.models import Instance
+    from kvmlab.spec.capabilities import QemuCapabilities
+    from kvmlab.spec.instance import Instance
 
 __all__ = [
     "CapabilityMatrix",
@@ -205,7 +205,7 @@ def capability_matrix(
     0.9) is recorded in ``errors`` with the generator's message instead of raising.
     """
     from kvmlab.errors import KvmlabError  # noqa: PLC0415
-    from kvmlab.generator import generate_runtime  # noqa: PLC0415
+    from kvmlab.runtime.generator import generate_runtime  # noqa: PLC0415
 
     present: dict[tuple[str, str], set[str]] = {}
     errors: dict[tuple[str, str], str] = {}

@@ -23,10 +23,10 @@ from kvmlab.display.argv_view import (
 )
 
 if TYPE_CHECKING:
-    from kvmlab.diff import RuntimeDiff, TreeDiff
-    from kvmlab.invariants import InvariantReport
-    from kvmlab.models import Disk, Instance, Nic
-    from kvmlab.runtime import KVMRuntime
+    from kvmlab.golden.diff import RuntimeDiff, TreeDiff
+    from kvmlab.runtime.invariants import InvariantReport
+    from kvmlab.runtime.saved import KVMRuntime
+    from kvmlab.spec.instance import Disk, Instance, Nic
 
 __all__ = [
     "diff_html",
@@ -179,15 +179,15 @@ def runtime_text(runtime: KVMRuntime) -> str:
 
 
 def diff_html(diff: RuntimeDiff | TreeDiff) -> str:
-    """The semantic diff of two runtimes; rendered by :mod:`kvmlab.diff`, which owns it."""
-    from kvmlab.diff import render_html  # noqa: PLC0415 - display is imported on first use
+    """The semantic diff of two runtimes; rendered by :mod:`kvmlab.golden.diff`, which owns it."""
+    from kvmlab.golden.diff import render_html  # noqa: PLC0415 - display is imported on first use
 
     return render_html(diff)
 
 
 def diff_text(diff: RuntimeDiff | TreeDiff) -> str:
     """Plain-text counterpart of :func:`diff_html`."""
-    from kvmlab.diff import render_text  # noqa: PLC0415
+    from kvmlab.golden.diff import render_text  # noqa: PLC0415
 
     return render_text(diff)
 
@@ -197,7 +197,7 @@ def diff_text(diff: RuntimeDiff | TreeDiff) -> str:
 
 def report_html(report: InvariantReport) -> str:
     """Each checked invariant with its verdict, then every violation and its evidence."""
-    from kvmlab.invariants import INVARIANTS  # noqa: PLC0415
+    from kvmlab.runtime.invariants import INVARIANTS  # noqa: PLC0415
 
     broken = {v.invariant for v in report.violations}
     rows = [
@@ -229,7 +229,7 @@ def report_html(report: InvariantReport) -> str:
 
 def report_text(report: InvariantReport) -> str:
     """Plain-text counterpart of :func:`report_html`."""
-    from kvmlab.invariants import INVARIANTS  # noqa: PLC0415
+    from kvmlab.runtime.invariants import INVARIANTS  # noqa: PLC0415
 
     broken = {v.invariant for v in report.violations}
     lines = [

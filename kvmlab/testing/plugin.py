@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from kvmlab.guest import GuestImage
-    from kvmlab.lifecycle import Hypervisor
+    from kvmlab.guest.build import GuestImage
+    from kvmlab.lifecycle.hypervisor import Hypervisor
 
 __all__ = ["in_ci", "require_qemu", "stop_all"]
 
@@ -72,7 +72,7 @@ def _skip_or_fail(reason: str) -> None:
 
 def require_qemu() -> str:
     """The QEMU binary; skip (laptop) or fail (CI) without one."""
-    from kvmlab.backends import find_qemu  # noqa: PLC0415
+    from kvmlab.host.backends import find_qemu  # noqa: PLC0415
 
     binary = find_qemu()
     if binary is None:
@@ -117,7 +117,7 @@ def stop_all(lab: Hypervisor) -> None:
 
 
 def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervisor]:
-    from kvmlab.lifecycle import Hypervisor  # noqa: PLC0415
+    from kvmlab.lifecycle.hypervisor import Hypervisor  # noqa: PLC0415
 
     # A short root: unix socket paths must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="kl-"))
@@ -138,7 +138,7 @@ def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervis
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, kvmlab_backend: str) -> Iterator[Hypervisor]:
-    """A :class:`~kvmlab.lifecycle.Hypervisor` on a fresh state directory."""
+    """A :class:`~kvmlab.lifecycle.hypervisor.Hypervisor` on a fresh state directory."""
     yield from _make_lab(request, kvmlab_backend)
 
 
@@ -152,7 +152,7 @@ def fake_lab(request: pytest.FixtureRequest) -> Iterator[Hypervisor]:
 def test_guest() -> GuestImage:
     """The test guest (built once, cached by content hash); skip or fail when impossible."""
     from kvmlab.errors import KvmlabError  # noqa: PLC0415
-    from kvmlab.guest import build_guest  # noqa: PLC0415
+    from kvmlab.guest.build import build_guest  # noqa: PLC0415
 
     try:
         return build_guest()

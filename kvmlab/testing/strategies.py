@@ -16,16 +16,16 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import (
+from kvmlab.runtime.plan import NicPlan, NicPlanKind, StartFacts
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.capabilities import (
     QemuCapabilities,
     available_profiles,
     load_profile,
     profile_kind,
 )
-from kvmlab.layout import StateLayout
-from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode
-from kvmlab.plan import NicPlan, NicPlanKind, StartFacts
-from kvmlab.runtime import KVMRuntime
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic, NicMode
+from kvmlab.spec.layout import StateLayout
 
 __all__ = [
     "capabilities",

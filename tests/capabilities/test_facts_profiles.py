@@ -22,8 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmlab import capabilities
-from kvmlab.capabilities import (
+from kvmlab.errors import CapabilityError
+from kvmlab.spec import capabilities
+from kvmlab.spec.capabilities import (
     FACTS_FILE,
     FACTS_FORMAT,
     QemuCapabilities,
@@ -33,7 +34,6 @@ from kvmlab.capabilities import (
     parse_facts,
     profile_kind,
 )
-from kvmlab.errors import CapabilityError
 from kvmlab.testing import strategies
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -303,8 +303,8 @@ def test_derive_tool_runs_as_a_script() -> None:
 
 def test_the_fake_backend_refuses_a_facts_profile() -> None:
     """The fake kvm answers -help with a recorded text: it imitates recorded profiles only."""
-    from kvmlab.backends import FakeBackend  # noqa: PLC0415
     from kvmlab.errors import InvalidInputError  # noqa: PLC0415
+    from kvmlab.host.backends import FakeBackend  # noqa: PLC0415
 
     with pytest.raises(InvalidInputError, match="facts only"):
         FakeBackend("ganeti-1.1.2")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.capabilities import OPTION_FLAGS, QemuCapabilities
 from kvmlab.errors import CapabilityError, ProbeError
+from kvmlab.spec.capabilities import OPTION_FLAGS, QemuCapabilities
 
 GANETI_HELP_FILES = [
     "kvm_0.9.1_help.txt",

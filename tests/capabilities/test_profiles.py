@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
 from kvmlab.errors import CapabilityError
+from kvmlab.spec.capabilities import QemuCapabilities, available_profiles, load_profile
 
 PROFILES = Path(__file__).resolve().parents[2] / "fixtures" / "profiles"
 HAS_FIELDS = [f.name for f in dataclasses.fields(QemuCapabilities) if f.name.startswith("has_")]

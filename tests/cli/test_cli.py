@@ -1,7 +1,7 @@
 """The ``kvmlab`` command line: exit codes, one-line errors, JSON output, console, env vars.
 
 Most tests run the installed ``kvmlab`` script as a subprocess on the fake backend
-with a short state directory; a few call :func:`kvmlab.cli.main` in-process.
+with a short state directory; a few call :func:`kvmlab.cli.app.main` in-process.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.cli import main
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.process import is_alive
+from kvmlab.cli.app import main
+from kvmlab.host.process import is_alive
+from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.testing.plugin import stop_all
 
 KVMLAB = str(Path(sys.executable).with_name("kvmlab"))
@@ -90,7 +90,7 @@ def run(state_dir: Path) -> Run:
 
 @pytest.fixture
 def cli(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Call :func:`kvmlab.cli.main` in-process with the same global options as ``run``."""
+    """Call :func:`kvmlab.cli.app.main` in-process with the same global options as ``run``."""
 
     def call(*args: str) -> subprocess.CompletedProcess[str]:
         capsys.readouterr()
@@ -324,7 +324,7 @@ def test_generate_argv_is_one_argument_per_line_without_nics(
     assert main(["--state-dir", str(state_dir), "--backend", "fake", "generate", str(file),
                  "--argv"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    from kvmlab.models import load_instance  # noqa: PLC0415
+    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
 
     expected = Hypervisor(state_dir, backend="fake").generate(load_instance(file)).argv
     assert tuple(lines) == expected

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import backends, cli, doctor
+from kvmlab.cli import app as cli
+from kvmlab.cli import doctor
 from kvmlab.errors import KvmlabError, ProbeError
-from kvmlab.guest import GuestImage
+from kvmlab.guest.build import GuestImage
+from kvmlab.host import backends
 
 KVMLAB = [sys.executable, "-m", "kvmlab.cli"]
 # The accelerator probe boots the test guest under KVM once per binary and host boot

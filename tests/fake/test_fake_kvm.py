@@ -30,7 +30,12 @@ import pytest
 
 import kvmlab
 from kvmlab import fake
-from kvmlab.capabilities import OPTION_FLAGS, QemuCapabilities, available_profiles, load_profile
+from kvmlab.spec.capabilities import (
+    OPTION_FLAGS,
+    QemuCapabilities,
+    available_profiles,
+    load_profile,
+)
 
 #: The folder holding the ``kvmlab`` package, so the fake runs without installing.
 SOURCE_ROOT = str(Path(kvmlab.__file__).resolve().parents[1])

@@ -95,16 +95,16 @@ def test_every_import_in_the_fake_is_stdlib_or_the_fake() -> None:
 def test_the_walker_sees_nested_and_non_stdlib_imports(tmp_path: Path) -> None:
     source = (
         "import os\nfrom . import loop\nif TYPE_CHECKING:\n    from typing import Any\n"
-        "def f():\n    from kvmlab.capabilities import x\n    import pydantic\n"
+        "def f():\n    from kvmlab.spec.capabilities import x\n    import pydantic\n"
         "    importlib.import_module('yaml')\n"
     )
     (tmp_path / "m.py").write_text(source, encoding="utf-8")
     modules = [module for _, module in imported_modules(tmp_path / "m.py")]
     assert sorted(modules) == sorted(
-        ["os", "kvmlab.fake", "typing", "kvmlab.capabilities", "pydantic", "<dynamic import>"]
+        ["os", "kvmlab.fake", "typing", "kvmlab.spec.capabilities", "pydantic", "<dynamic import>"]
     )
     assert [module for module in modules if not allowed(module)] == [
-        "kvmlab.capabilities",
+        "kvmlab.spec.capabilities",
         "pydantic",
         "<dynamic import>",
     ]

@@ -38,13 +38,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmlab.capabilities import QemuCapabilities
-from kvmlab.generator import generate_runtime
-from kvmlab.guest import GuestImage
-from kvmlab.layout import StateLayout
-from kvmlab.models import Disk, Instance, KvmFlag, NicMode
-from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
-from kvmlab.qmp import QmpError, QmpSession
+from kvmlab.channels.qmp import QmpError, QmpSession
+from kvmlab.guest.build import GuestImage
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
+from kvmlab.spec.capabilities import QemuCapabilities
+from kvmlab.spec.instance import Disk, Instance, KvmFlag, NicMode
+from kvmlab.spec.layout import StateLayout
 
 START_TIMEOUT = 20.0
 QUIT_TIMEOUT = 10.0

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import golden
-from kvmlab.golden import (
+from kvmlab.golden import cases as golden
+from kvmlab.golden.cases import (
     ARGS_SUFFIX,
     ERROR_SUFFIX,
     START_MARKER,
@@ -38,7 +38,7 @@ from kvmlab.golden import (
     render_case,
     stale_files,
 )
-from kvmlab.models import Instance
+from kvmlab.spec.instance import Instance
 
 CASES = discover_cases()
 GOLDEN_DIR = default_golden_dir()

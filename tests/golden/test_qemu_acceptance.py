@@ -32,17 +32,17 @@ from helpers_acceptance import (
     scratch_dir,
 )
 
-from kvmlab.capabilities import QemuCapabilities
 from kvmlab.errors import KvmlabError
-from kvmlab.golden import (
+from kvmlab.golden.cases import (
     GoldenCase,
     GoldenProfile,
     discover_cases,
     regenerate_requested,
     render_case,
 )
-from kvmlab.guest import GuestImage
-from kvmlab.models import Instance
+from kvmlab.guest.build import GuestImage
+from kvmlab.spec.capabilities import QemuCapabilities
+from kvmlab.spec.instance import Instance
 
 pytestmark = pytest.mark.qemu
 

@@ -1,4 +1,4 @@
-"""``kvmlab.diff``: option-by-option runtime comparison, classified guest-visible or host-only."""
+"""``kvmlab.golden.diff``: option-by-option runtime comparison, guest-visible or host-only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from kvmlab.diff import (
+from kvmlab.errors import InstanceError, InvalidInputError, RuntimeFormatError
+from kvmlab.golden.cases import default_cases_dir, default_golden_dir, render_args
+from kvmlab.golden.diff import (
     Change,
     DiffInputError,
     RuntimeDiff,
@@ -21,12 +23,10 @@ from kvmlab.diff import (
     render_html,
     render_text,
 )
-from kvmlab.errors import InstanceError, InvalidInputError, RuntimeFormatError
-from kvmlab.generator import generate_runtime
-from kvmlab.golden import default_cases_dir, default_golden_dir, render_args
-from kvmlab.layout import StateLayout
-from kvmlab.models import Instance
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import Instance
+from kvmlab.spec.layout import StateLayout
 
 UUID = "12345678-1234-5678-1234-567812345678"
 LAYOUT = StateLayout(Path("/var/lib/kvmlab"))

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import accel
+from kvmlab.host import accel
 
 STUB = """
 import os, sys, time
 from pathlib import Path
-from kvmlab import accel, guest
+from kvmlab.host import accel
+from kvmlab.guest import build as guest
 
 calls, binary = Path(sys.argv[1]), sys.argv[2]
 real_exists, real_access = os.path.exists, os.access

@@ -1,4 +1,4 @@
-"""Tests of the test-guest builder (:mod:`kvmlab.guest`).
+"""Tests of the test-guest builder (:mod:`kvmlab.guest.build`).
 
 Most tests are hermetic: they build synthetic ``.deb`` files (an ``ar`` archive around a
 ``data.tar.xz``) with fake kernels, fake modules (tiny ELF files carrying a ``.modinfo``
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import guest
 from kvmlab.errors import KvmlabError
-from kvmlab.guest import (
+from kvmlab.guest import build as guest
+from kvmlab.guest.build import (
     CpioEntry,
     GuestBuildError,
     GuestImage,
@@ -378,7 +378,7 @@ def test_changed_init_script_makes_a_new_image(
 _BUILD_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from kvmlab.guest import build_guest
+from kvmlab.guest.build import build_guest
 build_guest(Path(sys.argv[1]), Path(sys.argv[2]), progress=lambda m: print(m, flush=True))
 """
 

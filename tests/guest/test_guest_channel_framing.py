@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmlab.errors import GuestChannelError, GuestTimeoutError, InvalidInputError
-from kvmlab.guest_channel import (
+from kvmlab.channels.guest_channel import (
     GuestChannel,
     GuestResult,
     ReplyReader,
     command_line,
     encode_request,
 )
+from kvmlab.errors import GuestChannelError, GuestTimeoutError, InvalidInputError
 
 NONCE = "00ff00ff00ff00ff"
 

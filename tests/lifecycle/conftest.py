@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from helpers_lifecycle import mac
 
-from kvmlab.guest import boot_hvparams
-from kvmlab.models import HvParams, Instance, Nic
+from kvmlab.guest.build import boot_hvparams
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 BACKENDS = ["fake", pytest.param("qemu", marks=pytest.mark.qemu)]
 
@@ -30,7 +30,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def make_instance(request: pytest.FixtureRequest, kvmlab_backend: str) -> Callable[..., Instance]:
     """Build an instance that boots on this backend (the test guest on real QEMU).
 
-    Both backends get the test guest's boot options (``kvmlab.guest.boot_hvparams``: Q35,
+    Both backends get the test guest's boot options (``kvmlab.guest.build.boot_hvparams``: Q35,
     ``-nodefaults``, a quiet kernel), so the fake kvm is handed the same command line.
     """
     guest = request.getfixturevalue("test_guest") if kvmlab_backend == "qemu" else None

@@ -6,9 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from kvmlab.console import GuestFacts
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Instance
+from kvmlab.channels.console import GuestFacts
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Instance
 
 BOOT_TIMEOUT = 90.0
 

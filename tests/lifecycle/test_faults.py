@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from kvmlab.errors import LaunchError, NotRunningError
-from kvmlab.executor import TEMP_PREFIX
-from kvmlab.lifecycle import Hypervisor, InstanceState
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import is_alive, read_pidfile, wait_for_exit
-from kvmlab.runtime import KVMRuntime
+from kvmlab.host.executor import TEMP_PREFIX
+from kvmlab.host.process import is_alive, read_pidfile, wait_for_exit
+from kvmlab.lifecycle.hypervisor import Hypervisor, InstanceState
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 FaultEnv = Callable[..., None]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers_lifecycle import BOOT_TIMEOUT, assert_facts_match, boot_facts
 
+from kvmlab.channels.guest_channel import GuestResult
 from kvmlab.errors import (
     GuestChannelError,
     GuestTimeoutError,
@@ -17,8 +18,7 @@ from kvmlab.errors import (
     NotRunningError,
     UnknownInstanceError,
 )
-from kvmlab.guest_channel import GuestResult
-from kvmlab.models import Disk
+from kvmlab.spec.instance import Disk
 
 
 def test_a_command_right_after_start_waits_for_the_guest_and_round_trips(

@@ -11,7 +11,6 @@ import time
 import pytest
 from helpers_lifecycle import BOOT_TIMEOUT, mac
 
-from kvmlab import hotplug
 from kvmlab.errors import (
     HotplugNotRunningError,
     HotplugRefusedError,
@@ -19,7 +18,8 @@ from kvmlab.errors import (
     NotRunningError,
     OperationError,
 )
-from kvmlab.models import Nic
+from kvmlab.lifecycle.hotplug import nic as hotplug
+from kvmlab.spec.instance import Nic
 
 NEW = "52:54:00:6b:01:01"
 

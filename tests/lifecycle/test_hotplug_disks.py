@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from helpers_lifecycle import BOOT_TIMEOUT
 
-from kvmlab import hotplug_disk
 from kvmlab.errors import (
     HotplugNotRunningError,
     HotplugRefusedError,
@@ -23,7 +22,8 @@ from kvmlab.errors import (
     NotRunningError,
     OperationError,
 )
-from kvmlab.models import Disk, Nic
+from kvmlab.lifecycle.hotplug import disk as hotplug_disk
+from kvmlab.spec.instance import Disk, Nic
 
 
 @pytest.fixture
@@ -281,7 +281,7 @@ def test_a_runtime_from_an_older_kvmlab_refuses_disk_hotplug_until_restarted(
 
 def block_node_files(lab, name: str = "vm1") -> list[str]:
     """The image files of QEMU's named block nodes (``query-named-block-nodes``)."""
-    from kvmlab.qmp import QmpSession  # noqa: PLC0415
+    from kvmlab.channels.qmp import QmpSession  # noqa: PLC0415
 
     with QmpSession(lab.layout.qmp_socket(name), timeout=10) as qmp:
         return [entry["file"] for entry in qmp.execute("query-named-block-nodes")]

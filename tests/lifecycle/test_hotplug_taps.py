@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from helpers_lifecycle import BOOT_TIMEOUT, mac
 
-from kvmlab import hotplug
 from kvmlab.errors import OperationError
-from kvmlab.models import Nic
+from kvmlab.lifecycle.hotplug import nic as hotplug
+from kvmlab.spec.instance import Nic
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root")
 

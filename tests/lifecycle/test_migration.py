@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from helpers_lifecycle import BOOT_TIMEOUT, mac
 
-from kvmlab import migration
-from kvmlab.backends import Backend, FakeBackend, QemuBackend
-from kvmlab.diff import diff_runtimes
 from kvmlab.errors import MigrationError, MigrationRefusedError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Disk, Nic
-from kvmlab.process import read_cmdline, read_pidfile
-from kvmlab.rebase import machine_of, pin_machine
+from kvmlab.golden.diff import diff_runtimes
+from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
+from kvmlab.host.process import read_cmdline, read_pidfile
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.lifecycle.migration import transfer as migration
+from kvmlab.runtime.rebase import machine_of, pin_machine
+from kvmlab.spec.instance import Disk, Nic
 from kvmlab.testing.plugin import stop_all
 
 QEMU_7_2 = "/usr/bin/qemu-system-x86_64"

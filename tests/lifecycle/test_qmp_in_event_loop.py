@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from kvmlab.lifecycle import Hypervisor, InstanceState
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import is_alive
-from kvmlab.qmp import QmpError, QmpSession, qmp_execute
+from kvmlab.channels.qmp import QmpError, QmpSession, qmp_execute
+from kvmlab.host.process import is_alive
+from kvmlab.lifecycle.hypervisor import Hypervisor, InstanceState
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 
 def instance(name: str = "vm1", memory: int = 160, vcpus: int = 3) -> Instance:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 
-from kvmlab.process import child_states, parent_of, wait_for_exit
+from kvmlab.host.process import child_states, parent_of, wait_for_exit
 
 
 def zombies() -> list[int]:

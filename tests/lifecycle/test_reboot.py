@@ -10,8 +10,8 @@ from helpers_lifecycle import (
     option_value,
 )
 
-from kvmlab.models import Nic
-from kvmlab.process import is_alive, read_cmdline
+from kvmlab.host.process import is_alive, read_cmdline
+from kvmlab.spec.instance import Nic
 
 
 def macs_in(argv: tuple[str, ...]) -> list[str]:

@@ -10,7 +10,6 @@ import threading
 import pytest
 from helpers_lifecycle import assert_facts_match, boot_facts, kvmlab_temp_leftovers, option_value
 
-from kvmlab import lifecycle
 from kvmlab.errors import (
     AlreadyRunningError,
     LaunchError,
@@ -18,10 +17,11 @@ from kvmlab.errors import (
     NotRunningError,
     UnknownInstanceError,
 )
-from kvmlab.lifecycle import InstanceState
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import is_alive, read_pidfile, wait_for_exit
-from kvmlab.runtime import KVMRuntime
+from kvmlab.host.process import is_alive, read_pidfile, wait_for_exit
+from kvmlab.lifecycle import hypervisor as lifecycle
+from kvmlab.lifecycle.hypervisor import InstanceState
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 
 def test_start_boots_a_guest_that_sees_the_instance(lab, make_instance) -> None:

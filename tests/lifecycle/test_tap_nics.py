@@ -25,13 +25,13 @@ import pytest
 from helpers_lifecycle import BOOT_TIMEOUT, kvmlab_temp_leftovers, mac
 from pydantic import ValidationError
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import LaunchError
-from kvmlab.executor import execute
-from kvmlab.generator import generate_runtime
-from kvmlab.guest import GuestImage
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic, NicMode
+from kvmlab.guest.build import GuestImage
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.executor import execute
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.spec.instance import HvParams, Instance, Nic, NicMode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root")
 

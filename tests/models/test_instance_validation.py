@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from kvmlab.errors import InstanceError
-from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode, instance_from_data
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic, NicMode, instance_from_data
 
 MAC1 = "02:00:00:00:00:01"
 MAC2 = "02:00:00:00:00:02"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab.errors import InstanceError
-from kvmlab.models import Instance, load_instance
+from kvmlab.spec.instance import Instance, load_instance
 
 JSON_TEXT = json.dumps(
     {

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from kvmlab import display
-from kvmlab.capabilities import QemuCapabilities, load_profile
-from kvmlab.console import GuestFacts
-from kvmlab.diff import diff_runtimes, render_html, render_text
-from kvmlab.generator import generate_runtime
-from kvmlab.invariants import check_runtime
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Disk, HvParams, Instance, Nic
+from kvmlab.channels.console import GuestFacts
+from kvmlab.golden.diff import diff_runtimes, render_html, render_text
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.invariants import check_runtime
+from kvmlab.spec.capabilities import QemuCapabilities, load_profile
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
 
 HOSTILE_ARGS = "console=ttyS0 <b>&x"
 HOSTILE_EXTRA = "-fw_cfg name=opt/kvmlab,string=<script>alert(1)</script>"

@@ -18,11 +18,11 @@ from IPython.core.interactiveshell import InteractiveShell
 shell = InteractiveShell.instance()
 {import_kvmlab}
 from kvmlab import display
-from kvmlab.console import GuestFacts
-from kvmlab.generator import generate_runtime
-from kvmlab.invariants import check_runtime
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Instance, Nic
+from kvmlab.channels.console import GuestFacts
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.invariants import check_runtime
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Instance, Nic
 
 vm = Instance(name="vm1", nics=[Nic(mac="52:54:00:12:34:56", mode="user")])
 runtime = generate_runtime(vm)
@@ -59,7 +59,7 @@ def test_load_ext_registers_for_a_shell_started_after_kvmlab(tmp_path: Path) -> 
     code = """
     import kvmlab  # before any shell: nothing to register with
     from IPython.core.interactiveshell import InteractiveShell
-    from kvmlab.models import Instance
+    from kvmlab.spec.instance import Instance
     shell = InteractiveShell.instance()
     vm = Instance(name="vm1")
     before, _ = shell.display_formatter.format(vm)
@@ -78,7 +78,7 @@ def test_without_a_shell_importing_kvmlab_loads_no_renderer(tmp_path: Path) -> N
     code = """
     import sys
     import IPython  # importable, but no shell runs
-    import kvmlab.models
+    import kvmlab.spec.instance
     assert "kvmlab.display" not in sys.modules
     print("display not loaded")
     """

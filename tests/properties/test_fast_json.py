@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kvmlab.generator import generate_runtime
-from kvmlab.models import Disk, HvParams, Nic
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import Disk, HvParams, Nic
 from kvmlab.testing import strategies as kst
 
 inputs = st.tuples(kst.instances(), kst.capabilities(), kst.layouts())

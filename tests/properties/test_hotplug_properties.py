@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from test_lifecycle_properties import fresh_lab, lab_instances
 
 from kvmlab.errors import HotplugRefusedError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Disk, Instance, Nic
-from kvmlab.runtime import DISK_SLOTS, KVMRuntime, default_nic_slots
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.saved import DISK_SLOTS, KVMRuntime, default_nic_slots
+from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.testing import strategies as kst
 
 hotplug_settings = settings(max_examples=30, deadline=None)

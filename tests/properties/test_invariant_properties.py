@@ -2,7 +2,7 @@
 
 Each property draws valid instances, capability profiles and layouts from
 ``kvmlab.testing.strategies`` and asserts one invariant through the same checks
-notebooks use (``kvmlab.invariants``), plus direct assertions where a check could
+notebooks use (``kvmlab.runtime.invariants``), plus direct assertions where a check could
 hide a failure.
 """
 
@@ -15,18 +15,18 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import QemuCapabilities, available_profiles, load_profile
 from kvmlab.errors import InstanceError
-from kvmlab.generator import generate_runtime
-from kvmlab.invariants import (
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.invariants import (
     check_execution,
     check_nics_deferred,
     check_no_temp_paths,
     check_round_trip,
 )
-from kvmlab.models import Instance, Nic
-from kvmlab.plan import plan_execution
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.plan import plan_execution
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.capabilities import QemuCapabilities, available_profiles, load_profile
+from kvmlab.spec.instance import Instance, Nic
 from kvmlab.testing import strategies as kst
 
 inputs = st.tuples(kst.instances(), kst.capabilities(), kst.layouts())
@@ -72,8 +72,8 @@ def test_3_generation_is_deterministic(args) -> None:
 def test_3_generation_is_identical_across_interpreters() -> None:
     """Byte for byte the same in fresh processes with different hash seeds."""
     code = (
-        "from kvmlab.models import Instance, Nic, Disk;"
-        "from kvmlab.generator import generate_runtime;"
+        "from kvmlab.spec.instance import Instance, Nic, Disk;"
+        "from kvmlab.runtime.generator import generate_runtime;"
         "i = Instance(name='vm1', memory=512, vcpus=2,"
         " nics=[Nic(mac='52:54:00:00:00:01', link='br0'),"
         " Nic(mac='52:54:00:00:00:02', mode='user')],"

@@ -18,13 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmlab.backends import FakeBackend
-from kvmlab.console import GuestFacts
+from kvmlab.channels.console import GuestFacts
 from kvmlab.errors import LaunchError
-from kvmlab.lifecycle import Hypervisor, InstanceState
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import is_alive, read_cmdline
-from kvmlab.runtime import KVMRuntime
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.process import is_alive, read_cmdline
+from kvmlab.lifecycle.hypervisor import Hypervisor, InstanceState
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.testing import strategies as kst
 
 START_TIME_OPTIONS = frozenset({"-netdev", "-device", "-net", "-qmp"})

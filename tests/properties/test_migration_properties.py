@@ -25,11 +25,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import MigrationRefusedError, NotRunningError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import read_cmdline
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.process import read_cmdline
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.testing import strategies as kst
 
 steps = st.lists(

@@ -4,7 +4,7 @@ Every case must end with exit code 2 and exactly one ``kvmlab: error:`` line on 
 naming the field (and, where there is one, the value), and must write nothing: a state
 directory that did not exist is not created, an existing one is byte-for-byte unchanged.
 
-The whole matrix runs in-process through :func:`kvmlab.cli.main` (the same code as the
+The whole matrix runs in-process through :func:`kvmlab.cli.app.main` (the same code as the
 console script, milliseconds per case), for a missing and for an existing state
 directory; a sample runs as real subprocesses, where a traceback would show.
 The model-level rules themselves are tested in ``tests/models/``; this is the CLI contract.
@@ -26,11 +26,11 @@ from helpers_reliability import (
     snapshot,
 )
 
-from kvmlab.cli import main
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import Instance
-from kvmlab.store import save_runtime
+from kvmlab.cli.app import main
+from kvmlab.host.store import save_runtime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.spec.instance import Instance
+from kvmlab.spec.layout import StateLayout
 
 
 def hv(**params: Any) -> dict[str, Any]:

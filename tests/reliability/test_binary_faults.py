@@ -32,11 +32,11 @@ from helpers_reliability import (
     write_instance,
 )
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import NotRunningError
-from kvmlab.lifecycle import Hypervisor, InstanceState
-from kvmlab.models import Instance
-from kvmlab.process import is_alive, read_pidfile
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.process import is_alive, read_pidfile
+from kvmlab.lifecycle.hypervisor import Hypervisor, InstanceState
+from kvmlab.spec.instance import Instance
 
 FAKE = ["--backend", "fake"]
 

@@ -33,10 +33,10 @@ from helpers_reliability import (
     write_instance,
 )
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import NotRunningError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Instance
+from kvmlab.host.backends import FakeBackend
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Instance
 
 WORKERS = 8
 OPS_PER_WORKER = 50
@@ -46,10 +46,10 @@ FAULTS = {"KVMLAB_FAKE_POWERDOWN_DELAY": "0"}
 
 WORKER = r"""
 import json, random, sys, time, traceback
-from kvmlab.backends import FakeBackend
+from kvmlab.host.backends import FakeBackend
 from kvmlab.errors import AlreadyRunningError, LockedError, NotRunningError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Instance
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Instance
 
 state, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 instances = {name: Instance.model_validate(data) for name, data in json.loads(sys.argv[4]).items()}

@@ -20,14 +20,14 @@ from helpers_reliability import (
     write_instance,
 )
 
-from kvmlab.cli import main
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import Instance
-from kvmlab.process import is_alive
-from kvmlab.runtime import FORMAT_VERSION, KVMRuntime
-from kvmlab.store import save_runtime
+from kvmlab.cli.app import main
+from kvmlab.host.process import is_alive
+from kvmlab.host.store import save_runtime
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import FORMAT_VERSION, KVMRuntime
+from kvmlab.spec.instance import Instance
+from kvmlab.spec.layout import StateLayout
 
 ROOT = Path("/srv/kvmlab-reliability")
 GOOD = generate_runtime(Instance.model_validate(instance_data()), layout=StateLayout(ROOT))

@@ -36,12 +36,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import FACTS_FILE, QemuCapabilities, facts_json, load_profile, parse_facts
 from kvmlab.errors import CapabilityError, InstanceError, KvmlabError, RuntimeFormatError
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import load_instance
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.capabilities import (
+    FACTS_FILE,
+    QemuCapabilities,
+    facts_json,
+    load_profile,
+    parse_facts,
+)
+from kvmlab.spec.instance import load_instance
+from kvmlab.spec.layout import StateLayout
 
 PROJECT = Path(__file__).resolve().parents[2]
 CASES = PROJECT / "fixtures" / "cases"

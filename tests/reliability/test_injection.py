@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from helpers_reliability import MAC1, one_line_error, run_kvmlab, write_instance
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import LaunchError
-from kvmlab.executor import execute
-from kvmlab.layout import StateLayout
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic, NicMode
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.executor import execute
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic, NicMode
+from kvmlab.spec.layout import StateLayout
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the up-script runs for real only as root")
 

@@ -39,12 +39,12 @@ from helpers_reliability import (
     write_instance,
 )
 
-from kvmlab.backends import FakeBackend
 from kvmlab.errors import NotRunningError
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import load_instance
-from kvmlab.process import read_pidfile
-from kvmlab.runtime import KVMRuntime
+from kvmlab.host.backends import FakeBackend
+from kvmlab.host.process import read_pidfile
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import load_instance
 
 DRIVER = r"""
 import os, signal, sys
@@ -63,21 +63,21 @@ if point in ("save-before-rename", "save-after-rename"):
             die()
     os.replace = replace
 elif point == "before-binary":
-    import kvmlab.executor
-    kvmlab.executor._run = die
+    import kvmlab.host.executor
+    kvmlab.host.executor._run = die
 elif point == "reboot-after-stop":
-    import kvmlab.lifecycle
-    kvmlab.lifecycle.execute = die
+    import kvmlab.lifecycle.hypervisor
+    kvmlab.lifecycle.hypervisor.execute = die
 elif point == "stop-after-powerdown":
-    import kvmlab.lifecycle
-    kvmlab.lifecycle.wait_for_exit = die
+    import kvmlab.lifecycle.hypervisor
+    kvmlab.lifecycle.hypervisor.wait_for_exit = die
 elif point == "stop-before-signal":
-    import kvmlab.lifecycle
-    kvmlab.lifecycle.signal_process = die
+    import kvmlab.lifecycle.hypervisor
+    kvmlab.lifecycle.hypervisor.signal_process = die
 elif point != "none":
     raise SystemExit(f"unknown kill point {point}")
 
-from kvmlab.cli import main
+from kvmlab.cli.app import main
 sys.exit(main(args))
 """
 

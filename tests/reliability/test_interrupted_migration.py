@@ -23,16 +23,16 @@ from pathlib import Path
 import pytest
 from helpers_reliability import KVMLAB, PYTHON
 
-from kvmlab.backends import FakeBackend, QemuBackend
-from kvmlab.guest import boot_hvparams
-from kvmlab.lifecycle import Hypervisor
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.process import read_cmdline
+from kvmlab.guest.build import boot_hvparams
+from kvmlab.host.backends import FakeBackend, QemuBackend
+from kvmlab.host.process import read_cmdline
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 DRIVER = r"""
 import os, signal, sys
 point, args = sys.argv[1], sys.argv[2:]
-import kvmlab.migration as m
+import kvmlab.lifecycle.migration.transfer as m
 
 def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -73,7 +73,7 @@ elif point == "during-rollback":
 else:
     raise SystemExit(f"unknown kill point {point}")
 
-from kvmlab.cli import main
+from kvmlab.cli.app import main
 sys.exit(main(args))
 """
 
@@ -126,7 +126,7 @@ def _vms(*labs: Hypervisor) -> dict[int, Hypervisor]:
 
 
 def _status(lab: Hypervisor) -> str | None:
-    from kvmlab.qmp import QmpError, qmp_execute  # noqa: PLC0415
+    from kvmlab.channels.qmp import QmpError, qmp_execute  # noqa: PLC0415
 
     try:
         return str(qmp_execute(lab.layout.qmp_socket("vm1"), "query-status")["status"])

@@ -21,7 +21,7 @@ from helpers_reliability import (
     write_instance,
 )
 
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.saved import KVMRuntime
 
 
 @pytest.fixture

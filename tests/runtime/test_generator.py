@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from kvmlab.capabilities import QemuCapabilities, load_profile
 from kvmlab.errors import InstanceError, LayoutError
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import Instance
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.spec.capabilities import QemuCapabilities, load_profile
+from kvmlab.spec.instance import Instance
+from kvmlab.spec.layout import StateLayout
 
 UUID = "12345678-1234-5678-1234-567812345678"
 MAC1 = "02:00:00:00:00:01"

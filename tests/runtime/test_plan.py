@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from kvmlab.capabilities import QemuCapabilities, load_profile
 from kvmlab.errors import InvalidInputError, RuntimeFormatError
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import Instance, Nic, NicMode, NicType
-from kvmlab.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
-from kvmlab.runtime import KVMRuntime
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.capabilities import QemuCapabilities, load_profile
+from kvmlab.spec.instance import Instance, Nic, NicMode, NicType
+from kvmlab.spec.layout import StateLayout
 
 MAC1 = "02:00:00:00:00:01"
 MAC2 = "02:00:00:00:00:02"

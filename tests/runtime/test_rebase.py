@@ -1,4 +1,4 @@
-"""The pure half of a migration (kvmlab/rebase.py, docs/migration.md): the source's runtime
+"""The pure half of a migration (kvmlab/runtime/rebase.py, docs/migration.md): the source's runtime
 rebased onto the target's state directory, its machine alias pinned across versions, and
 the refusals; properties over generated instances: nothing guest-visible changes, no source
 path is left, and rebasing back gives the source's runtime again."""
@@ -11,13 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmlab.capabilities import load_profile
-from kvmlab.diff import diff_runtimes
 from kvmlab.errors import LayoutError, MigrationRefusedError
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import HvParams, Instance, Nic
-from kvmlab.rebase import concrete_machine, machine_of, pin_machine, rebase_paths, target_runtime
+from kvmlab.golden.diff import diff_runtimes
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.rebase import (
+    concrete_machine,
+    machine_of,
+    pin_machine,
+    rebase_paths,
+    target_runtime,
+)
+from kvmlab.spec.capabilities import load_profile
+from kvmlab.spec.instance import HvParams, Instance, Nic
+from kvmlab.spec.layout import StateLayout
 from kvmlab.testing import strategies as kst
 
 Q72, Q10 = load_profile("qemu-7.2"), load_profile("qemu-10.0")

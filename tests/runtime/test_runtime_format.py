@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 
-from kvmlab.capabilities import QemuCapabilities, load_profile
 from kvmlab.errors import RuntimeFormatError
-from kvmlab.generator import generate_runtime
-from kvmlab.layout import StateLayout
-from kvmlab.models import Disk, HvParams, Instance, Nic, NicMode
-from kvmlab.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
-from kvmlab.runtime import (
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
+from kvmlab.runtime.saved import (
     FORMAT_VERSION,
     GANETI_UNMODELLED_HVPARAMS,
     KVMRuntime,
     upgrade_legacy_argv,
 )
+from kvmlab.spec.capabilities import QemuCapabilities, load_profile
+from kvmlab.spec.instance import Disk, HvParams, Instance, Nic, NicMode
+from kvmlab.spec.layout import StateLayout
 
 MAC = "02:00:00:00:00:01"
 MAC2 = "aa:00:00:3c:51:0b"

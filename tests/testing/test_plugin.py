@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.process import is_alive
+from kvmlab.host.process import is_alive
 
 pytest_plugins = ["pytester"]
 
 USER_HELPERS = """
-from kvmlab.models import HvParams, Instance, Nic
+from kvmlab.spec.instance import HvParams, Instance, Nic
 
 
 def make(name="u1"):
@@ -245,7 +245,13 @@ def test_importing_the_plugin_starts_and_probes_nothing(tmp_path: Path) -> None:
     assert not marker.exists()
     for name in ("home", "cache", "state", "tmp", "cwd"):
         assert list(dirs[name].iterdir()) == [], name
-    heavy = {"kvmlab.lifecycle", "kvmlab.backends", "kvmlab.guest", "kvmlab.qmp", "qemu.qmp"}
+    heavy = {
+        "kvmlab.lifecycle.hypervisor",
+        "kvmlab.host.backends",
+        "kvmlab.guest.build",
+        "kvmlab.channels.qmp",
+        "qemu.qmp",
+    }
     assert not heavy.intersection(report["modules"]), report["modules"]
     assert report["took"] < 5.0  # imports pytest-side code only; nothing waits
 

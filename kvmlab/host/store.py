@@ -1,0 +1,140 @@
+"""Files in the state directory: atomic writes, the saved runtime, the instance lock.
+
+A saved runtime is replaced, never edited: the new text goes to a temp file in
+the same directory, is fsynced, then renamed over the old one, so a crash leaves
+either the old or the new runtime, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
+from kvmlab.runtime.saved import KVMRuntime
+
+__all__ = [
+    "atomic_write",
+    "instance_lock",
+    "load_runtime",
+    "read_record",
+    "remove_stale_writes",
+    "save_runtime",
+]
+
+
+def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, rename, fsync dir).
+
+    :raise OperationError: the directory is read-only, full, or missing; the old
+        file is left as it was.
+    """
+    directory = path.parent
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise OperationError(f"cannot write {path}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise OperationError(f"cannot write {path}: {err.strerror}") from err
+
+
+def remove_stale_writes(path: Path) -> None:
+    """Remove temp files an interrupted :func:`atomic_write` of ``path`` left behind.
+
+    Call it only while holding the lock that serialises writers of ``path``.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
+def save_runtime(path: Path, runtime: KVMRuntime) -> None:
+    """Write the runtime document atomically."""
+    atomic_write(path, runtime.to_json() + "\n")
+
+
+def load_runtime(path: Path) -> KVMRuntime:
+    """Read a saved runtime; the file is never modified.
+
+    :raise RuntimeFormatError: unreadable or invalid, naming the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RuntimeFormatError(f"{path}: not UTF-8 text") from err
+    except OSError as err:
+        raise RuntimeFormatError(f"{path}: cannot read: {err.strerror}") from err
+    try:
+        return KVMRuntime.from_json(text)
+    except RuntimeFormatError as err:
+        raise RuntimeFormatError(f"{path}: {err}") from None
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON object a crashed operation left (hotplug intent, migration journal).
+
+    ``None`` when there is none. A damaged one is still reported, as
+    ``{"op": "unknown", "raw": ...}``: it says an operation died, which ``info``
+    must tell even when the file is half written.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"op": "unknown", "raw": text[:200]}
+    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
+
+
+@contextlib.contextmanager
+def instance_lock(path: Path, name: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the instance's lock; another holder makes this raise at once (or after ``wait``).
+
+    :raise LockedError: another process holds it.
+    """
+    import time  # noqa: PLC0415
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise OperationError(f"cannot open the lock {path}: {err.strerror}") from err
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"instance {name} is busy: another kvmlab command is operating on it"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,619 @@
+"""The :class:`Hypervisor` facade: start, stop, soft reboot, info, list, console, guest, cleanup.
+
+This is where the seed's promise is kept. ``start`` generates a fresh runtime,
+saves it and executes it; ``reboot`` (soft) stops the process and executes the
+*saved* runtime again, so memory or NICs changed since the start are not applied,
+none of them, and the guest never sees half a change; a hard restart
+(``restart``: stop + start) generates anew::
+
+    lab = Hypervisor("/tmp/lab", backend="fake")
+    lab.start(Instance(name="vm1", memory=256, nics=[Nic(mac="52:54:00:00:00:01", mode="user")]))
+    lab.console("vm1").expect("KVMLAB-BOOT-OK")
+    lab.reboot("vm1")            # same argv as before, whatever vm1 looks like now
+    lab.stop("vm1")              # ACPI powerdown, then SIGTERM/SIGKILL after the timeout
+
+The state directory follows Ganeti's layout (see :class:`~kvmlab.spec.layout.StateLayout`);
+each operation on an instance holds its lock, so concurrent commands on one
+instance never interleave: one wins, the others get :class:`LockedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kvmlab.channels.console import Console
+from kvmlab.channels.guest_channel import GuestChannel
+from kvmlab.errors import (
+    AlreadyRunningError,
+    GuestChannelError,
+    InstanceError,
+    NotRunningError,
+    OperationError,
+    RuntimeFormatError,
+    StopError,
+    UnknownInstanceError,
+)
+from kvmlab.host.backends import Backend, resolve_backend
+from kvmlab.host.executor import (
+    DEFAULT_START_TIMEOUT,
+    clear_stale_files,
+    execute,
+    sweep_stale_temp_dirs,
+)
+from kvmlab.host.inventory import (
+    InstanceInfo,
+    InstanceState,
+    RuntimeSummary,
+    running_pid,
+    summarize,
+)
+from kvmlab.host.inventory import list_instances as inventory_list
+from kvmlab.host.process import (
+    reap_adopted,
+    remove_quietly,
+    signal_process,
+    wait_for_exit,
+)
+from kvmlab.host.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
+from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.instance import Disk, Instance, Nic
+from kvmlab.spec.layout import StateLayout, default_state_dir
+
+if TYPE_CHECKING:
+    from kvmlab.lifecycle.migration.transfer import MigrationResult
+
+__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
+
+log = logging.getLogger("kvmlab")
+
+DEFAULT_STOP_TIMEOUT = 30.0
+TERM_TIMEOUT = 5.0
+#: A QMP command gets at most this long (a frozen QEMU never answers).
+QMP_TIMEOUT = 5.0
+#: A graceful stop presses the ACPI power button again after this long while the guest
+#: runs: a guest still booting (no ACPI button driver yet) misses the first press, as
+#: real guests do. Ganeti's instance shutdown likewise retries the powerdown (every 5 s).
+POWERDOWN_RETRY = 2.0
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+#: Instance lock files this process holds now: a migration holds two, and the
+#: recovery of an interrupted one must not try to take one of them again.
+_HELD_LOCKS: set[Path] = set()
+
+
+@contextlib.contextmanager
+def _host_errors(name: str) -> Iterator[None]:
+    """A full disk or a read-only state dir is an operation failure, said in one line."""
+    try:
+        yield
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        raise OperationError(f"{name}: {err.strerror or err}{where}") from err
+
+
+class Hypervisor:
+    """A lab of instances under one state directory, on one backend.
+
+    :param state_dir: the state directory; ``$KVMLAB_STATE_DIR`` or
+        ``$XDG_STATE_HOME/kvmlab`` when omitted. Created (mode 0700) on first start.
+    :param backend: ``"auto"`` (real QEMU when installed, else the fake), ``"qemu"``,
+        ``"fake"``, or a :class:`~kvmlab.host.backends.Backend`.
+    :param start_timeout: seconds the binary may take to daemonize.
+    :param stop_timeout: seconds a guest gets to power off before it is killed.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        backend: str | Backend = "auto",
+        *,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> None:
+        root = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.layout = StateLayout(root.absolute())
+        self.backend = resolve_backend(backend)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+
+    def __repr__(self) -> str:
+        return f"Hypervisor({str(self.layout.root)!r}, backend={self.backend.describe()!r})"
+
+    # -- generation -----------------------------------------------------------------
+
+    def generate(self, instance: Instance) -> KVMRuntime:
+        """The runtime ``start`` would save for ``instance`` now (probes the binary)."""
+        binary = self.backend.binary(instance.hvparams)
+        caps = self.backend.capabilities(binary)
+        accel = None
+        if not instance.hvparams.kvm_flag:
+            accel, reason = self.backend.accelerator(binary, instance.hvparams)
+            log.info("accelerator for %s: %s (%s)", instance.name, accel, reason)
+        return generate_runtime(instance, caps, layout=self.layout, accel=accel, binary=binary)
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def start(self, instance: Instance) -> InstanceInfo:
+        """Generate, save and execute a fresh runtime.
+
+        :raise AlreadyRunningError: the instance is running (its saved runtime is untouched).
+        :raise LockedError: another command is operating on it.
+        :raise LaunchError: the binary failed; no temp file is left behind.
+        """
+        runtime = self.generate(instance)
+        name = instance.name
+        try:  # everything that can refuse the input, before the state dir is touched
+            document = runtime.to_json() + "\n"
+        except ValueError as err:  # a string that is not valid Unicode text
+            raise InstanceError(f"instance {name} cannot be saved: {err}") from None
+        with self._locked(name):
+            pid = running_pid(self.layout, name)
+            if pid is not None:
+                raise AlreadyRunningError(
+                    f"instance {name} is already running (pid {pid})", name=name, state="running"
+                )
+            atomic_write(self.layout.runtime_file(name), document)
+            self._execute(runtime)
+        return self.info(name, query_guest=False)
+
+    def stop(self, name: str, force: bool = False, timeout: float | None = None) -> None:
+        """Stop the instance: ACPI powerdown via QMP unless ``force`` or no ACPI,
+        then SIGTERM and SIGKILL. The saved runtime stays until :meth:`cleanup`.
+
+        :raise NotRunningError: it has no live process.
+        :raise UnknownInstanceError: no such instance.
+        """
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load_if_known(name)
+            self._stop(name, runtime, force, self.stop_timeout if timeout is None else timeout)
+
+    def reboot(self, name: str, timeout: float | None = None) -> InstanceInfo:
+        """Soft reboot: stop the process and execute the *saved* runtime again.
+
+        :raise NotRunningError: it is not running (start it instead).
+        """
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            self._stop(name, runtime, False, self.stop_timeout if timeout is None else timeout)
+            self._execute(runtime)
+        return self.info(name, query_guest=False)
+
+    def restart(self, instance: Instance, force: bool = False) -> InstanceInfo:
+        """Hard restart: stop (if running), then start with a freshly generated runtime."""
+        with contextlib.suppress(NotRunningError, UnknownInstanceError):
+            self.stop(instance.name, force=force)
+        return self.start(instance)
+
+    def cleanup(self, name: str) -> None:
+        """Forget a stopped instance: its saved runtime, logs, NIC records and lock.
+
+        :raise AlreadyRunningError: it is still running (stop it first).
+        """
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            pid = running_pid(self.layout, name)
+            if pid is not None:
+                raise AlreadyRunningError(
+                    f"instance {name} is running (pid {pid}): stop it before cleanup",
+                    name=name,
+                    state="running",
+                )
+            self._load_if_known(name)
+            clear_stale_files(self.layout, name)
+            for path in (
+                self.layout.runtime_file(name),
+                self.layout.log_file(name),
+                self.layout.serial_log(name),
+                self.layout.hotplug_intent(name),
+                self.layout.migration_journal(name),
+            ):
+                remove_quietly(path)
+            shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
+        remove_quietly(self.layout.lock_file(name))
+
+    # -- hotplug (docs/hotplug.md) ---------------------------------------------------
+
+    def attach_nic(self, name: str, nic: Nic) -> KVMRuntime:
+        """Plug a user-mode NIC into the running ``name`` and save it in its runtime,
+        so a soft reboot keeps it (at the same PCI slot).
+
+        :return: the runtime now saved.
+        :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, duplicate MAC,
+            q35, a QEMU without the commands, a tap NIC.
+        """
+        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415 - only for hotplug
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug.attach_nic(self.layout, runtime, nic, caps)
+
+    def detach_nic(self, name: str, mac: str) -> KVMRuntime:
+        """Unplug the NIC with ``mac`` from the running ``name`` and save the runtime
+        without it.
+
+        :raise HotplugRefusedError: (exit 2, nothing changed) no NIC with that MAC, stopped VM.
+        """
+        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug.detach_nic(self.layout, runtime, mac, caps)
+
+    def attach_disk(self, name: str, disk: Disk) -> KVMRuntime:
+        """Plug a virtio disk into the running ``name`` and save it in its runtime,
+        so a soft reboot keeps it (at the same PCI slot).
+
+        :return: the runtime now saved.
+        :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, a path already
+            attached, a missing image, q35, a QEMU without the commands.
+        """
+        from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415 - only for hotplug
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug_disk.attach_disk(self.layout, runtime, disk, caps)
+
+    def detach_disk(self, name: str, path: str) -> KVMRuntime:
+        """Unplug the disk ``path`` from the running ``name`` and save the runtime
+        without it.
+
+        :raise HotplugRefusedError: (exit 2, nothing changed) no such disk, stopped VM.
+        """
+        from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415
+
+        self._check_name(name)
+        self._require_known(name)
+        with self._locked(name):
+            runtime = self._load(name)
+            caps = self.backend.capabilities(runtime.binary)
+            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
+
+    # -- migration (docs/migration.md) -----------------------------------------------
+
+    def migrate(
+        self,
+        name: str,
+        target_lab: Hypervisor,
+        live: bool = True,
+        timeout: float | None = None,
+        progress: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> MigrationResult:
+        """Move the running ``name`` into ``target_lab`` (another state directory) while
+        the guest runs (``live``) or paused (``live=False``), as Ganeti migrates.
+
+        The target starts the source's saved runtime, rebased onto its own state
+        directory and binary, with ``-incoming``; on success the source is quit and its
+        runtime removed after the target saved its own. Locks: this lab's, then the
+        target's, each taken without waiting (a busy one is ``LockedError`` at once, so
+        two migrations in opposite directions cannot deadlock).
+
+        :param timeout: seconds the transfer may take (default 300) before it is cancelled.
+        :param progress: called with each ``query-migrate`` reply while it runs.
+        :raise MigrationRefusedError: (exit 2, nothing changed) not running here, the
+            target has the instance, an older target QEMU, a machine type it lacks.
+        :raise MigrationError: (exit 1) it failed or timed out: the target was killed,
+            the source still runs with its runtime untouched.
+        """
+        from kvmlab.lifecycle.migration import transfer as migration  # noqa: PLC0415 - only for migrations
+
+        self._check_name(name)
+        self._require_known(name)
+        runtime = self._load(name)
+
+        def plan(runtime: KVMRuntime) -> tuple[KVMRuntime, Any, Any]:
+            source_caps = self.backend.capabilities(runtime.binary)
+            binary = target_lab.backend.binary(runtime.hvparams)
+            target_caps = target_lab.backend.capabilities(binary)
+            planned = migration.prepare(
+                runtime,
+                source=self.layout,
+                target=target_lab.layout,
+                source_caps=source_caps,
+                target_caps=target_caps,
+                binary=binary,
+            )
+            return planned, source_caps, target_caps
+
+        plan(runtime)  # every refusal the files allow, before a state dir is touched
+        with self._locked(name), target_lab._locked(name):
+            runtime = self._load(name)  # what the lock now guarantees
+            planned, source_caps, target_caps = plan(runtime)
+            return migration.migrate(
+                runtime,
+                planned,
+                source=self.layout,
+                target=target_lab.layout,
+                target_backend=target_lab.backend,
+                source_caps=source_caps,
+                target_caps=target_caps,
+                live=live,
+                timeout=migration.DEFAULT_TIMEOUT if timeout is None else timeout,
+                start_timeout=target_lab.start_timeout,
+                progress=progress,
+            )
+
+    def recover_migration(self, name: str) -> str | None:
+        """Finish or undo a migration of ``name`` that a killed kvmlab left (from either
+        lab); every locked command does this first, this one does only that.
+
+        :return: ``"completed"`` (the target has it), ``"rolled back"`` (the source
+            has it), or ``None`` when nothing was pending.
+        """
+        from kvmlab.lifecycle.migration.transfer import recover  # noqa: PLC0415
+
+        self._check_name(name)
+        if not self.layout.migration_journal(name).exists():
+            return None
+        with self._locked(name, recover=False):
+            return recover(self.layout, name, held=_HELD_LOCKS)
+
+    # -- inspection -----------------------------------------------------------------
+
+    def load_runtime(self, name: str) -> KVMRuntime:
+        """The saved runtime of ``name``.
+
+        :raise UnknownInstanceError: none is saved.
+        :raise RuntimeFormatError: the file is damaged (it is left as it is).
+        """
+        self._check_name(name)
+        return self._load(name)
+
+    def info(self, name: str, query_guest: bool = True) -> InstanceInfo:
+        """State, pid, the live argv, memory and vCPUs (from QMP while running).
+
+        :raise UnknownInstanceError: no such instance.
+        :raise RuntimeFormatError: its saved runtime is damaged.
+        """
+        self._check_name(name)
+        try:
+            runtime = self._load(name)
+        except UnknownInstanceError:
+            # An instance arriving by migration has no saved runtime yet (docs/migration.md).
+            arriving = self._incoming_runtime(name)
+            if arriving is None:
+                raise
+            runtime = arriving
+        nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
+        base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
+        pending = self._pending_hotplug(name)
+        if pending is not None:
+            base = dataclasses.replace(base, extra={**base.extra, "hotplug_pending": pending})
+        migrating = self._pending_migration(name)
+        if migrating is not None:
+            base = dataclasses.replace(base, extra={**base.extra, "migration_pending": migrating})
+        if base.pid is None or not query_guest:
+            return base
+        memory, vcpus, extra = self._query(name, base.memory, base.vcpus)
+        return dataclasses.replace(base, memory=memory, vcpus=vcpus, extra={**base.extra, **extra})
+
+    def list_instances(self) -> list[InstanceInfo]:
+        """Every instance with a saved runtime, sorted by name (no QMP, no validation)."""
+        return inventory_list(self.layout)
+
+    def guest(self, name: str) -> GuestChannel:
+        """Run commands inside ``name``: ``lab.guest("vm1").run(["cat", "/proc/meminfo"])``.
+
+        Each ``run`` checks that the instance is running (:class:`NotRunningError`).
+
+        :raise UnknownInstanceError: no such instance.
+        :raise GuestChannelError: its runtime has no command channel (no serial console).
+        """
+        self._check_name(name)
+        runtime = self._load(name)
+        path = self.layout.cmd_socket(name)
+        if not any(str(path) in word for word in runtime.argv):
+            raise GuestChannelError(
+                f"instance {name} has no command channel (it needs serial_console, and a"
+                " runtime generated by a kvmlab that has the channel: restart it)"
+            )
+
+        def check() -> None:
+            if running_pid(self.layout, name) is None:
+                raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+
+        return GuestChannel(name, path, check)
+
+    def console(self, name: str) -> Console:
+        """The serial console of ``name`` (readable while running and after)."""
+        self._check_name(name)
+        self._load(name)
+        return Console(name, self.layout.serial_log(name), self.layout.serial_socket(name))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _pending_hotplug(self, name: str) -> dict[str, Any] | None:
+        path = self.layout.hotplug_intent(name)
+        if not path.exists():
+            return None
+        from kvmlab.lifecycle.hotplug.nic import pending_hotplug  # noqa: PLC0415
+
+        return pending_hotplug(self.layout, name)
+
+    def _incoming_runtime(self, name: str) -> KVMRuntime | None:
+        if not self.layout.migration_journal(name).exists():
+            return None
+        from kvmlab.lifecycle.migration.transfer import incoming_runtime  # noqa: PLC0415
+
+        return incoming_runtime(self.layout, name)
+
+    def _pending_migration(self, name: str) -> dict[str, Any] | None:
+        if not self.layout.migration_journal(name).exists():
+            return None
+        from kvmlab.lifecycle.migration.transfer import pending_migration  # noqa: PLC0415
+
+        return pending_migration(self.layout, name)
+
+    def _check_name(self, name: str) -> None:
+        # Names reach paths: anything but a DNS label cannot be an instance.
+        if not name or len(name) > 63 or not set(name) <= _NAME_CHARS:
+            raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
+
+    def _prepare_dirs(self) -> None:
+        for directory in self.layout.directories():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _require_known(self, name: str) -> None:
+        """Refuse an unknown instance before anything is created (no state dir, no lock)."""
+        if not self.layout.runtime_file(name).exists() and not self.layout.pidfile(name).exists():
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
+
+    @contextlib.contextmanager
+    def _locked(self, name: str, recover: bool = True) -> Iterator[None]:
+        try:
+            self._prepare_dirs()
+        except OSError as err:
+            raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
+        lock = self.layout.lock_file(name)
+        with _host_errors(name), instance_lock(lock, name):
+            _HELD_LOCKS.add(lock)
+            try:
+                # Whatever a kvmlab killed mid-operation left behind, now that no other
+                # command can be writing it.
+                sweep_stale_temp_dirs()
+                remove_stale_writes(self.layout.runtime_file(name))
+                reap_adopted()  # daemons of ours that exited on their own since
+                if recover and self.layout.migration_journal(name).exists():
+                    from kvmlab.lifecycle.migration import transfer as migration  # noqa: PLC0415
+
+                    migration.recover(self.layout, name, held=_HELD_LOCKS)
+                yield
+            finally:
+                _HELD_LOCKS.discard(lock)
+
+    def _load(self, name: str) -> KVMRuntime:
+        path = self.layout.runtime_file(name)
+        if not path.exists():
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
+        runtime = load_runtime(path)
+        if runtime.name != name:
+            # Replaying it would start another instance under this one's name.
+            raise RuntimeFormatError(f"{path}: holds the runtime of {runtime.name!r}, not {name!r}")
+        return runtime
+
+    def _load_if_known(self, name: str) -> KVMRuntime | None:
+        path = self.layout.runtime_file(name)
+        if path.exists():
+            try:
+                return self._load(name)
+            except RuntimeFormatError as err:
+                if running_pid(self.layout, name) is None:
+                    raise
+                # A damaged runtime must not keep a VM running: stop it without one.
+                log.warning("%s; stopping %s without it", err, name)
+                return None
+        if running_pid(self.layout, name) is None:
+            raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
+        return None
+
+    def _execute(self, runtime: KVMRuntime) -> None:
+        caps = self.backend.capabilities(runtime.binary)
+        started = execute(runtime, self.layout, self.backend, caps, timeout=self.start_timeout)
+        log.info("started %s, pid %d", runtime.name, started.pid)
+
+    def _stop(self, name: str, runtime: KVMRuntime | None, force: bool, timeout: float) -> None:
+        pid = running_pid(self.layout, name)
+        if pid is None:
+            clear_stale_files(self.layout, name)
+            raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+        acpi = runtime.hvparams.acpi if runtime is not None else True
+        deadline = time.monotonic() + timeout
+        if not force and acpi and self._powerdown_until_exit(name, pid, deadline):
+            log.info("%s powered off", name)
+        else:
+            # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
+            self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
+        reap_adopted()  # the exited daemon, when this process started it
+        self._release_nics(name)
+        clear_stale_files(self.layout, name)
+
+    def _powerdown_until_exit(self, name: str, pid: int, deadline: float) -> bool:
+        """Press the power button every :data:`POWERDOWN_RETRY` s until ``pid`` exits
+        (``True``) or the deadline passes or QMP fails (``False``)."""
+        first = True
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
+                if first:
+                    return False
+                # After a press that QMP took, a failed one most likely found QEMU closing
+                # its socket on the way out: give it the rest of the deadline to exit.
+                if wait_for_exit(pid, left):
+                    return True
+                log.warning("ACPI powerdown of %s failed again: terminating it", name)
+                return False
+            first = False
+            left = max(deadline - time.monotonic(), 0.0)
+            if wait_for_exit(pid, min(POWERDOWN_RETRY, left)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
+        from kvmlab.channels.qmp import QmpError, qmp_execute  # noqa: PLC0415 - 50 ms import
+
+        try:
+            qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
+        except QmpError as err:
+            if not quiet:
+                log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
+            return False
+        return True
+
+    def _terminate(self, name: str, pid: int, grace: float = 5.0) -> None:
+        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, grace):
+            return
+        signal_process(pid, signal.SIGKILL)
+        if not wait_for_exit(pid, TERM_TIMEOUT):
+            raise StopError(f"instance {name} (pid {pid}) survived SIGKILL")
+
+    def _release_nics(self, name: str) -> None:
+        """The down half of the up-scripts: delete taps that outlived their QEMU."""
+        nic_dir = self.layout.nic_dir(name)
+        if not nic_dir.is_dir():
+            return
+        for record in sorted(nic_dir.iterdir()):
+            tap = record.read_text(encoding="utf-8", errors="replace").strip()
+            valid = bool(tap) and set(tap) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+            if valid and Path("/sys/class/net", tap).exists() and os.geteuid() == 0:
+                subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
+            remove_quietly(record)
+
+    def _query(
+        self, name: str, memory: int | None, vcpus: int | None
+    ) -> tuple[int | None, int | None, dict[str, Any]]:
+        from kvmlab.channels.qmp import QmpError, QmpSession  # noqa: PLC0415
+
+        try:
+            with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:
+                summary = qmp.execute("query-memory-size-summary")
+                cpus = qmp.execute("query-cpus-fast")
+                status = qmp.execute("query-status")
+        except QmpError as err:
+            log.debug("QMP query of %s failed: %s", name, err)
+            return memory, vcpus, {}
+        memory = int(summary["base-memory"]) // (1024 * 1024)
+        return memory, len(cpus), {"status": status.get("status")}

@@ -1,0 +1,1 @@
+"""Live migration between two labs, Ganeti's way, with a journal in each and crash recovery."""
