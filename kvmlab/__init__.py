@@ -12,25 +12,38 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    __version__: str
+
     from kvmlab.channels.console import Console, GuestFacts
     from kvmlab.channels.guest_channel import GuestChannel, GuestResult
     from kvmlab.errors import (
         AlreadyRunningError,
         CapabilityError,
+        DiffInputError,
+        ExpectTimeoutError,
+        FieldValueError,
+        GoldenError,
+        GuestBuildError,
         GuestChannelError,
         GuestTimeoutError,
+        HotplugNotRunningError,
+        HotplugRefusedError,
         InstanceError,
         InvalidInputError,
         KvmlabError,
         LaunchError,
         LayoutError,
         LockedError,
+        MigrationError,
+        MigrationRefusedError,
         NotRunningError,
         OperationError,
         ProbeError,
+        QmpError,
         RuntimeFormatError,
         StateError,
         StopError,
+        TapError,
         UnknownInstanceError,
     )
     from kvmlab.host.inventory import InstanceInfo, InstanceState
@@ -44,6 +57,7 @@ if TYPE_CHECKING:
     from kvmlab.spec.layout import StateLayout
 
 __all__ = [
+    "__version__",
     # Describing instances
     "Instance",
     "Nic",
@@ -76,14 +90,20 @@ __all__ = [
     "check_runtime",
     "InvariantReport",
     "Violation",
-    # Exceptions, generic to specific
+    # Exceptions, generic to specific (the tree is drawn in kvmlab.errors)
     "KvmlabError",
     "InvalidInputError",
     "InstanceError",
+    "FieldValueError",
     "RuntimeFormatError",
     "CapabilityError",
-    "LayoutError",
     "UnknownInstanceError",
+    "LayoutError",
+    "GoldenError",
+    "DiffInputError",
+    "HotplugRefusedError",
+    "HotplugNotRunningError",
+    "MigrationRefusedError",
     "OperationError",
     "StateError",
     "AlreadyRunningError",
@@ -92,8 +112,13 @@ __all__ = [
     "LaunchError",
     "StopError",
     "ProbeError",
+    "QmpError",
+    "ExpectTimeoutError",
     "GuestChannelError",
     "GuestTimeoutError",
+    "GuestBuildError",
+    "TapError",
+    "MigrationError",
 ]
 
 _HOMES = {
@@ -142,6 +167,10 @@ _register_notebook_display()
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - keep `import kvmlab` free
+
+        return version("kvmlab")
     home = _HOMES.get(name) or ("errors" if name.endswith("Error") and name in __all__ else None)
     if home is None:
         raise AttributeError(f"module 'kvmlab' has no attribute {name!r}")

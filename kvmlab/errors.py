@@ -5,26 +5,36 @@ a notebook, a user's test suite) can catch one class and still tell the cases
 apart by type::
 
     KvmlabError
-     +-- InvalidInputError            bad user input: exit code 2 in the CLI
+     +-- InvalidInputError            bad user input: exit code 2 in the CLI (also ValueError)
      |    +-- InstanceError           an instance file or model is invalid
+     |    +-- FieldValueError         one cross-field rule of a model failed (``.field``)
      |    +-- RuntimeFormatError      a saved runtime cannot be read or upgraded
      |    +-- CapabilityError         a QEMU --help text cannot be understood
      |    +-- UnknownInstanceError    no such instance in the state directory
      |    +-- LayoutError             a state-directory path is unusable
+     |    +-- GoldenError             golden cases or files cannot be used
+     |    +-- DiffInputError          an input of the semantic diff cannot be read
      |    +-- HotplugRefusedError     a hotplug refused before anything changed
      |    |    +-- HotplugNotRunningError  (also a NotRunningError) the VM is stopped
      |    +-- MigrationRefusedError   a migration refused before anything changed
      +-- OperationError               the operation failed: exit code 1
-          +-- StateError              wrong life-cycle state for the request
+          +-- StateError              wrong life-cycle state for the request (``.state``)
           |    +-- AlreadyRunningError
           |    +-- NotRunningError
           +-- LockedError             another kvmlab process holds the instance
           +-- LaunchError             the hypervisor binary failed to start
           +-- StopError               the process would not go away
           +-- ProbeError              running a binary for its capabilities failed
+          +-- QmpError                a QMP connection or command failed
+          +-- ExpectTimeoutError      a console pattern did not appear in time
           +-- GuestChannelError       the guest command channel failed
           |    +-- GuestTimeoutError  the guest did not answer in time
+          +-- GuestBuildError         the test guest could not be built
+          +-- TapError                a tap device could not be opened or configured
           +-- MigrationError          a migration failed (the source still runs)
+
+Every class is importable from :mod:`kvmlab` too; ``tests/architecture`` checks that this
+tree, the module's ``__all__`` and the package's exports agree.
 
 This module imports nothing but the standard library: the fake kvm program
 shares it and must start fast.
@@ -37,6 +47,11 @@ from collections.abc import Sequence
 __all__ = [
     "AlreadyRunningError",
     "CapabilityError",
+    "DiffInputError",
+    "ExpectTimeoutError",
+    "FieldValueError",
+    "GoldenError",
+    "GuestBuildError",
     "GuestChannelError",
     "GuestTimeoutError",
     "HotplugNotRunningError",
@@ -52,9 +67,11 @@ __all__ = [
     "NotRunningError",
     "OperationError",
     "ProbeError",
+    "QmpError",
     "RuntimeFormatError",
     "StateError",
     "StopError",
+    "TapError",
     "UnknownInstanceError",
 ]
 
@@ -85,6 +102,18 @@ class InstanceError(InvalidInputError):
         self.value = value
 
 
+class FieldValueError(InvalidInputError):
+    """A cross-field rule failed; ``field`` names the field to blame (``nics.1.mac``).
+
+    Raised inside pydantic validators, which turn a ``ValueError`` into one line of a
+    ``ValidationError``: :class:`InvalidInputError` is one, so the rule reports like any other.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class RuntimeFormatError(InvalidInputError):
     """A saved runtime is malformed, of an unknown shape or from a newer kvmlab."""
 
@@ -99,6 +128,14 @@ class UnknownInstanceError(InvalidInputError):
 
 class LayoutError(InvalidInputError):
     """A state-directory path cannot be used (relative, too long for a socket...)."""
+
+
+class GoldenError(InvalidInputError):
+    """The cases or golden files cannot be used (duplicate case names, bad ``.args`` file)."""
+
+
+class DiffInputError(InvalidInputError):
+    """An input of the diff cannot be read (missing, wrong kind, a file against a folder)."""
 
 
 class OperationError(KvmlabError):
@@ -177,6 +214,19 @@ class ProbeError(OperationError):
     """A QEMU binary could not be run to read its capabilities."""
 
 
+class QmpError(OperationError):
+    """A QMP connection or command failed (or timed out)."""
+
+
+class ExpectTimeoutError(OperationError):
+    """The pattern did not appear in time; ``.output`` is what the console showed."""
+
+    def __init__(self, message: str, *, pattern: str, output: str) -> None:
+        super().__init__(message)
+        self.pattern = pattern
+        self.output = output
+
+
 class GuestChannelError(OperationError):
     """A command could not be run in the guest: no channel, or it closed mid-reply."""
 
@@ -190,6 +240,14 @@ class GuestTimeoutError(GuestChannelError):
     def __init__(self, message: str, *, output: str = "") -> None:
         super().__init__(message)
         self.output = output
+
+
+class GuestBuildError(OperationError):
+    """The test guest could not be built; the message says what is missing."""
+
+
+class TapError(OperationError):
+    """A tap device could not be opened, configured or deleted."""
 
 
 class MigrationRefusedError(InvalidInputError):

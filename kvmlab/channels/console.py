@@ -19,18 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmlab.errors import InvalidInputError, OperationError
+from kvmlab.errors import ExpectTimeoutError, InvalidInputError, OperationError
 
 __all__ = ["Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
-
-
-class ExpectTimeoutError(OperationError):
-    """The pattern did not appear in time; ``.output`` is what the console showed."""
-
-    def __init__(self, message: str, *, pattern: str, output: str) -> None:
-        super().__init__(message)
-        self.pattern = pattern
-        self.output = output
 
 
 class Console:

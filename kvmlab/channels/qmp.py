@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kvmlab.errors import OperationError
+from kvmlab.errors import QmpError
 
 if TYPE_CHECKING:
     from qemu.qmp import QMPClient
@@ -35,10 +35,6 @@ __all__ = ["QmpError", "QmpSession", "qmp_execute"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
-
-
-class QmpError(OperationError):
-    """A QMP connection or command failed (or timed out)."""
 
 
 class _LoopThread:

@@ -307,7 +307,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from kvmlab.channels.console import ExpectTimeoutError  # noqa: PLC0415
+    from kvmlab.errors import ExpectTimeoutError  # noqa: PLC0415
 
     console = _lab(args).console(args.name)
     if args.expect is None:
@@ -471,7 +471,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_guest_build(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from kvmlab.guest.build import GuestBuildError, build_guest  # noqa: PLC0415
+    from kvmlab.errors import GuestBuildError  # noqa: PLC0415
+    from kvmlab.guest.build import build_guest  # noqa: PLC0415
 
     def progress(message: str) -> None:
         # stderr, so that --json leaves stdout to the one JSON object.

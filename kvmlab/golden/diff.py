@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TextIO
 
-from kvmlab.errors import InvalidInputError
+from kvmlab.errors import DiffInputError
 from kvmlab.golden.fileformat import ARGS_SUFFIX, ERROR_SUFFIX, GOLDEN_LAYOUT, parse_args_text
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
@@ -118,10 +118,6 @@ _PLAIN_VALUE_OPTIONS: Final = frozenset(
 )
 
 _SPLIT_OPTS = re.compile(r"(?<!,),(?!,)")
-
-
-class DiffInputError(InvalidInputError):
-    """An input of the diff cannot be read (missing, wrong kind, a file against a folder)."""
 
 
 # --- parsing -------------------------------------------------------------------------------

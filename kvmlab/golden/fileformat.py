@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from kvmlab.errors import InvalidInputError
+from kvmlab.errors import GoldenError
 from kvmlab.spec.layout import StateLayout
 
 __all__ = [
@@ -34,10 +34,6 @@ GOLDEN_LAYOUT: Final = StateLayout(Path("/var/lib/kvmlab"))
 START_MARKER: Final = "#--- start-time arguments (placeholder NIC plans, docs/golden.md) ---#"
 ARGS_SUFFIX: Final = ".args"
 ERROR_SUFFIX: Final = ".error"
-
-
-class GoldenError(InvalidInputError):
-    """The cases or golden files cannot be used (duplicate case names, bad ``.args`` file)."""
 
 
 def render_args(argv: Sequence[str], start_args: Sequence[str]) -> str:

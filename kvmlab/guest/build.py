@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmlab.errors import OperationError
+from kvmlab.errors import GuestBuildError
 
 __all__ = [
     "BOOT_KERNEL_ARGS",
@@ -110,10 +110,6 @@ _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 _MODULES_PATH = re.compile(r"^(?:\./)?(?:usr/)?lib/modules/([^/]+)/(.+)$")
 _VMLINUZ_PATH = re.compile(r"^(?:\./)?boot/vmlinuz-(.+)$")
 _BUSYBOX_PATHS = ("bin/busybox", "usr/bin/busybox")
-
-
-class GuestBuildError(OperationError):
-    """The test guest could not be built; the message says what is missing."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from kvmlab.errors import OperationError
+from kvmlab.errors import TapError
 from kvmlab.runtime.plan import tap_up_script
 from kvmlab.spec.instance import Nic
 
@@ -38,10 +38,6 @@ _IFF_VNET_HDR = 0x4000
 _TAP_NAME = re.compile(r"tap[0-9]{1,12}")
 _SYS_NET = Path("/sys/class/net")
 SCRIPT_TIMEOUT = 10.0
-
-
-class TapError(OperationError):
-    """A tap device could not be opened, configured or deleted."""
 
 
 def valid_tap_name(name: str) -> bool:

@@ -573,7 +573,8 @@ class Hypervisor:
                 return False
 
     def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
-        from kvmlab.channels.qmp import QmpError, qmp_execute  # noqa: PLC0415 - 50 ms import
+        from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415 - 50 ms import
+        from kvmlab.errors import QmpError  # noqa: PLC0415 - 50 ms import
 
         try:
             qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
@@ -605,7 +606,8 @@ class Hypervisor:
     def _query(
         self, name: str, memory: int | None, vcpus: int | None
     ) -> tuple[int | None, int | None, dict[str, Any]]:
-        from kvmlab.channels.qmp import QmpError, QmpSession  # noqa: PLC0415
+        from kvmlab.channels.qmp import QmpSession  # noqa: PLC0415
+        from kvmlab.errors import QmpError  # noqa: PLC0415
 
         try:
             with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:

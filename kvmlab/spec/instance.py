@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from kvmlab.errors import InstanceError
+from kvmlab.errors import FieldValueError, InstanceError
 
 __all__ = [
     "Accel",
@@ -135,14 +135,6 @@ _BRIDGED = NicMode.BRIDGED
 _USER = NicMode.USER
 _BOOT_CDROM = BootOrder.CDROM
 _BOOT_FLOPPY = BootOrder.FLOPPY
-
-
-class FieldValueError(ValueError):
-    """A cross-field rule failed; ``field`` names the field to blame (``nics.1.mac``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def _no_control_chars(value: str, what: str) -> str:

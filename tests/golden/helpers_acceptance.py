@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmlab.channels.qmp import QmpError, QmpSession
+from kvmlab.channels.qmp import QmpSession
+from kvmlab.errors import QmpError
 from kvmlab.guest.build import GuestImage
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.plan import NicPlan, NicPlanKind, StartFacts, plan_execution

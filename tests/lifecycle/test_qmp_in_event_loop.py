@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from kvmlab.channels.qmp import QmpError, QmpSession, qmp_execute
+from kvmlab.channels.qmp import QmpSession, qmp_execute
+from kvmlab.errors import QmpError
 from kvmlab.host.process import is_alive
 from kvmlab.lifecycle.hypervisor import Hypervisor, InstanceState
 from kvmlab.spec.instance import HvParams, Instance, Nic

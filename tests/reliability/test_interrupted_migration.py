@@ -126,7 +126,8 @@ def _vms(*labs: Hypervisor) -> dict[int, Hypervisor]:
 
 
 def _status(lab: Hypervisor) -> str | None:
-    from kvmlab.channels.qmp import QmpError, qmp_execute  # noqa: PLC0415
+    from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     try:
         return str(qmp_execute(lab.layout.qmp_socket("vm1"), "query-status")["status"])

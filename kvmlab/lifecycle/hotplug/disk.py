@@ -190,7 +190,7 @@ def attach_disk(
     at = max((start + len(args) for start, args in blocks), default=len(runtime.argv))
     argv = (*runtime.argv[:at], *words, *runtime.argv[at:])
     node, device = disk_ids(slot)
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")

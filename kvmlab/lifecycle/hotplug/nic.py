@@ -31,10 +31,10 @@ import logging
 import os
 from typing import Any
 
-from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError
+from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError, TapError
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.store import atomic_write, read_record, save_runtime
-from kvmlab.host.tap import TapError, configure_tap, delete_tap, open_tap, tap_record
+from kvmlab.host.tap import configure_tap, delete_tap, open_tap, tap_record
 from kvmlab.runtime.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime.saved import KVMRuntime, free_nic_slot
 from kvmlab.spec.capabilities import QemuCapabilities
@@ -146,7 +146,7 @@ def _plug_tap(
     On any failure nothing is left: the netdev is not there, the descriptor name is
     closed, the tap and its record are deleted.
     """
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     hv = runtime.hvparams
     netdev_id, _ = nic_ids(slot)
@@ -203,7 +203,7 @@ def attach_nic(
     slot = free_nic_slot(runtime.nic_slots)
     if slot is None:
         raise HotplugRefusedError(f"{name} has no free NIC slot (all 16 are used)")
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     with session(layout, name) as qmp:
         check_commands(qmp, name, (*NIC_COMMANDS, *TAP_COMMANDS) if nic.mode.needs_tap else None)

@@ -229,7 +229,7 @@ def _qmp(layout: StateLayout, name: str, timeout: float = QMP_TIMEOUT) -> Iterat
 
 def _status(layout: StateLayout, name: str, timeout: float = 2.0) -> str | None:
     """The run state of the instance's QEMU (``None``: not running, or QMP silent)."""
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     if running_pid(layout, name) is None:
         return None
@@ -296,7 +296,7 @@ def _kill_target(target: StateLayout, name: str) -> None:
 
 
 def _resume(layout: StateLayout, name: str) -> None:
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     status = _status(layout, name)
     if status in _PAUSED:
@@ -318,7 +318,7 @@ def _roll_back(source: StateLayout, target: StateLayout, name: str, resume: bool
 
 
 def _quit_source(source: StateLayout, name: str) -> None:
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     pid = running_pid(source, name)
     if pid is None:
@@ -368,7 +368,7 @@ def _roll_forward(
 def _source_outcome(source: StateLayout, name: str) -> str | None:
     """Stop a transfer still going (kvmlab died, QEMU carried on) and say how it ended:
     ``completed``, ``cancelled``, ``failed``... or ``None`` (no source, or QMP silent)."""
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     if running_pid(source, name) is None:
         return None
@@ -492,7 +492,7 @@ def _transfer(
     progress: ProgressCallback | None,
 ) -> Mapping[str, Any]:
     """Send the VM; the last ``query-migrate`` reply (``completed`` or why not)."""
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     qmp.execute(
         "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}
@@ -583,7 +583,7 @@ def migrate(
     :raise MigrationError: it failed or timed out; the target is gone, the source
         runs with its runtime untouched.
     """
-    from kvmlab.channels.qmp import QmpError  # noqa: PLC0415
+    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     name = runtime.name
     _refuse_states(source, target, name)
