@@ -171,7 +171,7 @@ class HotplugRefusedError(InvalidInputError):
 
 
 class HotplugNotRunningError(HotplugRefusedError, NotRunningError):
-    """Hotplug of a stopped VM: exit 2 like every refusal (issue 11), and still a
+    """Hotplug of a stopped VM: exit 2 like every refusal, and still a
     :class:`NotRunningError` for callers that catch that."""
 
     exit_code = 2
@@ -253,7 +253,7 @@ class TapError(OperationError):
 class MigrationRefusedError(InvalidInputError):
     """A migration refused up front, nothing changed: the source is not running, the
     target already has the instance, the target QEMU is older than the source's or
-    lacks its machine type, source and target are one state directory (issue 12)."""
+    lacks its machine type, source and target are one state directory."""
 
 
 class MigrationError(OperationError):

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md as checks that return readable violations.
+"""kvmlab's invariants (docs/architecture.md) as checks that return readable violations.
 
 The hypothesis properties in ``tests/properties/`` assert that these checks find
 nothing for every instance they draw; notebooks call the same checks and show
@@ -34,7 +34,7 @@ __all__ = [
     "temp_roots",
 ]
 
-#: Short titles, by number, as in DESIGN.md.
+#: Short titles, by number, as in docs/architecture.md.
 INVARIANTS: dict[int, str] = {
     1: "the saved argv holds no temp path and no file descriptor number",
     2: "NICs are deferred: not in the saved argv, kept as data",
