@@ -67,8 +67,9 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
 
 - :mod:`~kvmlab.fake.program`: :func:`main`, ``--fake-profile``, ``-daemonize``;
 - :mod:`~kvmlab.fake.profiles`: the imitated QEMU (:class:`Profile`);
-- :mod:`~kvmlab.fake.cmdline` (with ``cmdline_chardev``, ``cmdline_net``) and
-  :mod:`~kvmlab.fake.qemuopts`: argv into a :class:`Config` (:mod:`~kvmlab.fake.config`);
+- :mod:`~kvmlab.fake.cmdline`: argv into a :class:`Config` (``cmdline.parser``, with
+  ``cmdline.chardev``, ``cmdline.net``, ``cmdline.disk``, ``cmdline.qemuopts``;
+  the result in ``cmdline.config``);
 - :mod:`~kvmlab.fake.faults`: ``KVMLAB_FAKE_*`` and the event log;
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
   to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
@@ -93,13 +94,13 @@ computed from; a test keeps the two in agreement.
 
 from __future__ import annotations
 
-from kvmlab.fake.cmdline import parse_argv
-from kvmlab.fake.config import ChardevSpec, Config, NetBackend, Nic
+from kvmlab.fake.cmdline.config import ChardevSpec, Config, NetBackend, Nic
+from kvmlab.fake.cmdline.parser import parse_argv
+from kvmlab.fake.cmdline.qemuopts import parse_opts
 from kvmlab.fake.errors import FakeError
 from kvmlab.fake.faults import EventLog, Faults
 from kvmlab.fake.profiles import DEFAULT_PROFILE, Profile, builtin_profile, load_profile
 from kvmlab.fake.program import PROG, main
-from kvmlab.fake.qemuopts import parse_opts
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:

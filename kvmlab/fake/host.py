@@ -27,7 +27,7 @@ from kvmlab.fake.errors import FakeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.config import Config, NetBackend
+    from kvmlab.fake.cmdline.config import Config, NetBackend
     from kvmlab.fake.faults import EventLog, Faults
 
 __all__ = [

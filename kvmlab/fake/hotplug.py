@@ -8,22 +8,28 @@ NICs and virtio disks are modelled: a ``device_add`` of a NIC driver appends to
 disk driver to ``Machine.disks`` (``/sys/block``, with its block node from
 :mod:`kvmlab.fake.hotplug_disk`); a ``device_del`` removes it and, as a cooperative
 guest does through ACPI PCI hotplug, ``DEVICE_DELETED`` follows the reply. The
-slot rules are :mod:`kvmlab.fake.pci`'s, shared with the command line. Errors use
+slot rules are :mod:`kvmlab.fake.cmdline.pci`'s, shared with the command line. Errors use
 QEMU's wording. Imported on the first hotplug command only (start-up stays flat).
 """
 
 from __future__ import annotations
 
 from kvmlab.fake import hotplug_disk
-from kvmlab.fake.cmdline_disk import DISK_DRIVERS
-from kvmlab.fake.cmdline_net import NIC_DRIVERS
-from kvmlab.fake.config import Nic
+from kvmlab.fake.cmdline.config import Nic
+from kvmlab.fake.cmdline.disk import DISK_DRIVERS
+from kvmlab.fake.cmdline.net import NIC_DRIVERS
+from kvmlab.fake.cmdline.pci import (
+    ADDR_ERROR,
+    device_model,
+    first_free_slot,
+    parse_slot,
+    slot_taken,
+)
 from kvmlab.fake.errors import QmpCommandError
-from kvmlab.fake.pci import ADDR_ERROR, device_model, first_free_slot, parse_slot, slot_taken
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.config import BlockDevice
+    from kvmlab.fake.cmdline.config import BlockDevice
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["device_add", "device_del", "device_deleted", "netdev_add", "netdev_del"]

@@ -1,7 +1,7 @@
 """One fake VM process: its state, its start in QEMU's order, its run state, its end.
 
 :class:`Machine` is what a QEMU process is to kvmlab: it takes a parsed
-:class:`~kvmlab.fake.config.Config`, creates the pidfile, sockets and files
+:class:`~kvmlab.fake.cmdline.config.Config`, creates the pidfile, sockets and files
 (or fails with QEMU's message and removes what it created), tells a
 ``-daemonize`` parent it is ready, and then serves its event loop until
 ``quit``, a guest power-off or a signal. It holds the state every command acts
@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from kvmlab.fake.config import BlockDevice, ChardevSpec, Config, Nic
+    from kvmlab.fake.cmdline.config import BlockDevice, ChardevSpec, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.machine_view import IncomingSide, OutgoingSide
     from kvmlab.fake.profiles import Profile

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 if TYPE_CHECKING:
-    from kvmlab.fake.config import BlockDevice, Config, Nic
+    from kvmlab.fake.cmdline.config import BlockDevice, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.host import Taps
     from kvmlab.fake.loop import EventLoop
