@@ -73,8 +73,8 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
 - :mod:`~kvmlab.fake.faults`: ``KVMLAB_FAKE_*`` and the event log;
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
   to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
-  :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.qmp` (+ ``qmp_commands``),
-  :mod:`~kvmlab.fake.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
+  :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.monitor.qmp` (+ ``qmp_commands``),
+  :mod:`~kvmlab.fake.monitor.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
   :mod:`~kvmlab.fake.migration` (source), :mod:`~kvmlab.fake.incoming` (target,
   ``-incoming``), :mod:`~kvmlab.fake.migration_state` and
   :mod:`~kvmlab.fake.migration_params`, loaded only when used;

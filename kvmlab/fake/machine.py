@@ -7,7 +7,7 @@
 ``quit``, a guest power-off or a signal. It holds the state every command acts
 on (run status, the device list, the chardevs) and the run-state transitions
 (``stop``, ``cont``, power button, reset, shutdown) with their QMP events;
-the protocols (:mod:`~kvmlab.fake.qmp`, :mod:`~kvmlab.fake.hmp`), the guest
+the protocols (:mod:`~kvmlab.fake.monitor.qmp`, :mod:`~kvmlab.fake.monitor.hmp`), the guest
 (:mod:`~kvmlab.fake.guest`) and the host work (:mod:`~kvmlab.fake.host`: files,
 signals, taps) are delegated.
 """
@@ -24,10 +24,10 @@ from kvmlab.fake import host
 from kvmlab.fake.chardevs import Chardev
 from kvmlab.fake.errors import FakeError, Shutdown
 from kvmlab.fake.guest import Guest
-from kvmlab.fake.hmp import HumanMonitor
 from kvmlab.fake.host import Taps
 from kvmlab.fake.loop import EventLoop
-from kvmlab.fake.qmp import QmpMonitor
+from kvmlab.fake.monitor.hmp import HumanMonitor
+from kvmlab.fake.monitor.qmp import QmpMonitor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

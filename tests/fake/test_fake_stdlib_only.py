@@ -150,7 +150,11 @@ def test_importing_and_parsing_loads_no_heavy_module() -> None:
     # Whatever the interpreter loads by itself (site, .pth files) is not the fake's doing.
     modules = loaded_modules(PROBE, *ARGV) - loaded_modules(BARE)
     # The probe really ran this tree's fake, both halves.
-    assert {"kvmlab.fake.cmdline.parser", "kvmlab.fake.machine", "kvmlab.fake.qmp"} <= modules
+    assert {
+        "kvmlab.fake.cmdline.parser",
+        "kvmlab.fake.machine",
+        "kvmlab.fake.monitor.qmp",
+    } <= modules
     heavy = sorted(
         name
         for name in modules

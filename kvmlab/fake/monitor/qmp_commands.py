@@ -1,6 +1,6 @@
 """The QMP commands the fake answers: one handler and one table row each.
 
-:class:`~kvmlab.fake.qmp.QmpMonitor` checks a request's arguments against a
+:class:`~kvmlab.fake.monitor.qmp.QmpMonitor` checks a request's arguments against a
 row's ``allowed`` and ``required`` names, calls its ``run`` for the ``return``
 value and, once the reply is sent, its ``after`` (for work that ends or resets
 the machine, which QEMU also does after replying). Commands for hotplug or
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from kvmlab.fake.hmp import run_command
+from kvmlab.fake.monitor.hmp import run_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
