@@ -79,7 +79,7 @@ class Machine:
             disk.index = index
         #: ``blockdev-add`` nodes: node-name -> ``(path, writable)``.
         self.block_nodes: dict[str, tuple[str, bool]] = {}
-        #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug`).
+        #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug.devices`).
         self.netdevs: dict[str, str] | None = None
         #: Device ids a ``device_del`` asked the guest to eject.
         self.pending_unplug: list[str] = []

@@ -2,7 +2,7 @@
 
 kvmlab writes each virtio disk as a named drive and a device at its PCI slot
 (``kvmlab.generator.disk_args``); the guest shell lists them as ``vda``,
-``vdb``... and QMP disk hotplug (:mod:`kvmlab.fake.hotplug_disk`) adds and removes
+``vdb``... and QMP disk hotplug (:mod:`kvmlab.fake.hotplug.disk`) adds and removes
 the same :class:`~kvmlab.fake.cmdline.config.BlockDevice` rows.
 """
 

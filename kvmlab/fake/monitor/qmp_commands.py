@@ -129,19 +129,19 @@ def _human_monitor_command(m: MachineView, arguments: dict[str, object]) -> obje
 
 
 def _hotplug() -> ModuleType:
-    from kvmlab.fake import hotplug  # noqa: PLC0415 - only when a VM is hotplugged
+    from kvmlab.fake.hotplug import devices  # noqa: PLC0415 - only when a VM is hotplugged
 
-    return hotplug
+    return devices
 
 
 def _hotplug_disk() -> ModuleType:
-    from kvmlab.fake import hotplug_disk  # noqa: PLC0415 - only when a disk is hotplugged
+    from kvmlab.fake.hotplug import disk  # noqa: PLC0415 - only when a disk is hotplugged
 
-    return hotplug_disk
+    return disk
 
 
 def _fds() -> ModuleType:
-    from kvmlab.fake import fds  # noqa: PLC0415 - only when a descriptor is passed
+    from kvmlab.fake.hotplug import fds  # noqa: PLC0415 - only when a descriptor is passed
 
     return fds
 
