@@ -75,9 +75,9 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
   to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
   :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.monitor.qmp` (+ ``qmp_commands``),
   :mod:`~kvmlab.fake.monitor.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
-  :mod:`~kvmlab.fake.migration` (source), :mod:`~kvmlab.fake.incoming` (target,
-  ``-incoming``), :mod:`~kvmlab.fake.migration_state` and
-  :mod:`~kvmlab.fake.migration_params`, loaded only when used;
+  :mod:`~kvmlab.fake.migration.outgoing` (source), :mod:`~kvmlab.fake.migration.incoming` (target,
+  ``-incoming``), :mod:`~kvmlab.fake.migration.state` and
+  :mod:`~kvmlab.fake.migration.params`, loaded only when used;
 - :mod:`~kvmlab.fake.errors`, :mod:`~kvmlab.fake.lazy`: shared by all.
 
 Start time is most of what a fake is for, so imports are chosen by their cost:

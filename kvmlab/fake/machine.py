@@ -64,7 +64,8 @@ class Machine:
         self.log = log
         self.prog = prog
         self.status = "inmigrate" if cfg.incoming is not None else "prelaunch"
-        #: The migration sides (:mod:`kvmlab.fake.migration`, :mod:`kvmlab.fake.incoming`).
+        #: The migration sides (:mod:`kvmlab.fake.migration.outgoing`,
+        #: :mod:`kvmlab.fake.migration.incoming`).
         self.outgoing: OutgoingSide | None = None
         self.incoming: IncomingSide | None = None
         self.migrate_caps: dict[str, bool] | None = None
@@ -158,7 +159,7 @@ class Machine:
             raise FakeError("chroot failed")
         if cfg.incoming is not None:
             # Listening before the -daemonize parent exits: the caller may connect at once.
-            from kvmlab.fake.incoming import Incoming  # noqa: PLC0415 - migration targets only
+            from kvmlab.fake.migration.incoming import Incoming  # noqa: PLC0415 - migration targets only
 
             self.incoming = Incoming(self, cfg.incoming)
         for dev in self.chardevs:

@@ -49,7 +49,7 @@ class GuestState(Protocol):
 
 
 class OutgoingSide(Protocol):
-    """The source side of a migration (:class:`~kvmlab.fake.migration.Outgoing`)."""
+    """The source side of a migration (:class:`~kvmlab.fake.migration.outgoing.Outgoing`)."""
 
     @property
     def status(self) -> str: ...
@@ -62,7 +62,7 @@ class OutgoingSide(Protocol):
 
 
 class IncomingSide(Protocol):
-    """The target side of a migration (:class:`~kvmlab.fake.incoming.Incoming`)."""
+    """The target side of a migration (:class:`~kvmlab.fake.migration.incoming.Incoming`)."""
 
     @property
     def status(self) -> str | None: ...

@@ -147,21 +147,21 @@ def _fds() -> ModuleType:
 
 
 def _migration() -> ModuleType:
-    from kvmlab.fake import migration  # noqa: PLC0415 - only when a VM is migrated
+    from kvmlab.fake.migration import outgoing  # noqa: PLC0415 - only when a VM is migrated
 
-    return migration
+    return outgoing
 
 
 def _incoming() -> ModuleType:
-    from kvmlab.fake import incoming  # noqa: PLC0415
+    from kvmlab.fake.migration import incoming  # noqa: PLC0415
 
     return incoming
 
 
 def _migration_params() -> ModuleType:
-    from kvmlab.fake import migration_params  # noqa: PLC0415
+    from kvmlab.fake.migration import params  # noqa: PLC0415
 
-    return migration_params
+    return params
 
 
 def _lazy(load: Callable[[], ModuleType], name: str) -> Callable[..., Any]:
