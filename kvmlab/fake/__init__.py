@@ -74,7 +74,7 @@ Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the ma
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
   to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
   :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.monitor.qmp` (+ ``qmp_commands``),
-  :mod:`~kvmlab.fake.monitor.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
+  :mod:`~kvmlab.fake.monitor.hmp` and :mod:`~kvmlab.fake.guest.boot`; live migration in
   :mod:`~kvmlab.fake.migration.outgoing` (source), :mod:`~kvmlab.fake.migration.incoming` (target,
   ``-incoming``), :mod:`~kvmlab.fake.migration.state` and
   :mod:`~kvmlab.fake.migration.params`, loaded only when used;

@@ -23,7 +23,7 @@ import time
 from kvmlab.fake import host
 from kvmlab.fake.chardevs import Chardev
 from kvmlab.fake.errors import FakeError, Shutdown
-from kvmlab.fake.guest import Guest
+from kvmlab.fake.guest.boot import Guest
 from kvmlab.fake.host import Taps
 from kvmlab.fake.loop import EventLoop
 from kvmlab.fake.monitor.hmp import HumanMonitor
@@ -174,7 +174,7 @@ class Machine:
             self.serial = dev
         elif len(serials) > 1 and spec is serials[1]:
             # ttyS1: the guest command channel (imported only where there is one).
-            from kvmlab.fake.cmdchannel import CommandChannel  # noqa: PLC0415
+            from kvmlab.fake.guest.cmdchannel import CommandChannel  # noqa: PLC0415
 
             dev.frontend = CommandChannel(self, dev, self.guest)
         if spec.frontend == "qmp":

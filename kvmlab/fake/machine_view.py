@@ -35,7 +35,7 @@ class ShellState(Protocol):
 
 
 class GuestState(Protocol):
-    """The guest as a migration reads and restores it (:class:`~kvmlab.fake.guest.Guest`)."""
+    """The guest as a migration reads and restores it (:class:`~kvmlab.fake.guest.boot.Guest`)."""
 
     booted_at: float | None
     needs_boot: bool
