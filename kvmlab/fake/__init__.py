@@ -63,21 +63,23 @@ Environment (read once at start; a fault sticks to the process it was given to):
 ``KVMLAB_FAKE_MIGRATE_TIME=SECONDS``
     (migration source) how long the ``active`` phase of a migration lasts.
 
-Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the map):
+Modules and sub-packages, in the order a start goes through them
+(``docs/fake-kvm.md`` has the map):
 
 - :mod:`~kvmlab.fake.program`: :func:`main`, ``--fake-profile``, ``-daemonize``;
 - :mod:`~kvmlab.fake.profiles`: the imitated QEMU (:class:`Profile`);
-- :mod:`~kvmlab.fake.cmdline`: argv into a :class:`Config` (``cmdline.parser``, with
-  ``cmdline.chardev``, ``cmdline.net``, ``cmdline.disk``, ``cmdline.qemuopts``;
-  the result in ``cmdline.config``);
+- :mod:`~kvmlab.fake.cmdline`: argv into a :class:`Config` (``parser``, with the
+  ``chardev``, ``net`` and ``disk`` handlers, ``qemuopts``, ``pci``; the result
+  in ``cmdline.config``);
 - :mod:`~kvmlab.fake.faults`: ``KVMLAB_FAKE_*`` and the event log;
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
-  to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
-  :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.monitor.qmp` (+ ``qmp_commands``),
-  :mod:`~kvmlab.fake.monitor.hmp` and :mod:`~kvmlab.fake.guest.boot`; live migration in
-  :mod:`~kvmlab.fake.migration.outgoing` (source), :mod:`~kvmlab.fake.migration.incoming` (target,
-  ``-incoming``), :mod:`~kvmlab.fake.migration.state` and
-  :mod:`~kvmlab.fake.migration.params`, loaded only when used;
+  to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop` and
+  :mod:`~kvmlab.fake.chardevs`, typed by its components as
+  :mod:`~kvmlab.fake.machine_view`;
+- :mod:`~kvmlab.fake.monitor`: QMP (``qmp``, ``qmp_commands``) and HMP (``hmp``);
+- :mod:`~kvmlab.fake.guest`: the guest's boot, its command channel and shell;
+- :mod:`~kvmlab.fake.hotplug` and :mod:`~kvmlab.fake.migration`: QMP features
+  loaded only when used (``device_add``..., ``migrate``..., ``-incoming``);
 - :mod:`~kvmlab.fake.errors`, :mod:`~kvmlab.fake.lazy`: shared by all.
 
 Start time is most of what a fake is for, so imports are chosen by their cost:
