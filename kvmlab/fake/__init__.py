@@ -63,20 +63,23 @@ Environment (read once at start; a fault sticks to the process it was given to):
 ``KVMLAB_FAKE_MIGRATE_TIME=SECONDS``
     (migration source) how long the ``active`` phase of a migration lasts.
 
-Modules, in the order a start goes through them (``docs/fake-kvm.md`` has the map):
+Modules and sub-packages, in the order a start goes through them
+(``docs/fake-kvm.md`` has the map):
 
 - :mod:`~kvmlab.fake.program`: :func:`main`, ``--fake-profile``, ``-daemonize``;
 - :mod:`~kvmlab.fake.profiles`: the imitated QEMU (:class:`Profile`);
-- :mod:`~kvmlab.fake.cmdline` (with ``cmdline_chardev``, ``cmdline_net``) and
-  :mod:`~kvmlab.fake.qemuopts`: argv into a :class:`Config` (:mod:`~kvmlab.fake.config`);
+- :mod:`~kvmlab.fake.cmdline`: argv into a :class:`Config` (``parser``, with the
+  ``chardev``, ``net`` and ``disk`` handlers, ``qemuopts``, ``pci``; the result
+  in ``cmdline.config``);
 - :mod:`~kvmlab.fake.faults`: ``KVMLAB_FAKE_*`` and the event log;
 - :mod:`~kvmlab.fake.machine`: the VM process (:class:`Machine`, loaded only
-  to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop`,
-  :mod:`~kvmlab.fake.chardevs`, :mod:`~kvmlab.fake.qmp` (+ ``qmp_commands``),
-  :mod:`~kvmlab.fake.hmp` and :mod:`~kvmlab.fake.guest`; live migration in
-  :mod:`~kvmlab.fake.migration` (source), :mod:`~kvmlab.fake.incoming` (target,
-  ``-incoming``), :mod:`~kvmlab.fake.migration_state` and
-  :mod:`~kvmlab.fake.migration_params`, loaded only when used;
+  to run one), using :mod:`~kvmlab.fake.host`, :mod:`~kvmlab.fake.loop` and
+  :mod:`~kvmlab.fake.chardevs`, typed by its components as
+  :mod:`~kvmlab.fake.machine_view`;
+- :mod:`~kvmlab.fake.monitor`: QMP (``qmp``, ``qmp_commands``) and HMP (``hmp``);
+- :mod:`~kvmlab.fake.guest`: the guest's boot, its command channel and shell;
+- :mod:`~kvmlab.fake.hotplug` and :mod:`~kvmlab.fake.migration`: QMP features
+  loaded only when used (``device_add``..., ``migrate``..., ``-incoming``);
 - :mod:`~kvmlab.fake.errors`, :mod:`~kvmlab.fake.lazy`: shared by all.
 
 Start time is most of what a fake is for, so imports are chosen by their cost:
@@ -93,13 +96,13 @@ computed from; a test keeps the two in agreement.
 
 from __future__ import annotations
 
-from kvmlab.fake.cmdline import parse_argv
-from kvmlab.fake.config import ChardevSpec, Config, NetBackend, Nic
+from kvmlab.fake.cmdline.config import ChardevSpec, Config, NetBackend, Nic
+from kvmlab.fake.cmdline.parser import parse_argv
+from kvmlab.fake.cmdline.qemuopts import parse_opts
 from kvmlab.fake.errors import FakeError
 from kvmlab.fake.faults import EventLog, Faults
 from kvmlab.fake.profiles import DEFAULT_PROFILE, Profile, builtin_profile, load_profile
 from kvmlab.fake.program import PROG, main
-from kvmlab.fake.qemuopts import parse_opts
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from kvmlab.fake.host import unlink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.config import ChardevSpec
+    from kvmlab.fake.cmdline.config import ChardevSpec
     from kvmlab.fake.loop import EventLoop
 
 __all__ = ["Chardev", "Frontend"]
@@ -42,7 +42,7 @@ class Frontend:
 
 
 class Chardev:
-    """A character device backend from a :class:`~kvmlab.fake.config.ChardevSpec`.
+    """A character device backend from a :class:`~kvmlab.fake.cmdline.config.ChardevSpec`.
 
     :param spec: what the command line asked for.
     :param loop: where the listener and the client are watched.

@@ -63,7 +63,7 @@ class Faults:
         self.tap_run = False
         self.boot_delay = 0.0
         self.powerdown_delay = 0.1
-        #: Migration (:mod:`kvmlab.fake.migration`): the source never converges;
+        #: Migration (:mod:`kvmlab.fake.migration.outgoing`): the source never converges;
         #: the target dies mid-transfer; the transfer phase takes this long.
         self.migrate_stall = False
         self.migrate_die = False

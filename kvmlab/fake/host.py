@@ -12,7 +12,7 @@ them by the time it is ready. By default nothing runs: the script must be an
 executable file and ``would run`` is logged. As root with ``KVMLAB_FAKE_TAP=run``
 a real tap device is created through ``/dev/net/tun`` and the scripts run, so
 kvmlab's tap tests see real interfaces. A tap kvmlab hotplugs arrives as a
-descriptor (``getfd``, :mod:`kvmlab.fake.fds`): ``named`` holds the names not yet
+descriptor (``getfd``, :mod:`kvmlab.fake.hotplug.fds`): ``named`` holds the names not yet
 used, ``passed`` the descriptors ``netdev_add`` took (closed by ``netdev_del``).
 """
 
@@ -27,7 +27,7 @@ from kvmlab.fake.errors import FakeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.config import Config, NetBackend
+    from kvmlab.fake.cmdline.config import Config, NetBackend
     from kvmlab.fake.faults import EventLog, Faults
 
 __all__ = [

@@ -1,13 +1,13 @@
 """One fake VM process: its state, its start in QEMU's order, its run state, its end.
 
 :class:`Machine` is what a QEMU process is to kvmlab: it takes a parsed
-:class:`~kvmlab.fake.config.Config`, creates the pidfile, sockets and files
+:class:`~kvmlab.fake.cmdline.config.Config`, creates the pidfile, sockets and files
 (or fails with QEMU's message and removes what it created), tells a
 ``-daemonize`` parent it is ready, and then serves its event loop until
 ``quit``, a guest power-off or a signal. It holds the state every command acts
 on (run status, the device list, the chardevs) and the run-state transitions
 (``stop``, ``cont``, power button, reset, shutdown) with their QMP events;
-the protocols (:mod:`~kvmlab.fake.qmp`, :mod:`~kvmlab.fake.hmp`), the guest
+the protocols (:mod:`~kvmlab.fake.monitor.qmp`, :mod:`~kvmlab.fake.monitor.hmp`), the guest
 (:mod:`~kvmlab.fake.guest`) and the host work (:mod:`~kvmlab.fake.host`: files,
 signals, taps) are delegated.
 """
@@ -23,17 +23,17 @@ import time
 from kvmlab.fake import host
 from kvmlab.fake.chardevs import Chardev
 from kvmlab.fake.errors import FakeError, Shutdown
-from kvmlab.fake.guest import Guest
-from kvmlab.fake.hmp import HumanMonitor
+from kvmlab.fake.guest.boot import Guest
 from kvmlab.fake.host import Taps
 from kvmlab.fake.loop import EventLoop
-from kvmlab.fake.qmp import QmpMonitor
+from kvmlab.fake.monitor.hmp import HumanMonitor
+from kvmlab.fake.monitor.qmp import QmpMonitor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from kvmlab.fake.config import BlockDevice, ChardevSpec, Config, Nic
+    from kvmlab.fake.cmdline.config import BlockDevice, ChardevSpec, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.machine_view import IncomingSide, OutgoingSide
     from kvmlab.fake.profiles import Profile
@@ -64,7 +64,8 @@ class Machine:
         self.log = log
         self.prog = prog
         self.status = "inmigrate" if cfg.incoming is not None else "prelaunch"
-        #: The migration sides (:mod:`kvmlab.fake.migration`, :mod:`kvmlab.fake.incoming`).
+        #: The migration sides (:mod:`kvmlab.fake.migration.outgoing`,
+        #: :mod:`kvmlab.fake.migration.incoming`).
         self.outgoing: OutgoingSide | None = None
         self.incoming: IncomingSide | None = None
         self.migrate_caps: dict[str, bool] | None = None
@@ -79,7 +80,7 @@ class Machine:
             disk.index = index
         #: ``blockdev-add`` nodes: node-name -> ``(path, writable)``.
         self.block_nodes: dict[str, tuple[str, bool]] = {}
-        #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug`).
+        #: Netdev id -> kind once a hotplug command asked (:mod:`kvmlab.fake.hotplug.devices`).
         self.netdevs: dict[str, str] | None = None
         #: Device ids a ``device_del`` asked the guest to eject.
         self.pending_unplug: list[str] = []
@@ -158,7 +159,7 @@ class Machine:
             raise FakeError("chroot failed")
         if cfg.incoming is not None:
             # Listening before the -daemonize parent exits: the caller may connect at once.
-            from kvmlab.fake.incoming import Incoming  # noqa: PLC0415 - migration targets only
+            from kvmlab.fake.migration.incoming import Incoming  # noqa: PLC0415 - migration targets only
 
             self.incoming = Incoming(self, cfg.incoming)
         for dev in self.chardevs:
@@ -173,7 +174,7 @@ class Machine:
             self.serial = dev
         elif len(serials) > 1 and spec is serials[1]:
             # ttyS1: the guest command channel (imported only where there is one).
-            from kvmlab.fake.cmdchannel import CommandChannel  # noqa: PLC0415
+            from kvmlab.fake.guest.cmdchannel import CommandChannel  # noqa: PLC0415
 
             dev.frontend = CommandChannel(self, dev, self.guest)
         if spec.frontend == "qmp":

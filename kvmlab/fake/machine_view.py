@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 if TYPE_CHECKING:
-    from kvmlab.fake.config import BlockDevice, Config, Nic
+    from kvmlab.fake.cmdline.config import BlockDevice, Config, Nic
     from kvmlab.fake.faults import EventLog, Faults
     from kvmlab.fake.host import Taps
     from kvmlab.fake.loop import EventLoop
@@ -35,7 +35,7 @@ class ShellState(Protocol):
 
 
 class GuestState(Protocol):
-    """The guest as a migration reads and restores it (:class:`~kvmlab.fake.guest.Guest`)."""
+    """The guest as a migration reads and restores it (:class:`~kvmlab.fake.guest.boot.Guest`)."""
 
     booted_at: float | None
     needs_boot: bool
@@ -49,7 +49,7 @@ class GuestState(Protocol):
 
 
 class OutgoingSide(Protocol):
-    """The source side of a migration (:class:`~kvmlab.fake.migration.Outgoing`)."""
+    """The source side of a migration (:class:`~kvmlab.fake.migration.outgoing.Outgoing`)."""
 
     @property
     def status(self) -> str: ...
@@ -62,7 +62,7 @@ class OutgoingSide(Protocol):
 
 
 class IncomingSide(Protocol):
-    """The target side of a migration (:class:`~kvmlab.fake.incoming.Incoming`)."""
+    """The target side of a migration (:class:`~kvmlab.fake.migration.incoming.Incoming`)."""
 
     @property
     def status(self) -> str | None: ...

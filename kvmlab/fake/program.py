@@ -14,7 +14,7 @@ import _signal  # type: ignore[import-not-found]
 import os
 import sys
 
-from kvmlab.fake.cmdline import parse_argv
+from kvmlab.fake.cmdline.parser import parse_argv
 from kvmlab.fake.errors import EarlyExit, FakeError
 from kvmlab.fake.faults import EventLog, Faults
 from kvmlab.fake.host import JOB_SIGNALS

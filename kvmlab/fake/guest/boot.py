@@ -14,7 +14,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.guest_shell import GuestShell
+    from kvmlab.fake.guest.shell import GuestShell
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["Guest", "facts"]
@@ -55,7 +55,7 @@ class Guest:
     def shell(self) -> GuestShell:
         """The shell state of the current boot (a reset starts a new one)."""
         if self._shell is None or self._shell_boot != self.boots:
-            from kvmlab.fake.guest_shell import GuestShell  # noqa: PLC0415 - first use only
+            from kvmlab.fake.guest.shell import GuestShell  # noqa: PLC0415 - first use only
 
             self._shell = GuestShell(self.machine)
             self._shell_boot = self.boots

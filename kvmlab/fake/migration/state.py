@@ -8,8 +8,8 @@ QEMU's error lines (a section the target lacks fails; a device only the target h
 keeps its reset state and passes, as in QEMU). :func:`snapshot` and :func:`restore`
 move the simulated guest: whether it has booted (so the target never prints the boot
 facts again), its uptime, a pending power-button press, and the command-channel
-shell's boot id and written files. Shared by :mod:`kvmlab.fake.migration` (source)
-and :mod:`kvmlab.fake.incoming` (target); loaded with them only.
+shell's boot id and written files. Shared by :mod:`kvmlab.fake.migration.outgoing` (source)
+and :mod:`kvmlab.fake.migration.incoming` (target); loaded with them only.
 """
 
 from __future__ import annotations

@@ -3,25 +3,25 @@
 The NICs are what the guest facts report and the tap backends are what kvmlab's
 scripts configure, so their rules (ids, one NIC per netdev, MACs, legacy
 ``-net nic,vlan=``, which models are NICs) are kept together. The handlers fill
-:attr:`Config.net_backends <kvmlab.fake.config.Config.net_backends>` and
+:attr:`Config.net_backends <kvmlab.fake.cmdline.config.Config.net_backends>` and
 ``nics``; :mod:`kvmlab.fake.host` starts the tap backends.
 ``-device`` lives here because most devices the fake models are NICs (a virtio
-disk is handed to :mod:`kvmlab.fake.cmdline_disk`); the tables below and
-:mod:`kvmlab.fake.pci`'s slot rules are what QMP hotplug (``device_add``) checks
+disk is handed to :mod:`kvmlab.fake.cmdline.disk`); the tables below and
+:mod:`kvmlab.fake.cmdline.pci`'s slot rules are what QMP hotplug (``device_add``) checks
 against too.
 """
 
 from __future__ import annotations
 
-from kvmlab.fake.cmdline_disk import DISK_DRIVERS, add_disk_device
-from kvmlab.fake.config import NetBackend, Nic
+from kvmlab.fake.cmdline.config import NetBackend, Nic
+from kvmlab.fake.cmdline.disk import DISK_DRIVERS, add_disk_device
+from kvmlab.fake.cmdline.pci import ADDR_ERROR, device_model, parse_slot, slot_taken
+from kvmlab.fake.cmdline.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 from kvmlab.fake.errors import FakeError
-from kvmlab.fake.pci import ADDR_ERROR, device_model, parse_slot, slot_taken
-from kvmlab.fake.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.parse_state import OptionHandler, ParseState
+    from kvmlab.fake.cmdline.parse_state import OptionHandler, ParseState
 
 __all__ = ["LEGACY_NIC_MODELS", "NETDEV_TYPES", "NIC_DRIVERS", "OPTIONS"]
 

@@ -4,7 +4,7 @@
 refuses, with QEMU's words, before any file or socket exists. The walk and the
 cross-option checks live here with the handlers for the machine, memory, CPUs,
 disks, boot files and privileges; character devices and monitors are in
-:mod:`kvmlab.fake.cmdline_chardev`, networking in :mod:`kvmlab.fake.cmdline_net`.
+:mod:`kvmlab.fake.cmdline.chardev`, networking in :mod:`kvmlab.fake.cmdline.net`.
 Each of those modules exports a table ``OPTIONS`` of ``handler(parser, value,
 where)`` functions, merged into :data:`OPTIONS` here, so a new option is one
 function and one table row.
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import os
 
-from kvmlab.fake import cmdline_chardev, cmdline_net
-from kvmlab.fake.config import BlockDevice, Config
+from kvmlab.fake.cmdline import chardev, net
+from kvmlab.fake.cmdline.config import BlockDevice, Config
+from kvmlab.fake.cmdline.parse_state import ParseState
+from kvmlab.fake.cmdline.qemuopts import parse_bool, parse_int, parse_opts, parse_size
 from kvmlab.fake.errors import EarlyExit, FakeError
-from kvmlab.fake.parse_state import ParseState
 from kvmlab.fake.profiles import NO_ARG_OPTIONS, load_profile
-from kvmlab.fake.qemuopts import parse_bool, parse_int, parse_opts, parse_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from kvmlab.fake.parse_state import OptionHandler
+    from kvmlab.fake.cmdline.parse_state import OptionHandler
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["FLAGS", "OPTIONS", "Parser", "parse_argv"]
@@ -321,8 +321,8 @@ OPTIONS: dict[str, OptionHandler] = {
     "append": _append,
     "pidfile": _pidfile,
     "incoming": _incoming,
-    **cmdline_chardev.OPTIONS,
-    **cmdline_net.OPTIONS,
+    **chardev.OPTIONS,
+    **net.OPTIONS,
     "cpu": _cpu,
     "uuid": _uuid,
     "runas": _runas,

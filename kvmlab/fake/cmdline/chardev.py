@@ -4,7 +4,7 @@ QEMU's chardev rules are the fiddliest part of its command line (ids, the
 ``unix:PATH,server=on,wait=off`` shorthands, one frontend per backend, which
 backends the fake simulates), and every socket kvmlab talks to comes from
 here, so they have their own module. The handlers fill
-:attr:`Config.chardevs <kvmlab.fake.config.Config.chardevs>`, ``serials`` and
+:attr:`Config.chardevs <kvmlab.fake.cmdline.config.Config.chardevs>`, ``serials`` and
 ``monitors``; :mod:`kvmlab.fake.chardevs` opens them at start.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 
-from kvmlab.fake.config import ChardevSpec
+from kvmlab.fake.cmdline.config import ChardevSpec
+from kvmlab.fake.cmdline.qemuopts import parse_bool, parse_opts
 from kvmlab.fake.errors import FakeError
-from kvmlab.fake.qemuopts import parse_bool, parse_opts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.parse_state import OptionHandler, ParseState
+    from kvmlab.fake.cmdline.parse_state import OptionHandler, ParseState
 
 __all__ = ["OPTIONS"]
 

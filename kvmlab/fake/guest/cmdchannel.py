@@ -3,7 +3,7 @@
 kvmlab's test guest runs a busybox ``sh`` loop on ttyS1 (``kvmlab.guest_channel``
 has the protocol): a request line ``<nonce> <seconds> <command line>`` is answered
 by the command's output, a newline and ``KVMLAB-EXIT <nonce> <status>``. This
-frontend does the same for the commands :mod:`kvmlab.fake.guest_shell` knows,
+frontend does the same for the commands :mod:`kvmlab.fake.guest.shell` knows,
 computed from the simulated machine. As in the real guest, requests are handled
 one at a time in arrival order (a ``sleep`` holds up the next), nothing is
 answered before the guest has booted or while it is paused, and a reset loses
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Generator
 
     from kvmlab.fake.chardevs import Chardev
-    from kvmlab.fake.guest import Guest
-    from kvmlab.fake.guest_shell import GuestShell
+    from kvmlab.fake.guest.boot import Guest
+    from kvmlab.fake.guest.shell import GuestShell
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["CommandChannel"]

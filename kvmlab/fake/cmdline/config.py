@@ -1,6 +1,6 @@
 """What a fake VM is made of, as the command line describes it.
 
-The parser (:mod:`kvmlab.fake.cmdline`) fills a :class:`Config` and checks
+The parser (:mod:`kvmlab.fake.cmdline.parser`) fills a :class:`Config` and checks
 nothing on disk; the machine (:mod:`kvmlab.fake.machine`) builds sockets,
 files and its device list from it. Keeping these plain ``__slots__`` classes
 apart from both lets each side be read (and tested) on its own, and gives
@@ -9,7 +9,7 @@ later features (hotplug, migration) one description of a device to reuse.
 
 from __future__ import annotations
 
-from kvmlab.fake.qemuopts import MIB
+from kvmlab.fake.cmdline.qemuopts import MIB
 
 # ``typing`` costs ~3 ms to import; mypy honours a module constant of this name.
 TYPE_CHECKING = False
@@ -126,7 +126,7 @@ class BlockDevice:
 class Config:
     """Everything a fake VM process needs, read from QEMU's argv.
 
-    Filled in by :func:`~kvmlab.fake.cmdline.parse_argv`; file-system facts
+    Filled in by :func:`~kvmlab.fake.cmdline.parser.parse_argv`; file-system facts
     (does the kernel exist?) are checked later, at start, where QEMU checks them.
     """
 

@@ -4,7 +4,7 @@ One :class:`QmpMonitor` serves each ``-qmp``/``-mon mode=control`` chardev.
 It does what QEMU's monitor does before a command runs (capabilities
 negotiation, member and argument checks, with QEMU's error classes and
 wording) and then looks the command up in
-:data:`kvmlab.fake.qmp_commands.COMMANDS`, so adding a command never touches
+:data:`kvmlab.fake.monitor.qmp_commands.COMMANDS`, so adding a command never touches
 the protocol code. ``json`` is imported by the first request, not at start:
 the greeting is formatted by hand.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from kvmlab.fake.chardevs import Frontend
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.qmp_commands import COMMANDS, version_info
+from kvmlab.fake.monitor.qmp_commands import COMMANDS, version_info
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,29 +1,35 @@
 """QMP hotplug on the fake: ``netdev_add``, ``netdev_del``, ``device_add``, ``device_del``.
 
 ``netdev_add`` takes user networking, or a tap by descriptor (``fd=``, a ``getfd``
-name: :mod:`kvmlab.fake.fds`); ``netdev_del`` closes that descriptor.
+name: :mod:`kvmlab.fake.hotplug.fds`); ``netdev_del`` closes that descriptor.
 
 NICs and virtio disks are modelled: a ``device_add`` of a NIC driver appends to
 ``Machine.devices`` (the guest shell's ``/sys/class/net`` shows it at once), of a
 disk driver to ``Machine.disks`` (``/sys/block``, with its block node from
-:mod:`kvmlab.fake.hotplug_disk`); a ``device_del`` removes it and, as a cooperative
+:mod:`kvmlab.fake.hotplug.disk`); a ``device_del`` removes it and, as a cooperative
 guest does through ACPI PCI hotplug, ``DEVICE_DELETED`` follows the reply. The
-slot rules are :mod:`kvmlab.fake.pci`'s, shared with the command line. Errors use
+slot rules are :mod:`kvmlab.fake.cmdline.pci`'s, shared with the command line. Errors use
 QEMU's wording. Imported on the first hotplug command only (start-up stays flat).
 """
 
 from __future__ import annotations
 
-from kvmlab.fake import hotplug_disk
-from kvmlab.fake.cmdline_disk import DISK_DRIVERS
-from kvmlab.fake.cmdline_net import NIC_DRIVERS
-from kvmlab.fake.config import Nic
+from kvmlab.fake.cmdline.config import Nic
+from kvmlab.fake.cmdline.disk import DISK_DRIVERS
+from kvmlab.fake.cmdline.net import NIC_DRIVERS
+from kvmlab.fake.cmdline.pci import (
+    ADDR_ERROR,
+    device_model,
+    first_free_slot,
+    parse_slot,
+    slot_taken,
+)
 from kvmlab.fake.errors import QmpCommandError
-from kvmlab.fake.pci import ADDR_ERROR, device_model, first_free_slot, parse_slot, slot_taken
+from kvmlab.fake.hotplug import disk as hotplug_disk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.config import BlockDevice
+    from kvmlab.fake.cmdline.config import BlockDevice
     from kvmlab.fake.machine_view import MachineView
 
 __all__ = ["device_add", "device_del", "device_deleted", "netdev_add", "netdev_del"]
@@ -54,7 +60,7 @@ def netdev_add(m: MachineView, arguments: dict[str, object]) -> object:
     if ident in netdevs:
         raise QmpCommandError(f"Duplicate ID '{ident}' for netdev")
     if kind == "tap":
-        from kvmlab.fake import fds  # noqa: PLC0415 - a tap passed by descriptor
+        from kvmlab.fake.hotplug import fds  # noqa: PLC0415 - a tap passed by descriptor
 
         fd = fds.take_fd(m, str(arguments["fd"]))
         m.taps.passed[ident] = fd

@@ -2,7 +2,7 @@
 
 ``migrate {"uri": "unix:PATH"|"tcp:HOST:PORT"}`` answers ``{}`` at once and runs in
 the background on the event loop, through QEMU's states: ``setup`` (connect, send
-the header :func:`~kvmlab.fake.migration_state.describe` makes), ``active`` (RAM is
+the header :func:`~kvmlab.fake.migration.state.describe` makes), ``active`` (RAM is
 "copied": ``ram.transferred`` grows with time at ``max-bandwidth``; nothing is
 really sent), then the stop-and-copy (the vCPUs stop: ``STOP``, run state
 ``finish-migrate``; under QEMU 10 the ``device`` status), the guest state line,
@@ -24,8 +24,8 @@ import time
 
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_params import capabilities, parameters
-from kvmlab.fake.migration_state import address, describe, die, snapshot
+from kvmlab.fake.migration.params import capabilities, parameters
+from kvmlab.fake.migration.state import address, describe, die, snapshot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

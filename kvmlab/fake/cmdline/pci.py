@@ -11,7 +11,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from kvmlab.fake.config import BlockDevice, Nic
+    from kvmlab.fake.cmdline.config import BlockDevice, Nic
     from kvmlab.fake.profiles import Profile
 
 __all__ = ["ADDR_ERROR", "device_model", "first_free_slot", "parse_slot", "slot_taken"]

@@ -1,20 +1,20 @@
 """The state the option handlers share while they turn a command line into a Config.
 
-The walk over the options (:mod:`kvmlab.fake.cmdline`) calls handlers that live in
-several modules (:mod:`~kvmlab.fake.cmdline_chardev`, :mod:`~kvmlab.fake.cmdline_net`);
+The walk over the options (:mod:`kvmlab.fake.cmdline.parser`) calls handlers that live in
+several modules (:mod:`~kvmlab.fake.cmdline.chardev`, :mod:`~kvmlab.fake.cmdline.net`);
 they all read and fill this state. It sits below all of them, so a handler module
 never needs the module that merges the handler tables.
 """
 
 from __future__ import annotations
 
-from kvmlab.fake.config import Config
+from kvmlab.fake.cmdline.config import Config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from kvmlab.fake.config import ChardevSpec
+    from kvmlab.fake.cmdline.config import ChardevSpec
     from kvmlab.fake.profiles import Profile
 
     #: ``handler(parser, value, where)``; ``where`` is ``"-option value"`` for messages.

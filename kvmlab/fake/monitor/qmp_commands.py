@@ -1,6 +1,6 @@
 """The QMP commands the fake answers: one handler and one table row each.
 
-:class:`~kvmlab.fake.qmp.QmpMonitor` checks a request's arguments against a
+:class:`~kvmlab.fake.monitor.qmp.QmpMonitor` checks a request's arguments against a
 row's ``allowed`` and ``required`` names, calls its ``run`` for the ``return``
 value and, once the reply is sent, its ``after`` (for work that ends or resets
 the machine, which QEMU also does after replying). Commands for hotplug or
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from kvmlab.fake.hmp import run_command
+from kvmlab.fake.monitor.hmp import run_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,39 +129,39 @@ def _human_monitor_command(m: MachineView, arguments: dict[str, object]) -> obje
 
 
 def _hotplug() -> ModuleType:
-    from kvmlab.fake import hotplug  # noqa: PLC0415 - only when a VM is hotplugged
+    from kvmlab.fake.hotplug import devices  # noqa: PLC0415 - only when a VM is hotplugged
 
-    return hotplug
+    return devices
 
 
 def _hotplug_disk() -> ModuleType:
-    from kvmlab.fake import hotplug_disk  # noqa: PLC0415 - only when a disk is hotplugged
+    from kvmlab.fake.hotplug import disk  # noqa: PLC0415 - only when a disk is hotplugged
 
-    return hotplug_disk
+    return disk
 
 
 def _fds() -> ModuleType:
-    from kvmlab.fake import fds  # noqa: PLC0415 - only when a descriptor is passed
+    from kvmlab.fake.hotplug import fds  # noqa: PLC0415 - only when a descriptor is passed
 
     return fds
 
 
 def _migration() -> ModuleType:
-    from kvmlab.fake import migration  # noqa: PLC0415 - only when a VM is migrated
+    from kvmlab.fake.migration import outgoing  # noqa: PLC0415 - only when a VM is migrated
 
-    return migration
+    return outgoing
 
 
 def _incoming() -> ModuleType:
-    from kvmlab.fake import incoming  # noqa: PLC0415
+    from kvmlab.fake.migration import incoming  # noqa: PLC0415
 
     return incoming
 
 
 def _migration_params() -> ModuleType:
-    from kvmlab.fake import migration_params  # noqa: PLC0415
+    from kvmlab.fake.migration import params  # noqa: PLC0415
 
-    return migration_params
+    return params
 
 
 def _lazy(load: Callable[[], ModuleType], name: str) -> Callable[..., Any]:

@@ -4,7 +4,7 @@ A VM started with ``-incoming unix:PATH`` or ``-incoming tcp:HOST:PORT`` does no
 boot: its run state is ``inmigrate`` and it listens (before a ``-daemonize`` parent
 exits) for one source. ``-incoming defer`` waits for QMP ``migrate-incoming``. When
 the source connects the incoming migration is ``active``; the header line is checked
-against this VM's own command line (:func:`~kvmlab.fake.migration_state.mismatch`)
+against this VM's own command line (:func:`~kvmlab.fake.migration.state.mismatch`)
 and a mismatch, or a stream that ends early (the source cancelled or died), prints
 QEMU's errors, sends ``MIGRATION`` ``failed`` and exits with status 1, as QEMU does.
 The guest state line completes it: the guest carries on where the source's left off
@@ -22,7 +22,7 @@ import sys
 from kvmlab.fake.errors import FakeError, QmpCommandError, Shutdown
 from kvmlab.fake.host import unlink
 from kvmlab.fake.lazy import json_module
-from kvmlab.fake.migration_state import address, die, mismatch, restore
+from kvmlab.fake.migration.state import address, die, mismatch, restore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class Incoming:
         raise Shutdown(1, "incoming migration failed")
 
     def _event(self, status: str) -> None:
-        from kvmlab.fake.migration_params import capabilities  # noqa: PLC0415
+        from kvmlab.fake.migration.params import capabilities  # noqa: PLC0415
 
         if capabilities(self.m).get("events"):
             self.m.event("MIGRATION", {"status": status})

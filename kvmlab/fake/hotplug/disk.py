@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from kvmlab.fake.config import BlockDevice
+from kvmlab.fake.cmdline.config import BlockDevice
 from kvmlab.fake.errors import QmpCommandError
 
 TYPE_CHECKING = False

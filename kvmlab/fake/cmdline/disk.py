@@ -2,19 +2,19 @@
 
 kvmlab writes each virtio disk as a named drive and a device at its PCI slot
 (``kvmlab.generator.disk_args``); the guest shell lists them as ``vda``,
-``vdb``... and QMP disk hotplug (:mod:`kvmlab.fake.hotplug_disk`) adds and removes
-the same :class:`~kvmlab.fake.config.BlockDevice` rows.
+``vdb``... and QMP disk hotplug (:mod:`kvmlab.fake.hotplug.disk`) adds and removes
+the same :class:`~kvmlab.fake.cmdline.config.BlockDevice` rows.
 """
 
 from __future__ import annotations
 
-from kvmlab.fake.config import BlockDevice
+from kvmlab.fake.cmdline.config import BlockDevice
+from kvmlab.fake.cmdline.pci import ADDR_ERROR, parse_slot, slot_taken
 from kvmlab.fake.errors import FakeError
-from kvmlab.fake.pci import ADDR_ERROR, parse_slot, slot_taken
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from kvmlab.fake.parse_state import ParseState
+    from kvmlab.fake.cmdline.parse_state import ParseState
 
 __all__ = ["DISK_DRIVERS", "add_disk_device"]
 
