@@ -12,11 +12,11 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kvmlab import files
 from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
 from kvmlab.runtime.saved import KVMRuntime
 
@@ -33,29 +33,15 @@ __all__ = [
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically (temp file, fsync, rename, fsync dir).
 
+    :func:`kvmlab.files.atomic_write`, with its failure told as kvmlab's own error. Its
+    temp files are the ``.NAME.*.tmp`` that :func:`remove_stale_writes` removes.
+
     :raise OperationError: the directory is read-only, full, or missing; the old
         file is left as it was.
     """
-    directory = path.parent
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        files.atomic_write(path, data, mode)
     except OSError as err:
-        raise OperationError(f"cannot write {path}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
         raise OperationError(f"cannot write {path}: {err.strerror}") from err
 
 

@@ -1,4 +1,4 @@
-"""Tests of the test-guest builder (:mod:`kvmlab.guest.build`).
+"""Tests of the test-guest builder (:mod:`kvmlab.guest.build` and the modules beside it).
 
 Most tests are hermetic: they build synthetic ``.deb`` files (an ``ar`` archive around a
 ``data.tar.xz``) with fake kernels, fake modules (tiny ELF files carrying a ``.modinfo``
@@ -32,17 +32,14 @@ import pytest
 
 from kvmlab.errors import KvmlabError
 from kvmlab.guest import build as guest
-from kvmlab.guest.build import (
-    CpioEntry,
-    GuestBuildError,
-    GuestImage,
-    build_guest,
-    default_cache_dir,
-    read_ar,
-    read_newc,
-    render_init_script,
-    write_newc,
-)
+from kvmlab.guest import init as guest_init
+from kvmlab.guest import sources
+from kvmlab.guest.archives import read_ar
+from kvmlab.guest.build import GuestBuildError, GuestImage, build_guest, default_cache_dir
+from kvmlab.guest.cpio import CpioEntry, read_newc, write_newc
+from kvmlab.guest.elf import bzimage_version, is_static_x86_64
+from kvmlab.guest.init import render_init_script
+from kvmlab.guest.modules import module_deps
 
 # --------------------------------------------------------------------------- helpers
 
@@ -257,16 +254,16 @@ def test_zstd_data_member_is_reported_not_crashed(cache: Path, tmp_path: Path) -
 
 
 def test_static_elf_detection() -> None:
-    assert guest._is_static_x86_64(make_elf())
-    assert not guest._is_static_x86_64(make_elf(interp=True))
-    assert not guest._is_static_x86_64(b"#!/bin/sh\n")
+    assert is_static_x86_64(make_elf())
+    assert not is_static_x86_64(make_elf(interp=True))
+    assert not is_static_x86_64(b"#!/bin/sh\n")
 
 
 def test_modinfo_and_bzimage_version() -> None:
     module = make_module("virtio_net", "net_failover,virtio")
-    assert guest._module_deps(module) == ("net_failover", "virtio")
-    assert guest._bzimage_version(make_bzimage("6.1.0-56-cloud-amd64")) == "6.1.0-56-cloud-amd64"
-    assert guest._bzimage_version(b"not a kernel" * 100) is None
+    assert module_deps(module) == ("net_failover", "virtio")
+    assert bzimage_version(make_bzimage("6.1.0-56-cloud-amd64")) == "6.1.0-56-cloud-amd64"
+    assert bzimage_version(b"not a kernel" * 100) is None
 
 
 # --------------------------------------------------------------------------- /init
@@ -368,7 +365,7 @@ def test_changed_init_script_makes_a_new_image(
     deb = tmp_path / "linux-image-test.deb"
     deb.write_bytes(fake_kernel_deb())
     first = build_guest(cache, deb)
-    monkeypatch.setattr(guest, "_INIT_TEMPLATE", guest._INIT_TEMPLATE + "# changed\n")
+    monkeypatch.setattr(guest_init, "_INIT_TEMPLATE", guest_init._INIT_TEMPLATE + "# changed\n")
     second = build_guest(cache, deb)
     assert second.initrd != first.initrd
     assert second.kernel != first.kernel
@@ -432,7 +429,7 @@ def test_metapackage_is_refused(cache: Path, tmp_path: Path) -> None:
 
 def test_missing_everything_says_what_to_do(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(guest, "_host_kernels", list)
+    monkeypatch.setattr(sources, "host_kernels", list)
     with pytest.raises(
         GuestBuildError, match=r"apt-get not found and no kernel given: pass kernel=PATH"
     ):
