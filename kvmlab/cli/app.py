@@ -241,7 +241,7 @@ def _print_info(info: InstanceInfo) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     instance = load_instance(args.file)
     if args.profile:
@@ -259,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     instance = load_instance(args.file)
     info = _lab(args).start(instance)

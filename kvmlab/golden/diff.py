@@ -42,7 +42,8 @@ from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.argv import FLAG_OPTIONS
 from kvmlab.spec.capabilities import QemuCapabilities
-from kvmlab.spec.instance import Nic, instance_from_data, load_instance, parse_instance_text
+from kvmlab.spec.files import load_instance, parse_instance_text
+from kvmlab.spec.instance import Nic, instance_from_data
 
 __all__ = [
     "Change",

@@ -12,21 +12,19 @@ names the field and the value::
     name
       Value error, instance name 'web/1' is not a DNS label ...
 
-``load_instance(path)`` wraps such failures into one :class:`InstanceError`
-line fit for a CLI. Hypervisor parameters keep Ganeti's KVM names and defaults,
+:func:`instance_from_data` wraps such failures into one :class:`InstanceError`
+line fit for a CLI; :func:`kvmlab.spec.files.load_instance` reads the data from a
+file first. Hypervisor parameters keep Ganeti's KVM names and defaults,
 and Ganeti's cross-parameter rules are checked in :class:`HvParams`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-import tomllib
 import uuid as uuidlib
 from enum import StrEnum
 from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -53,7 +51,7 @@ __all__ = [
     "Nic",
     "NicMode",
     "format_validation_error",
-    "load_instance",
+    "instance_from_data",
 ]
 
 #: Options the start-time half of execution owns; ``kvm_extra`` may not carry them,
@@ -533,90 +531,6 @@ def instance_error(err: ValidationError, source: str = "") -> InstanceError:
         field=_error_field(first),
         value=first.get("input"),
     )
-
-
-MAX_INSTANCE_FILE_BYTES = 1024 * 1024
-
-
-def load_instance(path: str | Path) -> Instance:
-    """Read an instance from a ``.json``, ``.toml``, ``.yaml`` or ``.yml`` file.
-
-    :raise InstanceError: unreadable, empty, too large, malformed or invalid; the
-        message is one line naming the file and, when it is a field, the field.
-    """
-    file = Path(path)
-    suffix = file.suffix.lower()
-    if suffix not in {".json", ".toml", ".yaml", ".yml"}:
-        raise InstanceError(
-            f"{file}: unknown file type {suffix or '(none)'!r}: use .json, .toml or .yaml"
-        )
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_INSTANCE_FILE_BYTES + 1)
-    except OSError as err:
-        raise InstanceError(f"{file}: cannot read: {err.strerror}") from err
-    if len(raw) > MAX_INSTANCE_FILE_BYTES:
-        raise InstanceError(f"{file}: larger than {MAX_INSTANCE_FILE_BYTES} bytes")
-    if not raw.strip():
-        raise InstanceError(f"{file}: the file is empty")
-    data = parse_instance_text(raw, suffix, str(file))
-    bad = find_unencodable(data)
-    if bad is not None:
-        raise InstanceError(
-            f"{file}: {_one_line(repr(bad))[1:-1]}: not valid Unicode text (a lone surrogate)",
-            field=bad,
-        )
-    return instance_from_data(data, str(file))
-
-
-def parse_instance_text(raw: bytes, suffix: str, source: str) -> object:
-    """Decode JSON, TOML or YAML into plain data; YAML through the safe loader only."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InstanceError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        return _load_yaml(text)
-    except (ValueError, RecursionError) as err:
-        kind = suffix.lstrip(".").upper().replace("YML", "YAML")
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InstanceError(f"{source}: invalid {kind}: {detail}") from err
-
-
-#: Deeper flow nesting than any instance needs; PyYAML slows down badly on deep nests.
-MAX_YAML_DEPTH = 64
-
-
-def _yaml_depth(text: str) -> int:
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-def _load_yaml(text: str) -> object:
-    import yaml  # noqa: PLC0415 - only YAML users pay for the import
-
-    if _yaml_depth(text) > MAX_YAML_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
-
-    try:
-        # Plain data only: no tags (safe loader), and no aliases, so an alias bomb
-        # cannot expand into gigabytes.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise ValueError("YAML aliases (*name) are not allowed in instance files")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(str(err).replace("\n", " ")) from err
 
 
 def instance_from_data(data: object, source: str = "") -> Instance:

@@ -324,7 +324,7 @@ def test_generate_argv_is_one_argument_per_line_without_nics(
     assert main(["--state-dir", str(state_dir), "--backend", "fake", "generate", str(file),
                  "--argv"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     expected = Hypervisor(state_dir, backend="fake").generate(load_instance(file)).argv
     assert tuple(lines) == expected
