@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from kvmlab.errors import FieldValueError, InstanceError
+from kvmlab.spec.names import INSTANCE_NAME_PATTERN, INSTANCE_NAME_RULE, is_instance_name
 
 __all__ = [
     "Accel",
@@ -79,7 +80,6 @@ RESERVED_OPTIONS = frozenset(
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_VCPUS = 255
 
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 #: A lowercase unicast MAC in one match: the first octet's low bit (multicast) is clear.
 _is_unicast_mac = re.compile(
@@ -152,7 +152,7 @@ OneLine = Annotated[str, StringConstraints(pattern=r"^[^\n\r\x00]*$")]
 #: A value that lands inside one QEMU option: a safe alphabet only.
 Token = Annotated[str, StringConstraints(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.+=:-]*)?$")]
 #: An instance name: a DNS label (it becomes file names and reaches scripts).
-InstanceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
+InstanceName = Annotated[str, StringConstraints(pattern=f"^{INSTANCE_NAME_PATTERN}$")]
 #: A network interface name as Linux accepts it, or empty.
 InterfaceName = Annotated[
     str, StringConstraints(pattern=r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14})?$")
@@ -418,11 +418,8 @@ class Instance(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _DNS_LABEL.fullmatch(value):
-            raise ValueError(
-                f"instance name {value!r} is not a DNS label"
-                " (1-63 characters from a-z 0-9 and '-', not starting or ending with '-')"
-            )
+        if not is_instance_name(value):
+            raise ValueError(f"instance name {value!r} is not a DNS label ({INSTANCE_NAME_RULE})")
         return value
 
     @model_validator(mode="after")
