@@ -508,6 +508,16 @@ def test_diff_prints_the_whole_report(cli: Run, tmp_path: Path) -> None:
     assert files.stdout == f"--- {old}/p/vm.args\n+++ {old}/p/vm.args\nno differences\n"
 
 
+def test_diff_of_two_instance_files_exits_1_when_they_differ(cli: Run) -> None:
+    cases = Path(__file__).resolve().parents[2] / "fixtures" / "cases"
+    same, other = str(cases / "acpi-off.json"), str(cases / "localtime-clock.json")
+    equal = cli("diff", same, same)
+    assert (equal.returncode, equal.stdout) == (0, f"--- {same}\n+++ {same}\nno differences\n")
+    differ = cli("diff", same, other)
+    assert (differ.returncode, differ.stderr) == (1, "")
+    assert differ.stdout.startswith(f"--- {same}\n+++ {other}\nguest-visible (3):\n")
+
+
 # -- exec: commands in the guest ---------------------------------------------------------
 
 
