@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from kvmlab.runtime.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
     from kvmlab.runtime.saved import KVMRuntime
     from kvmlab.spec.capabilities import QemuCapabilities, available_profiles, load_profile
-    from kvmlab.spec.instance import Disk, HvParams, Instance, Nic, load_instance
+    from kvmlab.spec.files import load_instance
+    from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
     from kvmlab.spec.layout import StateLayout
 
 __all__ = [
@@ -126,7 +127,7 @@ _HOMES = {
     "Nic": "spec.instance",
     "Disk": "spec.instance",
     "HvParams": "spec.instance",
-    "load_instance": "spec.instance",
+    "load_instance": "spec.files",
     "QemuCapabilities": "spec.capabilities",
     "load_profile": "spec.capabilities",
     "available_profiles": "spec.capabilities",

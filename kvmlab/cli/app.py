@@ -241,7 +241,7 @@ def _print_info(info: InstanceInfo) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     instance = load_instance(args.file)
     if args.profile:
@@ -259,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     instance = load_instance(args.file)
     info = _lab(args).start(instance)
@@ -446,9 +446,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from kvmlab.golden.diff import cli_diff  # noqa: PLC0415
+    """Print the report; like diff(1), exit 0 when the inputs are equal and 1 when not."""
+    from kvmlab.display import diff_text  # noqa: PLC0415
+    from kvmlab.golden.diff import diff_paths  # noqa: PLC0415
 
-    return cli_diff(args.a, args.b)
+    diff = diff_paths(args.a, args.b)
+    sys.stdout.write(diff_text(diff))
+    return EXIT_OK if diff.equal else EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

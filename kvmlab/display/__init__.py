@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kvmlab.display.argv_view import OPTION_WHY, ArgvRow, argv_html, argv_rows, argv_text
+from kvmlab.display.diff_view import diff_html, diff_text
 from kvmlab.display.lab import (
     facts_html,
     facts_text,
@@ -51,8 +52,6 @@ from kvmlab.display.matrix import (
     option_features,
 )
 from kvmlab.display.objects import (
-    diff_html,
-    diff_text,
     instance_html,
     instance_text,
     report_html,
@@ -101,13 +100,15 @@ __all__ = [
 
 #: ``(module, class, HTML renderer, text renderer)`` for every class IPython should draw.
 #: By name, so that registering imports none of these modules; a subclass inherits
-#: its base's renderer. Diffs and capability matrices carry their own ``_repr_html_``.
+#: its base's renderer. Capability matrices, display's own class, carry ``_repr_html_``.
 FORMATTERS: Final[
     tuple[tuple[str, str, Callable[[Any], str], Callable[[Any], str] | None], ...]
 ] = (
     ("kvmlab.spec.instance", "Instance", instance_html, instance_text),
     ("kvmlab.runtime.saved", "KVMRuntime", runtime_html, runtime_text),
     ("kvmlab.runtime.invariants", "InvariantReport", report_html, report_text),
+    ("kvmlab.golden.diff", "RuntimeDiff", diff_html, diff_text),
+    ("kvmlab.golden.diff", "TreeDiff", diff_html, diff_text),
     ("kvmlab.lifecycle.hypervisor", "Hypervisor", hypervisor_html, hypervisor_text),
     ("kvmlab.channels.console", "GuestFacts", facts_html, None),
 )

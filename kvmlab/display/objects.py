@@ -1,4 +1,4 @@
-"""Instances, runtimes, diffs and invariant reports, as HTML and as text."""
+"""Instances, runtimes and invariant reports, as HTML and as text."""
 
 from __future__ import annotations
 
@@ -23,14 +23,11 @@ from kvmlab.display.argv_view import (
 )
 
 if TYPE_CHECKING:
-    from kvmlab.golden.diff import RuntimeDiff, TreeDiff
     from kvmlab.runtime.invariants import InvariantReport
     from kvmlab.runtime.saved import KVMRuntime
     from kvmlab.spec.instance import Disk, Instance, Nic
 
 __all__ = [
-    "diff_html",
-    "diff_text",
     "instance_html",
     "instance_text",
     "report_html",
@@ -173,23 +170,6 @@ def runtime_text(runtime: KVMRuntime) -> str:
     for index, disk in enumerate(runtime.disks):
         lines.append(f"disk {index}: {disk.path} ({disk.mode})")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- diffs
-
-
-def diff_html(diff: RuntimeDiff | TreeDiff) -> str:
-    """The semantic diff of two runtimes; rendered by :mod:`kvmlab.golden.diff`, which owns it."""
-    from kvmlab.golden.diff import render_html  # noqa: PLC0415 - display is imported on first use
-
-    return render_html(diff)
-
-
-def diff_text(diff: RuntimeDiff | TreeDiff) -> str:
-    """Plain-text counterpart of :func:`diff_html`."""
-    from kvmlab.golden.diff import render_text  # noqa: PLC0415
-
-    return render_text(diff)
 
 
 # --------------------------------------------------------------------------- invariants

@@ -42,7 +42,8 @@ from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.plan import NicPlan, NicPlanKind, StartFacts, plan_execution
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities, available_profiles, load_profile
-from kvmlab.spec.instance import Instance, NicMode, load_instance
+from kvmlab.spec.files import load_instance
+from kvmlab.spec.instance import Instance, NicMode
 from kvmlab.spec.layout import StateLayout
 
 __all__ = [

@@ -3,7 +3,8 @@
 A textual diff of two argvs is noisy (one more ``-drive`` shifts every line after it)
 and says nothing about impact. Here each argv is parsed into ``(option, value)``
 pairs, repeated options are matched by identity (``id=``, the device driver, the
-drive's role and position), and each change is classified:
+drive's role and position; both in :mod:`kvmlab.golden.options`), and each change is
+classified:
 
 - **guest-visible**: the guest sees different hardware or firmware input (memory,
   CPUs, devices, machine type, NICs, disks, CPU model, kernel and its command line,
@@ -20,29 +21,35 @@ list), instance files (generated with the default capabilities and the fixed
 (directories, compared file by file)::
 
     >>> d = diff_paths("fixtures/golden/qemu-7.2", "/tmp/new-golden/qemu-7.2")
-    >>> print(render_text(d))          # or display(d) in Jupyter: it has _repr_html_
+    >>> d.equal, len(d.guest_visible)
 
-``cli_diff`` is what ``kvmlab diff A B`` runs: exit 0 when equal, 1 when different;
-bad input raises :class:`DiffInputError` (an :class:`InvalidInputError`: exit 2).
+This module only computes: :func:`kvmlab.display.diff_text` and
+:func:`kvmlab.display.diff_html` render a diff (and draw it in Jupyter), and
+``kvmlab diff A B`` prints the text. Bad input raises :class:`DiffInputError` (an
+:class:`InvalidInputError`: the CLI's exit 2).
 """
 
 from __future__ import annotations
 
-import html
-import re
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, TextIO
+from typing import Literal
 
 from kvmlab.errors import DiffInputError
 from kvmlab.golden.fileformat import ARGS_SUFFIX, ERROR_SUFFIX, GOLDEN_LAYOUT, parse_args_text
+from kvmlab.golden.options import (
+    PLAIN_VALUE_OPTIONS,
+    is_guest_visible,
+    keyed_options,
+    parse_options,
+    suboptions,
+)
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
-from kvmlab.spec.argv import FLAG_OPTIONS
 from kvmlab.spec.capabilities import QemuCapabilities
-from kvmlab.spec.instance import Nic, instance_from_data, load_instance, parse_instance_text
+from kvmlab.spec.files import load_instance, parse_instance_text
+from kvmlab.spec.instance import Nic, instance_from_data
 
 __all__ = [
     "Change",
@@ -50,223 +57,13 @@ __all__ = [
     "RuntimeDiff",
     "Side",
     "TreeDiff",
-    "cli_diff",
     "diff_paths",
     "diff_runtimes",
     "diff_sides",
-    "parse_options",
-    "render_html",
-    "render_text",
+    "show_value",
 ]
 
 Section = Literal["argv", "start", "nics", "outcome"]
-
-#: Pseudo-option for ``argv[0]``.
-BINARY: Final = "(binary)"
-#: Pseudo-option for a word that follows no option (old QEMU's positional disk image).
-POSITIONAL: Final = "(positional)"
-
-#: Options whose whole value only concerns the host.
-HOST_ONLY_OPTIONS: Final = frozenset(
-    {
-        BINARY,
-        "-name",
-        "-pidfile",
-        "-daemonize",
-        "-monitor",
-        "-qmp",
-        "-qmp-pretty",
-        "-chardev",
-        "-vnc",
-        "-display",
-        "-nographic",
-        "-k",
-        "-chroot",
-        "-runas",
-        "-run-with",
-        "-mem-path",
-        "-mem-prealloc",
-        "-D",
-        "-d",
-        "-msg",
-        "-overcommit",
-        "-sandbox",
-        "-S",
-        "-incoming",
-        "-trace",
-    }
-)
-
-#: Sub-options that only concern the host, per option; the rest of the value is guest-visible.
-HOST_ONLY_SUBOPTIONS: Final[dict[str, frozenset[str]]] = {
-    "-drive": frozenset({"aio"}),
-    "-netdev": frozenset(
-        {"script", "downscript", "fd", "fds", "vhost", "vhostfd", "vhostfds", "vnet_hdr", "ifname"}
-    ),
-    "-net": frozenset(
-        {"script", "downscript", "fd", "fds", "vhost", "vhostfd", "vhostfds", "vnet_hdr", "ifname"}
-    ),
-}
-
-#: ``-object`` types that are host-side credentials, not guest hardware.
-_HOST_OBJECT_TYPES = ("tls-creds", "secret", "authz")
-
-#: Options whose value is a plain string, not QEMU's ``key=value,...`` syntax.
-_PLAIN_VALUE_OPTIONS: Final = frozenset(
-    {BINARY, POSITIONAL, "-append", "-kernel", "-initrd", "-pidfile", "-mem-path", "-chroot"}
-    | {"-runas", "-uuid", "-k", "-vga"}
-)
-
-_SPLIT_OPTS = re.compile(r"(?<!,),(?!,)")
-
-
-# --- parsing -------------------------------------------------------------------------------
-
-
-#: Options known to take a value even when it starts with ``-`` (``-append -v``).
-_VALUED_OPTIONS: Final = frozenset(
-    {"-append", "-name", "-m", "-smp", "-kernel", "-initrd", "-fw_cfg", "-global", "-set"}
-)
-
-
-def parse_options(argv: Sequence[str], *, binary: bool = True) -> list[tuple[str, str | None]]:
-    """Split an argv into ``(option, value)`` pairs.
-
-    ``--opt`` is read as ``-opt`` (QEMU accepts both). Flags get ``None``. An unknown
-    option takes the next word as its value unless that word looks like an option.
-
-    :param binary: ``argv[0]`` is the program (paired as ``(binary)``); ``False`` for
-        start-time arguments, which have none.
-    """
-    pairs: list[tuple[str, str | None]] = []
-    if not argv:
-        return pairs
-    index = 0
-    if binary:
-        pairs.append((BINARY, argv[0]))
-        index = 1
-    while index < len(argv):
-        word = argv[index]
-        if not (word.startswith("-") and len(word) > 1):
-            pairs.append((POSITIONAL, word))
-            index += 1
-            continue
-        option = "-" + word.lstrip("-")
-        following = argv[index + 1] if index + 1 < len(argv) else None
-        takes_value = following is not None and option not in FLAG_OPTIONS
-        if takes_value and following is not None and following.startswith("-"):
-            takes_value = option in _VALUED_OPTIONS or len(following) == 1
-        if not takes_value or following is None:
-            pairs.append((option, None))
-            index += 1
-        else:
-            pairs.append((option, following))
-            index += 2
-    return pairs
-
-
-def _suboptions(value: str) -> list[tuple[str, str | None]]:
-    """QEMU's ``a=b,c,d=e`` (``,,`` escapes a comma) as ``[(key, value)]``; a bare word's
-    value is ``None``."""
-    items: list[tuple[str, str | None]] = []
-    for raw in _SPLIT_OPTS.split(value):
-        part = raw.replace(",,", ",")
-        key, sep, rest = part.partition("=")
-        items.append((key, rest) if sep else (part, None))
-    return items
-
-
-def _first(value: str | None) -> str:
-    return "" if value is None else _SPLIT_OPTS.split(value, maxsplit=1)[0].replace(",,", ",")
-
-
-def _lookup(value: str | None, key: str) -> str | None:
-    if value is None:
-        return None
-    for name, item in _suboptions(value):
-        if name == key:
-            return item
-    return None
-
-
-def _identity(option: str, value: str | None) -> str:
-    """What pairs a repeated option across two argvs (before the occurrence number)."""
-    if value is None:
-        return ""
-    ident = _lookup(value, "id")
-    if ident is not None and option not in {"-machine", "-M"}:
-        return f"id={ident}"
-    if option == "-device":
-        return _first(value)
-    if option == "-drive":
-        if _lookup(value, "media") == "cdrom":
-            return "cdrom"
-        interface = _lookup(value, "if")
-        return "floppy" if interface == "floppy" else "disk"
-    if option == "-net":
-        vlan = _lookup(value, "vlan")
-        return f"{_first(value)}:vlan={vlan}" if vlan is not None else _first(value)
-    if option == "-global":
-        return value.partition("=")[0]
-    if option == "-fw_cfg":
-        name = _lookup(value, "name")
-        return f"name={name}" if name is not None else ""
-    if option == "-object":
-        return _first(value)
-    return ""
-
-
-def _keyed(pairs: Iterable[tuple[str, str | None]]) -> dict[tuple[str, str], str | None]:
-    """``{(option, key): value}``; repeats of one identity are numbered in order."""
-    seen: dict[tuple[str, str], int] = {}
-    keyed: dict[tuple[str, str], str | None] = {}
-    for option, value in pairs:
-        ident = _identity(option, value)
-        count = seen.get((option, ident), 0)
-        seen[(option, ident)] = count + 1
-        if ident.startswith("id="):
-            key = ident if count == 0 else f"{ident}#{count}"
-        elif ident:
-            key = f"{ident}#{count}"
-        else:
-            key = "" if count == 0 else f"#{count}"
-        keyed[(option, key)] = value
-    return keyed
-
-
-# --- classification ------------------------------------------------------------------------
-
-
-def _guest_view(option: str, value: str | None) -> object:
-    """The part of one option's value the guest can see; equal views mean host-only."""
-    if option in HOST_ONLY_OPTIONS:
-        return None
-    if value is None:
-        return True  # a flag's presence
-    if option == "-serial":
-        return value != "none"  # a port exists or not; where it leads is the host's business
-    if option == "-object":
-        return None if _first(value).startswith(_HOST_OBJECT_TYPES) else value
-    hidden = HOST_ONLY_SUBOPTIONS.get(option)
-    if hidden:
-        return sorted((key, item or "") for key, item in _suboptions(value) if key not in hidden)
-    return value
-
-
-def _is_guest_visible(
-    option: str, old: str | None, new: str | None, present: tuple[bool, bool]
-) -> bool:
-    if option in HOST_ONLY_OPTIONS:
-        return False
-    if present[0] != present[1]:
-        if option == "-object":
-            value = new if present[1] else old
-            return _guest_view(option, value) is not None
-        if option == "-serial":
-            value = new if present[1] else old
-            return value != "none"
-        return True
-    return _guest_view(option, old) != _guest_view(option, new)
 
 
 # --- the result ----------------------------------------------------------------------------
@@ -310,11 +107,11 @@ class Change:
         """For a changed ``k=v,...`` value: the sub-options added, removed or changed."""
         if self.kind != "changed" or self.old is None or self.new is None:
             return ()
-        if self.option in _PLAIN_VALUE_OPTIONS or self.section == "outcome":
+        if self.option in PLAIN_VALUE_OPTIONS or self.section == "outcome":
             return ()
         if "," not in self.old + self.new and "=" not in self.old + self.new:
             return ()
-        old_items, new_items = _suboptions(self.old), _suboptions(self.new)
+        old_items, new_items = suboptions(self.old), suboptions(self.new)
         # QEMU's implied first key (driver, backend, machine type) is a bare word.
         old_head = old_items.pop(0)[0] if old_items and old_items[0][1] is None else ""
         new_head = new_items.pop(0)[0] if new_items and new_items[0][1] is None else ""
@@ -334,16 +131,17 @@ class Change:
     def __str__(self) -> str:
         mark = {"added": "+", "removed": "-", "changed": "~"}[self.kind]
         if self.kind == "added":
-            text = _show(self.new)
+            text = show_value(self.new)
         elif self.kind == "removed":
-            text = _show(self.old)
+            text = show_value(self.old)
         else:
-            text = f"{_show(self.old)} -> {_show(self.new)}"
+            text = f"{show_value(self.old)} -> {show_value(self.new)}"
         prefix = "" if self.section == "argv" else f"({self.section}) "
         return f"{mark} {prefix}{self.label}: {text}"
 
 
-def _show(value: str | None) -> str:
+def show_value(value: str | None) -> str:
+    """How one side's value reads in a report: a flag has none, so it reads ``(flag)``."""
     return "(flag)" if value is None else value
 
 
@@ -353,7 +151,11 @@ def _show_sub(key: str, value: str | None) -> str:
 
 @dataclass(frozen=True)
 class RuntimeDiff:
-    """The semantic difference between two runtimes (A -> B)."""
+    """The semantic difference between two runtimes (A -> B).
+
+    Data only: :func:`kvmlab.display.diff_text` and :func:`~kvmlab.display.diff_html`
+    render it, and IPython draws it with them (:data:`kvmlab.display.FORMATTERS`).
+    """
 
     a: str
     b: str
@@ -372,16 +174,13 @@ class RuntimeDiff:
     def host_only(self) -> tuple[Change, ...]:
         return tuple(change for change in self.changes if not change.guest_visible)
 
-    def __str__(self) -> str:
-        return render_text(self)
-
-    def _repr_html_(self) -> str:
-        return render_html(self)
-
 
 @dataclass(frozen=True)
 class TreeDiff:
-    """Two golden trees compared file by file (``profile/case`` without suffix)."""
+    """Two golden trees compared file by file (``profile/case`` without suffix).
+
+    Rendered like :class:`RuntimeDiff`, by :mod:`kvmlab.display`.
+    """
 
     a: str
     b: str
@@ -401,12 +200,6 @@ class TreeDiff:
     @property
     def guest_visible(self) -> tuple[Change, ...]:
         return tuple(change for change in self.changes if change.guest_visible)
-
-    def __str__(self) -> str:
-        return render_text(self)
-
-    def _repr_html_(self) -> str:
-        return render_html(self)
 
 
 # --- comparing -----------------------------------------------------------------------------
@@ -445,8 +238,8 @@ class Side:
 
 def _diff_words(section: Section, a: Sequence[str], b: Sequence[str]) -> list[Change]:
     binary = section == "argv"
-    left = _keyed(parse_options(a, binary=binary))
-    right = _keyed(parse_options(b, binary=binary))
+    left = keyed_options(parse_options(a, binary=binary))
+    right = keyed_options(parse_options(b, binary=binary))
     changes: list[Change] = []
     for option, key in dict.fromkeys([*left, *right]):
         in_a, in_b = (option, key) in left, (option, key) in right
@@ -461,7 +254,7 @@ def _diff_words(section: Section, a: Sequence[str], b: Sequence[str]) -> list[Ch
                 key,
                 old,
                 new,
-                _is_guest_visible(option, old, new, present),
+                is_guest_visible(option, old, new, present),
                 present,
             )
         )
@@ -636,106 +429,3 @@ def diff_paths(a: str | Path, b: str | Path) -> RuntimeDiff | TreeDiff:
     if left.is_dir() or right.is_dir():
         raise DiffInputError(f"cannot compare a directory with a file: {left} and {right}")
     return diff_sides(load_side(left), load_side(right))
-
-
-# --- rendering -----------------------------------------------------------------------------
-
-
-def _runtime_lines(diff: RuntimeDiff, indent: str = "") -> Iterator[str]:
-    if diff.equal:
-        yield f"{indent}no differences"
-        return
-    for title, group in (("guest-visible", diff.guest_visible), ("host-only", diff.host_only)):
-        if not group:
-            continue
-        yield f"{indent}{title} ({len(group)}):"
-        for change in group:
-            yield f"{indent}  {change}"
-            for detail in change.details:
-                yield f"{indent}      {detail}"
-
-
-def render_text(diff: RuntimeDiff | TreeDiff) -> str:
-    """A plain-text report, for terminals and test failures."""
-    lines = [f"--- {diff.a}", f"+++ {diff.b}"]
-    if isinstance(diff, RuntimeDiff):
-        lines += _runtime_lines(diff)
-        return "\n".join(lines) + "\n"
-    lines += [f"+ case {key} (only in {diff.b})" for key in diff.added]
-    lines += [f"- case {key} (only in {diff.a})" for key in diff.removed]
-    for key, runtime_diff in diff.changed:
-        lines.append(f"~ case {key}:")
-        lines += _runtime_lines(runtime_diff, "    ")
-    lines.append(
-        f"{len(diff.changed)} changed, {len(diff.added)} added, {len(diff.removed)} removed,"
-        f" {diff.unchanged} unchanged; {len(diff.guest_visible)} guest-visible changes"
-    )
-    return "\n".join(lines) + "\n"
-
-
-_KIND_STYLE = {
-    "added": "color:#1a7f37",
-    "removed": "color:#cf222e",
-    "changed": "color:#9a6700",
-}
-
-
-def _html_table(diff: RuntimeDiff) -> str:
-    if diff.equal:
-        return "<p><em>no differences</em></p>"
-    esc = html.escape
-    rows = []
-    for change in diff.changes:
-        impact = "guest-visible" if change.guest_visible else "host-only"
-        weight = "font-weight:bold;" if change.guest_visible else ""
-        details = "<br>".join(esc(detail) for detail in change.details)
-        rows.append(
-            f'<tr style="{_KIND_STYLE[change.kind]}">'
-            f"<td>{esc(change.kind)}</td><td>{esc(change.section)}</td>"
-            f"<td><code>{esc(change.label)}</code></td>"
-            f"<td><code>{esc(_show(change.old)) if change.present[0] else ''}</code></td>"
-            f"<td><code>{esc(_show(change.new)) if change.present[1] else ''}</code></td>"
-            f'<td style="{weight}">{esc(impact)}</td><td>{details}</td></tr>'
-        )
-    head = "".join(
-        f"<th>{name}</th>"
-        for name in ("change", "section", "option", "A", "B", "impact", "details")
-    )
-    return f'<table class="kvmlab-diff"><tr>{head}</tr>{"".join(rows)}</table>'
-
-
-def render_html(diff: RuntimeDiff | TreeDiff) -> str:
-    """An HTML fragment (a table per case) for notebooks; every value is escaped."""
-    esc = html.escape
-    parts = [
-        '<div class="kvmlab-diff">',
-        f"<p><code>--- {esc(diff.a)}</code><br><code>+++ {esc(diff.b)}</code></p>",
-    ]
-    if isinstance(diff, RuntimeDiff):
-        parts.append(_html_table(diff))
-    else:
-        summary = (
-            f"{len(diff.changed)} changed, {len(diff.added)} added, {len(diff.removed)} removed,"
-            f" {diff.unchanged} unchanged"
-        )
-        parts.append(f"<p>{esc(summary)}</p>")
-        if diff.added or diff.removed:
-            items = [f"<li>+ {esc(key)}</li>" for key in diff.added]
-            items += [f"<li>- {esc(key)}</li>" for key in diff.removed]
-            parts.append(f"<ul>{''.join(items)}</ul>")
-        for key, runtime_diff in diff.changed:
-            parts.append(f"<h4>{esc(key)}</h4>{_html_table(runtime_diff)}")
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def cli_diff(a: str, b: str, out: TextIO | None = None) -> int:
-    """``kvmlab diff A B``: print the report; 0 when equal, 1 when different.
-
-    :raise InvalidInputError: (via :class:`DiffInputError` and the readers' own
-        subclasses) bad input; the CLI maps it to exit code 2.
-    """
-    stream = sys.stdout if out is None else out
-    diff = diff_paths(a, b)
-    stream.write(render_text(diff))
-    return 0 if diff.equal else 1

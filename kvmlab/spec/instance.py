@@ -12,21 +12,19 @@ names the field and the value::
     name
       Value error, instance name 'web/1' is not a DNS label ...
 
-``load_instance(path)`` wraps such failures into one :class:`InstanceError`
-line fit for a CLI. Hypervisor parameters keep Ganeti's KVM names and defaults,
+:func:`instance_from_data` wraps such failures into one :class:`InstanceError`
+line fit for a CLI; :func:`kvmlab.spec.files.load_instance` reads the data from a
+file first. Hypervisor parameters keep Ganeti's KVM names and defaults,
 and Ganeti's cross-parameter rules are checked in :class:`HvParams`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-import tomllib
 import uuid as uuidlib
 from enum import StrEnum
 from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -41,6 +39,7 @@ from pydantic import (
 )
 
 from kvmlab.errors import FieldValueError, InstanceError
+from kvmlab.spec.names import INSTANCE_NAME_PATTERN, INSTANCE_NAME_RULE, is_instance_name
 
 __all__ = [
     "Accel",
@@ -53,7 +52,7 @@ __all__ = [
     "Nic",
     "NicMode",
     "format_validation_error",
-    "load_instance",
+    "instance_from_data",
 ]
 
 #: Options the start-time half of execution owns; ``kvm_extra`` may not carry them,
@@ -81,7 +80,6 @@ RESERVED_OPTIONS = frozenset(
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_VCPUS = 255
 
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 #: A lowercase unicast MAC in one match: the first octet's low bit (multicast) is clear.
 _is_unicast_mac = re.compile(
@@ -154,7 +152,7 @@ OneLine = Annotated[str, StringConstraints(pattern=r"^[^\n\r\x00]*$")]
 #: A value that lands inside one QEMU option: a safe alphabet only.
 Token = Annotated[str, StringConstraints(pattern=r"^(?:[A-Za-z0-9][A-Za-z0-9_.+=:-]*)?$")]
 #: An instance name: a DNS label (it becomes file names and reaches scripts).
-InstanceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
+InstanceName = Annotated[str, StringConstraints(pattern=f"^{INSTANCE_NAME_PATTERN}$")]
 #: A network interface name as Linux accepts it, or empty.
 InterfaceName = Annotated[
     str, StringConstraints(pattern=r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14})?$")
@@ -420,11 +418,8 @@ class Instance(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _DNS_LABEL.fullmatch(value):
-            raise ValueError(
-                f"instance name {value!r} is not a DNS label"
-                " (1-63 characters from a-z 0-9 and '-', not starting or ending with '-')"
-            )
+        if not is_instance_name(value):
+            raise ValueError(f"instance name {value!r} is not a DNS label ({INSTANCE_NAME_RULE})")
         return value
 
     @model_validator(mode="after")
@@ -533,90 +528,6 @@ def instance_error(err: ValidationError, source: str = "") -> InstanceError:
         field=_error_field(first),
         value=first.get("input"),
     )
-
-
-MAX_INSTANCE_FILE_BYTES = 1024 * 1024
-
-
-def load_instance(path: str | Path) -> Instance:
-    """Read an instance from a ``.json``, ``.toml``, ``.yaml`` or ``.yml`` file.
-
-    :raise InstanceError: unreadable, empty, too large, malformed or invalid; the
-        message is one line naming the file and, when it is a field, the field.
-    """
-    file = Path(path)
-    suffix = file.suffix.lower()
-    if suffix not in {".json", ".toml", ".yaml", ".yml"}:
-        raise InstanceError(
-            f"{file}: unknown file type {suffix or '(none)'!r}: use .json, .toml or .yaml"
-        )
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_INSTANCE_FILE_BYTES + 1)
-    except OSError as err:
-        raise InstanceError(f"{file}: cannot read: {err.strerror}") from err
-    if len(raw) > MAX_INSTANCE_FILE_BYTES:
-        raise InstanceError(f"{file}: larger than {MAX_INSTANCE_FILE_BYTES} bytes")
-    if not raw.strip():
-        raise InstanceError(f"{file}: the file is empty")
-    data = parse_instance_text(raw, suffix, str(file))
-    bad = find_unencodable(data)
-    if bad is not None:
-        raise InstanceError(
-            f"{file}: {_one_line(repr(bad))[1:-1]}: not valid Unicode text (a lone surrogate)",
-            field=bad,
-        )
-    return instance_from_data(data, str(file))
-
-
-def parse_instance_text(raw: bytes, suffix: str, source: str) -> object:
-    """Decode JSON, TOML or YAML into plain data; YAML through the safe loader only."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InstanceError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        return _load_yaml(text)
-    except (ValueError, RecursionError) as err:
-        kind = suffix.lstrip(".").upper().replace("YML", "YAML")
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InstanceError(f"{source}: invalid {kind}: {detail}") from err
-
-
-#: Deeper flow nesting than any instance needs; PyYAML slows down badly on deep nests.
-MAX_YAML_DEPTH = 64
-
-
-def _yaml_depth(text: str) -> int:
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-def _load_yaml(text: str) -> object:
-    import yaml  # noqa: PLC0415 - only YAML users pay for the import
-
-    if _yaml_depth(text) > MAX_YAML_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
-
-    try:
-        # Plain data only: no tags (safe loader), and no aliases, so an alias bomb
-        # cannot expand into gigabytes.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise ValueError("YAML aliases (*name) are not allowed in instance files")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(str(err).replace("\n", " ")) from err
 
 
 def instance_from_data(data: object, source: str = "") -> Instance:

@@ -324,7 +324,7 @@ def test_generate_argv_is_one_argument_per_line_without_nics(
     assert main(["--state-dir", str(state_dir), "--backend", "fake", "generate", str(file),
                  "--argv"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
-    from kvmlab.spec.instance import load_instance  # noqa: PLC0415
+    from kvmlab.spec.files import load_instance  # noqa: PLC0415
 
     expected = Hypervisor(state_dir, backend="fake").generate(load_instance(file)).argv
     assert tuple(lines) == expected
@@ -450,6 +450,72 @@ def test_diff_exit_codes(run: Run, tmp_path: Path) -> None:
     missing = run("diff", str(tmp_path / "nope.json"), str(tmp_path / "nope.json"), globals_=False)
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def _golden_pair(root: Path) -> tuple[Path, Path]:
+    """Two small golden trees: one case each way, one changed, one refused then generated."""
+    from kvmlab.golden.fileformat import render_args  # noqa: PLC0415
+
+    old, new = root / "old" / "p", root / "new" / "p"
+    argv = ["/usr/bin/kvm", "-m", "128", "-pidfile", "/a/pid", "-daemonize"]
+    drive = ["-drive", "file=/d,if=virtio,cache=none"]
+    start = ["-netdev", "tap,id=net0,script=/a/up", "-device", "e1000,netdev=net0,id=nic0"]
+    files = {
+        old / "same.args": render_args(argv, ()),
+        new / "same.args": render_args(argv, ()),
+        old / "gone.args": render_args(argv, ()),
+        new / "fresh.args": render_args(argv, ()),
+        old / "vm.args": render_args([*argv, *drive], start),
+        new / "vm.args": render_args(
+            ["/usr/bin/kvm", "-m", "256", "-pidfile", "/b/pid", "-drive", "file=/d,if=virtio"],
+            [start[0], "tap,id=net0,script=/b/up", *start[2:]],
+        ),
+        old / "refused.error": "vm: refused <here>\n",
+        new / "refused.args": render_args(argv, ()),
+    }
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return old.parent, new.parent
+
+
+def test_diff_prints_the_whole_report(cli: Run, tmp_path: Path) -> None:
+    old, new = _golden_pair(tmp_path)
+    trees = cli("diff", str(old), str(new))
+    assert (trees.returncode, trees.stderr) == (1, "")
+    assert trees.stdout == (
+        f"--- {old}\n"
+        f"+++ {new}\n"
+        f"+ case p/fresh (only in {new})\n"
+        f"- case p/gone (only in {old})\n"
+        "~ case p/refused:\n"
+        "    guest-visible (1):\n"
+        "      ~ (outcome) (outcome): vm: refused <here> -> generated\n"
+        "~ case p/vm:\n"
+        "    guest-visible (2):\n"
+        "      ~ -m: 128 -> 256\n"
+        "      ~ -drive [disk#0]: file=/d,if=virtio,cache=none -> file=/d,if=virtio\n"
+        "          -cache=none\n"
+        "    host-only (3):\n"
+        "      ~ -pidfile: /a/pid -> /b/pid\n"
+        "      - -daemonize: (flag)\n"
+        "      ~ (start) -netdev [id=net0]: tap,id=net0,script=/a/up -> tap,id=net0,script=/b/up\n"
+        "          script=/a/up -> script=/b/up\n"
+        "2 changed, 1 added, 1 removed, 1 unchanged; 3 guest-visible changes\n"
+    )
+    files = cli("diff", str(old / "p" / "vm.args"), str(old / "p" / "vm.args"))
+    assert (files.returncode, files.stderr) == (0, "")
+    assert files.stdout == f"--- {old}/p/vm.args\n+++ {old}/p/vm.args\nno differences\n"
+
+
+def test_diff_of_two_instance_files_exits_1_when_they_differ(cli: Run) -> None:
+    cases = Path(__file__).resolve().parents[2] / "fixtures" / "cases"
+    same, other = str(cases / "acpi-off.json"), str(cases / "localtime-clock.json")
+    equal = cli("diff", same, same)
+    assert (equal.returncode, equal.stdout) == (0, f"--- {same}\n+++ {same}\nno differences\n")
+    differ = cli("diff", same, other)
+    assert (differ.returncode, differ.stderr) == (1, "")
+    assert differ.stdout.startswith(f"--- {same}\n+++ {other}\nguest-visible (3):\n")
 
 
 # -- exec: commands in the guest ---------------------------------------------------------

@@ -1,14 +1,18 @@
-"""``kvmlab.golden.diff``: option-by-option runtime comparison, guest-visible or host-only."""
+"""``kvmlab.golden.diff``: option-by-option runtime comparison, guest-visible or host-only.
+
+The text ``kvmlab diff`` prints is pinned whole in ``tests/cli/test_cli.py``.
+"""
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kvmlab import display
+from kvmlab.display import diff_html, diff_text
 from kvmlab.errors import InstanceError, InvalidInputError, RuntimeFormatError
 from kvmlab.golden.cases import default_cases_dir, default_golden_dir, render_args
 from kvmlab.golden.diff import (
@@ -16,13 +20,10 @@ from kvmlab.golden.diff import (
     DiffInputError,
     RuntimeDiff,
     TreeDiff,
-    cli_diff,
     diff_paths,
     diff_runtimes,
-    parse_options,
-    render_html,
-    render_text,
 )
+from kvmlab.golden.options import parse_options
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import Instance
@@ -74,7 +75,7 @@ def test_parse_options_pairs_values_flags_and_positionals() -> None:
 def test_same_runtime_is_equal() -> None:
     diff = diff_runtimes(runtime(), runtime())
     assert diff.equal and not diff.changes and not diff.guest_visible
-    assert "no differences" in render_text(diff)
+    assert "no differences" in diff_text(diff)
 
 
 def test_memory_and_cpus_are_guest_visible() -> None:
@@ -282,7 +283,7 @@ def test_golden_trees_file_by_file(tmp_path: Path) -> None:
     assert diff.removed == ("qemu-7.2/acpi-off",)
     assert [key for key, _ in diff.changed] == ["qemu-7.2/vnc-any-address"]
     assert [(c.option, c.new) for c in diff.guest_visible] == [("-m", "4096")]
-    text = render_text(diff)
+    text = diff_text(diff)
     assert "+ case qemu-7.2/brand-new" in text and "- case qemu-7.2/acpi-off" in text
     assert "~ -m: 128 -> 4096" in text
 
@@ -299,27 +300,20 @@ def test_qemu_7_2_against_10_0_golden_trees() -> None:
     }
 
 
-# --- rendering and the CLI -------------------------------------------------------------------
+# --- rendering -------------------------------------------------------------------------------
 
 
 def test_html_is_escaped_and_notebook_friendly() -> None:
     a = runtime()
     b = runtime(hvparams={"kvm_extra": "-fw_cfg 'name=opt/x,string=<script>alert(1)</script>'"})
     diff = diff_runtimes(a, b)
-    page = render_html(diff)
+    page = diff_html(diff)
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert diff._repr_html_() == page
     assert page.startswith('<div class="kvmlab-diff">') and "guest-visible" in page
     tree = diff_paths(GOLDEN / "qemu-7.2", GOLDEN / "qemu-10.0")
-    assert "<table" in tree._repr_html_()
-
-
-def test_cli_diff_exit_codes() -> None:
-    out = io.StringIO()
-    same = str(CASES / "acpi-off.json")
-    assert cli_diff(same, same, out=out) == 0
-    assert "no differences" in out.getvalue()
-    out = io.StringIO()
-    assert cli_diff(same, str(CASES / "localtime-clock.json"), out=out) == 1
-    assert out.getvalue().startswith(f"--- {same}\n")
-    assert "guest-visible" in out.getvalue()
+    assert "<table" in diff_html(tree)
+    # The diff is data only: IPython draws both kinds with display's renderers.
+    assert not hasattr(diff, "_repr_html_")
+    for kind in (RuntimeDiff, TreeDiff):
+        entry = ("kvmlab.golden.diff", kind.__name__, diff_html, diff_text)
+        assert entry in display.FORMATTERS

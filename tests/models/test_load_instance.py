@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvmlab.errors import InstanceError
-from kvmlab.spec.instance import Instance, load_instance
+from kvmlab.spec.files import load_instance
+from kvmlab.spec.instance import Instance
 
 JSON_TEXT = json.dumps(
     {

@@ -16,7 +16,7 @@ import pytest
 
 from kvmlab import display
 from kvmlab.channels.console import GuestFacts
-from kvmlab.golden.diff import diff_runtimes, render_html, render_text
+from kvmlab.golden.diff import diff_runtimes
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.invariants import check_runtime
@@ -184,15 +184,18 @@ def test_facts_match_the_instance_they_came_from() -> None:
 # --------------------------------------------------------------------------- diff
 
 
-def test_diff_rendering_is_kvmlab_diffs() -> None:
+def test_diff_rendering_shows_both_sides_and_the_impact() -> None:
     vm = _instance()
     diff = diff_runtimes(
         generate_runtime(vm, load_profile("qemu-7.2")),
         generate_runtime(vm.model_copy(update={"memory": 512}), load_profile("qemu-10.0")),
     )
-    assert display.diff_html(diff) == render_html(diff)
-    assert display.diff_text(diff) == render_text(diff)
-    assert display.diff_text(diff).strip()
+    html = display.diff_html(diff)
+    assert html.startswith('<div class="kvmlab-diff">') and html.endswith("</div>")
+    assert "<code>-m</code>" in html and "guest-visible" in html
+    text = display.diff_text(diff)
+    assert text.startswith(f"--- {diff.a}\n+++ {diff.b}\nguest-visible (")
+    assert "  ~ -m: " in text and text.endswith("\n")
 
 
 # --------------------------------------------------------------------------- hypervisor

@@ -19,6 +19,7 @@ shell = InteractiveShell.instance()
 {import_kvmlab}
 from kvmlab import display
 from kvmlab.channels.console import GuestFacts
+from kvmlab.golden.diff import diff_runtimes
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.invariants import check_runtime
 from kvmlab.lifecycle.hypervisor import Hypervisor
@@ -32,6 +33,7 @@ objects = {{
     "report": check_runtime(runtime, vm),
     "hypervisor": Hypervisor(STATE_DIR, backend="fake"),
     "facts": GuestFacts(mem_kb=1000, cpus=1, nics={{"eth0": "52:54:00:12:34:56"}}),
+    "diff": diff_runtimes(runtime, generate_runtime(vm.model_copy(update={{"memory": 512}}))),
 }}
 for kind, obj in objects.items():
     data, _ = shell.display_formatter.format(obj)
@@ -52,7 +54,7 @@ def run_in_fresh_python(code: str, tmp_path: Path) -> subprocess.CompletedProces
 def test_importing_kvmlab_in_a_shell_registers_every_renderer(tmp_path: Path) -> None:
     result = run_in_fresh_python(CHECK_EVERY_TYPE.format(import_kvmlab="import kvmlab"), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "drawn: instance, runtime, report, hypervisor, facts" in result.stdout
+    assert "drawn: instance, runtime, report, hypervisor, facts, diff" in result.stdout
 
 
 def test_load_ext_registers_for_a_shell_started_after_kvmlab(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ from kvmlab.spec.capabilities import (
     load_profile,
     parse_facts,
 )
-from kvmlab.spec.instance import load_instance
+from kvmlab.spec.files import load_instance
 from kvmlab.spec.layout import StateLayout
 
 PROJECT = Path(__file__).resolve().parents[2]

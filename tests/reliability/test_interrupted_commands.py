@@ -44,7 +44,7 @@ from kvmlab.host.backends import FakeBackend
 from kvmlab.host.process import read_pidfile
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.runtime.saved import KVMRuntime
-from kvmlab.spec.instance import load_instance
+from kvmlab.spec.files import load_instance
 
 DRIVER = r"""
 import os, signal, sys
