@@ -71,7 +71,7 @@ from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.spec.layout import StateLayout, default_state_dir
 
 if TYPE_CHECKING:
-    from kvmlab.lifecycle.migration.transfer import MigrationResult
+    from kvmlab.lifecycle.migration.result import MigrationResult
 
 __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
 
@@ -318,7 +318,8 @@ class Hypervisor:
         :raise MigrationError: (exit 1) it failed or timed out: the target was killed,
             the source still runs with its runtime untouched.
         """
-        from kvmlab.lifecycle.migration import transfer as migration  # noqa: PLC0415 - only for migrations
+        from kvmlab.lifecycle.migration import transfer  # noqa: PLC0415 - only for migrations
+        from kvmlab.lifecycle.migration.prepare import prepare  # noqa: PLC0415
 
         self._check_name(name)
         self._require_known(name)
@@ -328,7 +329,7 @@ class Hypervisor:
             source_caps = self.backend.capabilities(runtime.binary)
             binary = target_lab.backend.binary(runtime.hvparams)
             target_caps = target_lab.backend.capabilities(binary)
-            planned = migration.prepare(
+            planned = prepare(
                 runtime,
                 source=self.layout,
                 target=target_lab.layout,
@@ -342,7 +343,7 @@ class Hypervisor:
         with self._locked(name), target_lab._locked(name):
             runtime = self._load(name)  # what the lock now guarantees
             planned, source_caps, target_caps = plan(runtime)
-            return migration.migrate(
+            return transfer.migrate(
                 runtime,
                 planned,
                 source=self.layout,
@@ -351,7 +352,7 @@ class Hypervisor:
                 source_caps=source_caps,
                 target_caps=target_caps,
                 live=live,
-                timeout=migration.DEFAULT_TIMEOUT if timeout is None else timeout,
+                timeout=transfer.DEFAULT_TIMEOUT if timeout is None else timeout,
                 start_timeout=target_lab.start_timeout,
                 progress=progress,
             )
@@ -363,7 +364,7 @@ class Hypervisor:
         :return: ``"completed"`` (the target has it), ``"rolled back"`` (the source
             has it), or ``None`` when nothing was pending.
         """
-        from kvmlab.lifecycle.migration.transfer import recover  # noqa: PLC0415
+        from kvmlab.lifecycle.migration.recovery import recover  # noqa: PLC0415
 
         self._check_name(name)
         if not self.layout.migration_journal(name).exists():
@@ -456,14 +457,14 @@ class Hypervisor:
     def _incoming_runtime(self, name: str) -> KVMRuntime | None:
         if not self.layout.migration_journal(name).exists():
             return None
-        from kvmlab.lifecycle.migration.transfer import incoming_runtime  # noqa: PLC0415
+        from kvmlab.lifecycle.migration.journal import incoming_runtime  # noqa: PLC0415
 
         return incoming_runtime(self.layout, name)
 
     def _pending_migration(self, name: str) -> dict[str, Any] | None:
         if not self.layout.migration_journal(name).exists():
             return None
-        from kvmlab.lifecycle.migration.transfer import pending_migration  # noqa: PLC0415
+        from kvmlab.lifecycle.migration.journal import pending_migration  # noqa: PLC0415
 
         return pending_migration(self.layout, name)
 
@@ -497,7 +498,7 @@ class Hypervisor:
                 remove_stale_writes(self.layout.runtime_file(name))
                 reap_adopted()  # daemons of ours that exited on their own since
                 if recover and self.layout.migration_journal(name).exists():
-                    from kvmlab.lifecycle.migration import transfer as migration  # noqa: PLC0415
+                    from kvmlab.lifecycle.migration import recovery as migration  # noqa: PLC0415
 
                     migration.recover(self.layout, name, held=_HELD_LOCKS)
                 yield

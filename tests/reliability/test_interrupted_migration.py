@@ -32,23 +32,24 @@ from kvmlab.spec.instance import HvParams, Instance, Nic
 DRIVER = r"""
 import os, signal, sys
 point, args = sys.argv[1], sys.argv[2:]
+import kvmlab.lifecycle.migration.endings as e
 import kvmlab.lifecycle.migration.transfer as m
 
 def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-def after(name, fn=None):
-    real = getattr(m, name)
+def after(module, name):
+    real = getattr(module, name)
     def wrapped(*a, **k):
         out = real(*a, **k)
         die()
         return out
-    setattr(m, name, wrapped)
+    setattr(module, name, wrapped)
 
 if point == "after-journals":
     m.execute = die
 elif point == "after-target-start":
-    after("_wait_incoming")
+    after(m, "_wait_incoming")
 elif point == "after-migrate-sent":
     real_transfer = m._transfer
     def transfer(qmp, *a, **k):
@@ -62,14 +63,14 @@ elif point == "after-migrate-sent":
         return real_transfer(qmp, *a, **k)
     m._transfer = transfer
 elif point == "after-completed":
-    m._roll_forward = die
+    m.roll_forward = die
 elif point == "after-target-saved":
-    m._quit_source = die
+    e.quit_source = die
 elif point == "after-source-quit":
-    after("_quit_source")
+    after(e, "quit_source")
 elif point == "during-rollback":
     m.BANDWIDTH = 1 << 20
-    m._resume = die
+    e.resume = die
 else:
     raise SystemExit(f"unknown kill point {point}")
 
