@@ -3,7 +3,7 @@
 The figure that matters to a test suite is how long it waits for a guest. kvmlab adds Python
 work around QEMU (generate, save, plan, write the up-scripts, run, check the pidfile, read
 back ``info``), and the target is that it costs at most 5 % of a boot. libvirt, for
-comparison, took 1.66x a bare QEMU command on these machines (DESIGN.md).
+comparison, took 1.66x a bare QEMU command on these machines (docs/real-qemu.md).
 
 Four sides boot the same test guest (kernel and initramfs), 192 MiB, 1 vCPU, and the clock
 stops at the first ``KVMLAB-BOOT-OK`` on the serial line:
@@ -19,7 +19,7 @@ stops at the first ``KVMLAB-BOOT-OK`` on the serial line:
   ``qemu-system-x86_64 -nodefaults -display none -serial stdio -accel tcg -m 192 -kernel K
   -initrd I -append console=ttyS0`` (the kernel's default verbosity, QEMU's default machine,
   no NIC), read from its stdout. The test guest as kvmlab boots it should beat it.
-- **plain**: kvmlab again, with the guest on the hvparams the tests used before issue 13
+- **plain**: kvmlab again, with the guest on the hvparams the tests used before the fast test guest
   (Ganeti's defaults: QEMU's default machine with its default devices, ``panic=-1`` and
   every kernel message on the serial line): the before of the before/after.
 
@@ -402,7 +402,7 @@ def bench(
         nics=(Nic(mac="52:54:00:be:0c:01", mode="user"),),
         hvparams=HvParams.model_validate(boot_hvparams(guest)),
     )
-    # The test guest as the suite booted it before issue 13: Ganeti's defaults.
+    # The test guest as the suite booted it before the fast test guest: Ganeti's defaults.
     plain = instance.model_copy(
         update={
             "hvparams": HvParams(
@@ -564,7 +564,7 @@ def main() -> int:
     slowest = max(r.versus("minimal") for r in results)
     print(
         f"target kvmlab < minimal: {'met' if slowest < 1.0 else 'NOT met'} (worst {slowest:.3f});"
-        " plain = the guest on Ganeti's defaults (before issue 13)"
+        " plain = the guest on Ganeti's defaults (the old test boot)"
     )
     return 0
 

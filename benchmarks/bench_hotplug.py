@@ -1,4 +1,4 @@
-"""Time of a NIC and of a disk attach as seen from the guest (issue 11, docs/hotplug.md).
+"""Time of a NIC and of a disk attach as seen from the guest (docs/hotplug.md).
 
 From the ``attach_nic`` call to the new MAC in the guest's ``/sys/class/net``
 (polled through the command channel), and for the detach from the call to the

@@ -1,4 +1,4 @@
-"""Migration total time and downtime of the test guest (issue 12, docs/migration.md).
+"""Migration total time and downtime of the test guest (docs/migration.md).
 
 For each QEMU pair (source -> target), the test guest (192 MiB, 2 vCPUs, TCG) boots in
 lab A and is migrated A -> B -> A ... ``--runs`` times; each migration's figures are

@@ -61,7 +61,7 @@ def qemu_binary() -> str:
     return require_binary("qemu-system-x86_64")
 
 
-# --- processes: reap what the suite adopts, leave nothing running (issue 13) -------------
+# --- processes: reap what the suite adopts, leave nothing running ----------------------
 #
 # Each test process (the only one, or each pytest-xdist worker) makes itself a child
 # subreaper, so every daemon its tests start (QEMU, the fake kvm, through the API, the CLI

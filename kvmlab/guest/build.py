@@ -1,8 +1,8 @@
 """Build the kvmlab test guest: a Debian kernel plus a busybox initramfs.
 
 The real QEMU backend needs a guest that boots in seconds under TCG and tells the host what it
-sees, so that the same assertions hold on the real and the fake backend (DESIGN.md, "Guest
-facts protocol"). This module builds one from Debian packages, with no host tools beyond
+sees, so that the same assertions hold on the real and the fake backend (the guest facts
+protocol, docs/guest.md). This module builds one from Debian packages, with no host tools beyond
 ``apt-get download`` and ``apt-cache``: the ``.deb`` files are unpacked in Python (``ar`` by
 hand, then :mod:`tarfile`), and the initramfs is written as a ``newc`` cpio archive in Python.
 It holds the public names (the image, its boot options, the build and its cache key); the

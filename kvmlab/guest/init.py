@@ -2,7 +2,7 @@
 
 The guest's whole behaviour is this text: mount, load the modules, start ``acpid`` for the
 power button and the command loop on ttyS1, print the guest facts on ttyS0, offer a shell
-(DESIGN.md, "Guest facts protocol"). The image name hashes it, so editing it here makes the
+(the guest facts protocol, docs/guest.md). The image name hashes it, so editing it here makes the
 next build write a new image rather than reuse the old one.
 """
 

@@ -1,4 +1,4 @@
-"""Live migration between two labs (issue 12, docs/migration.md): the same bodies on the fake
+"""Live migration between two labs (docs/migration.md): the same bodies on the fake
 kvm and on real QEMU with the test guest (``KVMLAB_QEMU`` selects 10.0, as for the other
 lifecycle tests), plus 7.2 -> 10.0 with two labs on different binaries.
 

@@ -1,4 +1,4 @@
-"""kvmlab reaps the daemons it starts (issue 13), on the fake kvm and on real QEMU.
+"""kvmlab reaps the daemons it starts, on the fake kvm and on real QEMU.
 
 A daemonized QEMU outlives its launcher and is reparented; on these machines PID 1
 never reaps, so before kvmlab made itself a child subreaper every stopped VM stayed a

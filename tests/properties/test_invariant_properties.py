@@ -1,4 +1,4 @@
-"""Invariants 1 to 7 of DESIGN.md as hypothesis properties.
+"""Invariants 1 to 7 of docs/architecture.md as hypothesis properties.
 
 Each property draws valid instances, capability profiles and layouts from
 ``kvmlab.testing.strategies`` and asserts one invariant through the same checks

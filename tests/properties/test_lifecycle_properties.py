@@ -1,4 +1,4 @@
-"""Invariants 6 to 9 of DESIGN.md as hypothesis properties over real life cycles (fake kvm).
+"""Invariants 6 to 9 (docs/architecture.md) as properties over real life cycles (fake kvm).
 
 Hypothesis and function-scoped fixtures do not mix, so every example builds its own
 lab (a fresh state directory on the fake backend) and its own private

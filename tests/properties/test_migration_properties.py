@@ -1,4 +1,4 @@
-"""Migration invariants (issue 12, docs/migration.md) as hypothesis properties on the fake kvm.
+"""Migration invariants (docs/migration.md) as hypothesis properties on the fake kvm.
 
 Random sequences of migrate A -> B / B -> A, NIC hotplug, soft reboot, stop and start
 across two fake labs; after every step:

@@ -1,4 +1,4 @@
-"""kvmlab is SIGKILLed at each step of a migration (issue 12, docs/migration.md).
+"""kvmlab is SIGKILLed at each step of a migration (docs/migration.md).
 
 The kvmlab running ``migrate`` is a small driver that replaces one internal step with
 ``kill -9`` of itself (as test_interrupted_commands.py does for start and reboot), so
