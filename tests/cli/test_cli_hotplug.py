@@ -6,6 +6,8 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
 
 from test_cli import instance_data, one_line_error, run, state_dir, workdir, write_instance
 
@@ -15,12 +17,12 @@ FIRST = instance_data()["nics"][0]["mac"]  # type: ignore[index]
 NEW = "52:54:00:6b:02:09"
 
 
-def saved(state_dir: Path) -> dict[str, object]:
+def saved(state_dir: Path) -> dict[str, Any]:
     return json.loads((state_dir / "conf" / "vm1.runtime").read_text())
 
 
 def test_attach_then_detach_rewrite_the_saved_runtime(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     assert run("start", str(write_instance())).returncode == 0
     attached = run("attach-nic", "vm1", "--mac", NEW.upper(), "--mode", "user")
@@ -43,7 +45,7 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
 
 
 def test_refusals_are_exit_2_in_one_line_and_change_nothing(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     assert run("start", str(write_instance())).returncode == 0
     before = (state_dir / "conf" / "vm1.runtime").read_bytes()
@@ -73,7 +75,7 @@ def test_refusals_are_exit_2_in_one_line_and_change_nothing(
 
 
 def test_info_reports_a_hotplug_left_pending(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     assert run("start", str(write_instance())).returncode == 0
     # What a kvmlab killed between device_add and the save leaves behind.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 from test_cli import one_line_error, run, state_dir, workdir, write_instance
 
@@ -23,7 +24,10 @@ def make_image(workdir: Path, name: str, mib: int) -> str:
 
 
 def test_attach_then_detach_rewrite_the_saved_runtime(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path, workdir: Path
+    run: Callable[..., CompletedProcess[str]],
+    write_instance: Callable[..., Path],
+    state_dir: Path,
+    workdir: Path,
 ) -> None:
     first, new = make_image(workdir, "a.img", 8), make_image(workdir, "b.img", 4)
     assert run("start", str(write_instance(disks=[{"path": first}]))).returncode == 0
@@ -45,7 +49,10 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
 
 
 def test_refusals_are_exit_2_in_one_line_and_change_nothing(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path, workdir: Path
+    run: Callable[..., CompletedProcess[str]],
+    write_instance: Callable[..., Path],
+    state_dir: Path,
+    workdir: Path,
 ) -> None:
     first = make_image(workdir, "a.img", 8)
     assert run("start", str(write_instance(disks=[{"path": first}]))).returncode == 0

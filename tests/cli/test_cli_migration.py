@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 from test_cli import one_line_error, run, state_dir, workdir, write_instance
 
@@ -13,7 +14,7 @@ __all__ = ["run", "state_dir", "workdir", "write_instance"]  # the fixtures, sha
 
 
 def test_refusals_are_exit_2_in_one_line_and_touch_no_target(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     target = state_dir.parent / "tg"
     assert run("start", str(write_instance())).returncode == 0
@@ -35,7 +36,7 @@ def test_refusals_are_exit_2_in_one_line_and_touch_no_target(
 
 
 def test_info_reports_a_pending_migration_and_recover_rolls_it_back(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     target = state_dir.parent / "tg"
     assert run("start", str(write_instance())).returncode == 0
@@ -67,7 +68,7 @@ def test_info_reports_a_pending_migration_and_recover_rolls_it_back(
 
 
 def test_a_locked_command_recovers_first(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     assert run("start", str(write_instance())).returncode == 0
     path = state_dir / "conf" / "vm1.migration"
@@ -81,7 +82,7 @@ def test_a_locked_command_recovers_first(
 
 
 def test_migrate_prints_the_figures_and_json(
-    run: Callable[..., object], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:
     target = state_dir.parent / "tg"
     assert run("start", str(write_instance())).returncode == 0

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -189,11 +189,11 @@ def test_frozen_vm_is_killed_within_the_stop_timeout(workdir: Path, state_dir: P
 
 
 @pytest.fixture
-def zombie() -> int:
+def zombie() -> Iterator[int]:
     """A child that exited and is never reaped (until the test ends)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     assert wait_until(lambda: not is_alive(child.pid), 5)
-    yield child.pid  # type: ignore[misc]
+    yield child.pid
     child.wait()
 
 
