@@ -52,6 +52,7 @@ from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import NicMode
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import InstanceState
 
 __all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute", "sweep_stale_temp_dirs"]
 
@@ -205,7 +206,7 @@ def execute(
         raise AlreadyRunningError(
             f"instance {name} is already running (pid {read_pidfile(pidfile)})",
             name=name,
-            state="running",
+            state=InstanceState.RUNNING,
         )
     clear_stale_files(layout, name)
     nic_dir = layout.nic_dir(name)

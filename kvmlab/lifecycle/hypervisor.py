@@ -160,7 +160,9 @@ class Hypervisor:
             pid = running_pid(self.layout, name)
             if pid is not None:
                 raise AlreadyRunningError(
-                    f"instance {name} is already running (pid {pid})", name=name, state="running"
+                    f"instance {name} is already running (pid {pid})",
+                    name=name,
+                    state=InstanceState.RUNNING,
                 )
             atomic_write(self.layout.runtime_file(name), document)
             self._execute(runtime)
@@ -211,7 +213,7 @@ class Hypervisor:
                 raise AlreadyRunningError(
                     f"instance {name} is running (pid {pid}): stop it before cleanup",
                     name=name,
-                    state="running",
+                    state=InstanceState.RUNNING,
                 )
             self._load_if_known(name)
             clear_stale_files(self.layout, name)
@@ -433,7 +435,9 @@ class Hypervisor:
 
         def check() -> None:
             if running_pid(self.layout, name) is None:
-                raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+                raise NotRunningError(
+                    f"instance {name} is not running", name=name, state=InstanceState.STOPPED
+                )
 
         return GuestChannel(name, path, check)
 
@@ -538,7 +542,9 @@ class Hypervisor:
         pid = running_pid(self.layout, name)
         if pid is None:
             clear_stale_files(self.layout, name)
-            raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+            raise NotRunningError(
+                f"instance {name} is not running", name=name, state=InstanceState.STOPPED
+            )
         acpi = runtime.hvparams.acpi if runtime is not None else True
         deadline = time.monotonic() + timeout
         if not force and acpi and self._powerdown_until_exit(name, pid, deadline):

@@ -20,6 +20,7 @@ from kvmlab.errors import (
 )
 from kvmlab.lifecycle.hotplug import nic as hotplug
 from kvmlab.spec.instance import Nic
+from kvmlab.states import InstanceState
 
 NEW = "52:54:00:6b:01:01"
 
@@ -120,6 +121,7 @@ def test_refusals_are_exit_2_and_change_nothing(lab, make_instance) -> None:
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert stopped.value.exit_code == 2
     assert isinstance(stopped.value, NotRunningError)
+    assert stopped.value.state is InstanceState.STOPPED
     assert isinstance(stopped.value, InvalidInputError)
     with pytest.raises(HotplugNotRunningError):
         lab.detach_nic("vm1", mac(0))

@@ -51,8 +51,9 @@ def test_info_shows_the_live_command_line(lab, make_instance) -> None:
 def test_second_start_is_refused_and_the_saved_runtime_kept(lab, make_instance) -> None:
     lab.start(make_instance())
     saved = lab.layout.runtime_file("vm1").read_bytes()
-    with pytest.raises(AlreadyRunningError, match="already running"):
+    with pytest.raises(AlreadyRunningError, match="already running") as refused:
         lab.start(make_instance(memory=512))
+    assert refused.value.state is InstanceState.RUNNING
     assert lab.layout.runtime_file("vm1").read_bytes() == saved
 
 
@@ -80,8 +81,9 @@ def test_forced_stop_kills_at_once(lab, make_instance) -> None:
 def test_stop_and_reboot_of_a_stopped_instance_fail(lab, make_instance) -> None:
     lab.start(make_instance())
     lab.stop("vm1", force=True)
-    with pytest.raises(NotRunningError):
+    with pytest.raises(NotRunningError) as refused:
         lab.stop("vm1")
+    assert refused.value.state is InstanceState.STOPPED
     with pytest.raises(NotRunningError):
         lab.reboot("vm1")
 
@@ -153,8 +155,9 @@ def test_concurrent_starts_run_exactly_one_process(lab, make_instance) -> None:
 
 def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
     lab.start(make_instance())
-    with pytest.raises(AlreadyRunningError):
+    with pytest.raises(AlreadyRunningError) as refused:
         lab.cleanup("vm1")
+    assert refused.value.state is InstanceState.RUNNING
     lab.stop("vm1", force=True)
     lab.cleanup("vm1")
     assert lab.list_instances() == []

@@ -40,6 +40,7 @@ from kvmlab.runtime.saved import KVMRuntime, free_nic_slot
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import Nic
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import InstanceState
 
 __all__ = [
     "NIC_COMMANDS",
@@ -76,6 +77,7 @@ def check_running(layout: StateLayout, name: str, what: str) -> None:
             f"cannot {what} on {name}: it is not running (change its instance file and"
             " start it instead)",
             name=name,
+            state=InstanceState.STOPPED,
         )
 
 
