@@ -13,7 +13,8 @@
    this instance;
 5. remove every temp file, whatever happened.
 
-The caller holds the instance lock (see :mod:`kvmlab.lifecycle.hypervisor`).
+The caller holds the instance lock (see :mod:`kvmlab.lifecycle.hypervisor`). The stop,
+the other half, is :mod:`kvmlab.host.stopping`.
 """
 
 from __future__ import annotations

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +37,8 @@ from kvmlab.errors import (
     InstanceError,
     NotRunningError,
     OperationError,
+    QmpError,
     RuntimeFormatError,
-    StopError,
     UnknownInstanceError,
 )
 from kvmlab.host.backends import Backend, resolve_backend
@@ -58,12 +56,9 @@ from kvmlab.host.inventory import (
     summarize,
 )
 from kvmlab.host.inventory import list_instances as inventory_list
-from kvmlab.host.process import (
-    reap_adopted,
-    remove_quietly,
-    signal_process,
-    wait_for_exit,
-)
+from kvmlab.host.process import reap_adopted, remove_quietly
+from kvmlab.host.stopping import PowerButton
+from kvmlab.host.stopping import stop as stop_process
 from kvmlab.host.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
@@ -78,13 +73,6 @@ __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live i
 log = logging.getLogger("kvmlab")
 
 DEFAULT_STOP_TIMEOUT = 30.0
-TERM_TIMEOUT = 5.0
-#: A QMP command gets at most this long (a frozen QEMU never answers).
-QMP_TIMEOUT = 5.0
-#: A graceful stop presses the ACPI power button again after this long while the guest
-#: runs: a guest still booting (no ACPI button driver yet) misses the first press, as
-#: real guests do. Ganeti's instance shutdown likewise retries the powerdown (every 5 s).
-POWERDOWN_RETRY = 2.0
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 #: Instance lock files this process holds now: a migration holds two, and the
 #: recovery of an interrupted one must not try to take one of them again.
@@ -539,48 +527,17 @@ class Hypervisor:
         log.info("started %s, pid %d", runtime.name, started.pid)
 
     def _stop(self, name: str, runtime: KVMRuntime | None, force: bool, timeout: float) -> None:
-        pid = running_pid(self.layout, name)
-        if pid is None:
-            clear_stale_files(self.layout, name)
-            raise NotRunningError(
-                f"instance {name} is not running", name=name, state=InstanceState.STOPPED
-            )
+        """The stop policy of :mod:`kvmlab.host.stopping`, with this lab's power button:
+        none when ``force`` or when the machine has no ACPI."""
         acpi = runtime.hvparams.acpi if runtime is not None else True
-        deadline = time.monotonic() + timeout
-        if not force and acpi and self._powerdown_until_exit(name, pid, deadline):
-            log.info("%s powered off", name)
-        else:
-            # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
-            self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
-        reap_adopted()  # the exited daemon, when this process started it
-        self._release_nics(name)
-        clear_stale_files(self.layout, name)
-
-    def _powerdown_until_exit(self, name: str, pid: int, deadline: float) -> bool:
-        """Press the power button every :data:`POWERDOWN_RETRY` s until ``pid`` exits
-        (``True``) or the deadline passes or QMP fails (``False``)."""
-        first = True
-        while True:
-            left = max(deadline - time.monotonic(), 0.0)
-            if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
-                if first:
-                    return False
-                # After a press that QMP took, a failed one most likely found QEMU closing
-                # its socket on the way out: give it the rest of the deadline to exit.
-                if wait_for_exit(pid, left):
-                    return True
-                log.warning("ACPI powerdown of %s failed again: terminating it", name)
-                return False
-            first = False
-            left = max(deadline - time.monotonic(), 0.0)
-            if wait_for_exit(pid, min(POWERDOWN_RETRY, left)):
-                return True
-            if time.monotonic() >= deadline:
-                return False
+        press: PowerButton | None = None
+        if not force and acpi:
+            press = functools.partial(self._powerdown, name)
+        stop_process(self.layout, name, press=press, timeout=timeout)
 
     def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
+        """Press the ACPI power button of ``name`` through QMP; ``False`` when QMP failed."""
         from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415 - 50 ms import
-        from kvmlab.errors import QmpError  # noqa: PLC0415 - 50 ms import
 
         try:
             qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
@@ -590,30 +547,10 @@ class Hypervisor:
             return False
         return True
 
-    def _terminate(self, name: str, pid: int, grace: float = 5.0) -> None:
-        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, grace):
-            return
-        signal_process(pid, signal.SIGKILL)
-        if not wait_for_exit(pid, TERM_TIMEOUT):
-            raise StopError(f"instance {name} (pid {pid}) survived SIGKILL")
-
-    def _release_nics(self, name: str) -> None:
-        """The down half of the up-scripts: delete taps that outlived their QEMU."""
-        nic_dir = self.layout.nic_dir(name)
-        if not nic_dir.is_dir():
-            return
-        for record in sorted(nic_dir.iterdir()):
-            tap = record.read_text(encoding="utf-8", errors="replace").strip()
-            valid = bool(tap) and set(tap) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
-            if valid and Path("/sys/class/net", tap).exists() and os.geteuid() == 0:
-                subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
-            remove_quietly(record)
-
     def _query(
         self, name: str, memory: int | None, vcpus: int | None
     ) -> tuple[int | None, int | None, dict[str, Any]]:
         from kvmlab.channels.qmp import QmpSession  # noqa: PLC0415
-        from kvmlab.errors import QmpError  # noqa: PLC0415
 
         try:
             with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:

@@ -17,8 +17,8 @@ from kvmlab.errors import (
     NotRunningError,
     UnknownInstanceError,
 )
+from kvmlab.host import stopping
 from kvmlab.host.process import is_alive, read_pidfile, wait_for_exit
-from kvmlab.lifecycle import hypervisor as lifecycle
 from kvmlab.lifecycle.hypervisor import InstanceState
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
@@ -180,7 +180,7 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     after it booted instead of being killed at the stop timeout."""
     # Long enough for the fake to exit after the heard press even on a loaded machine,
     # so exactly two presses happen.
-    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 1.0)
+    monkeypatch.setattr(stopping, "POWERDOWN_RETRY", 1.0)
     presses: list[bool] = []
     real = fake_lab._powerdown
 
@@ -190,7 +190,7 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
 
     monkeypatch.setattr(fake_lab, "_powerdown", missed_once)
     terms: list[int] = []
-    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    monkeypatch.setattr(stopping, "terminate", lambda name, pid, grace=5.0: terms.append(pid))
     info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True]  # pressed twice; the second press was heard
@@ -202,7 +202,7 @@ def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypa
     """A press QMP took, then a retry that cannot connect: QEMU removes its QMP socket as
     it exits, so a loaded machine can see that before the exit. That is a power-off in
     progress, not a failure: the stop waits for it instead of terminating the VM."""
-    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 0.2)
+    monkeypatch.setattr(stopping, "POWERDOWN_RETRY", 0.2)
     presses: list[bool] = []
     real_powerdown = fake_lab._powerdown
 
@@ -215,16 +215,16 @@ def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypa
         return False  # the socket is already gone
 
     waits: list[float] = []
-    real_wait = lifecycle.wait_for_exit
+    real_wait = stopping.wait_for_exit
 
     def exit_not_seen_in_the_retry_period(pid: int, timeout: float) -> bool:
         waits.append(timeout)
         return False if len(waits) == 2 else real_wait(pid, timeout)
 
     monkeypatch.setattr(fake_lab, "_powerdown", missed_heard_then_gone)
-    monkeypatch.setattr(lifecycle, "wait_for_exit", exit_not_seen_in_the_retry_period)
+    monkeypatch.setattr(stopping, "wait_for_exit", exit_not_seen_in_the_retry_period)
     terms: list[int] = []
-    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    monkeypatch.setattr(stopping, "terminate", lambda name, pid, grace=5.0: terms.append(pid))
     info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True, True]
