@@ -64,16 +64,17 @@ from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.spec.layout import StateLayout, default_state_dir
+from kvmlab.spec.names import is_instance_name
 
 if TYPE_CHECKING:
     from kvmlab.lifecycle.migration.transfer import MigrationResult
+    from kvmlab.spec.capabilities import QemuCapabilities
 
 __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
 
 log = logging.getLogger("kvmlab")
 
 DEFAULT_STOP_TIMEOUT = 30.0
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 #: Instance lock files this process holds now: a migration holds two, and the
 #: recovery of an interrupted one must not try to take one of them again.
 _HELD_LOCKS: set[Path] = set()
@@ -226,14 +227,10 @@ class Hypervisor:
         :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, duplicate MAC,
             q35, a QEMU without the commands, a tap NIC.
         """
-        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415 - only for hotplug
+        from kvmlab.lifecycle.hotplug import nic as hotplug_nic  # noqa: PLC0415 - only for hotplug
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
-            return hotplug.attach_nic(self.layout, runtime, nic, caps)
+        with self._hotplug_guard(name, "attach a NIC") as (runtime, caps):
+            return hotplug_nic.attach_nic(self.layout, runtime, nic, caps)
 
     def detach_nic(self, name: str, mac: str) -> KVMRuntime:
         """Unplug the NIC with ``mac`` from the running ``name`` and save the runtime
@@ -241,14 +238,10 @@ class Hypervisor:
 
         :raise HotplugRefusedError: (exit 2, nothing changed) no NIC with that MAC, stopped VM.
         """
-        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415
+        from kvmlab.lifecycle.hotplug import nic as hotplug_nic  # noqa: PLC0415
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
-            return hotplug.detach_nic(self.layout, runtime, mac, caps)
+        with self._hotplug_guard(name, "detach a NIC") as (runtime, caps):
+            return hotplug_nic.detach_nic(self.layout, runtime, mac, caps)
 
     def attach_disk(self, name: str, disk: Disk) -> KVMRuntime:
         """Plug a virtio disk into the running ``name`` and save it in its runtime,
@@ -260,11 +253,7 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415 - only for hotplug
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
+        with self._hotplug_guard(name, "attach a disk") as (runtime, caps):
             return hotplug_disk.attach_disk(self.layout, runtime, disk, caps)
 
     def detach_disk(self, name: str, path: str) -> KVMRuntime:
@@ -275,12 +264,28 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415
 
+        with self._hotplug_guard(name, "detach a disk") as (runtime, caps):
+            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
+
+    @contextlib.contextmanager
+    def _hotplug_guard(self, name: str, what: str) -> Iterator[tuple[KVMRuntime, QemuCapabilities]]:
+        """The one preamble of every hotplug, as QEMU's python guards a method with
+        ``@require(Runstate.RUNNING)``: a valid and known name, the instance lock (held
+        for the whole change), the saved runtime, its binary's capabilities, and a
+        running VM. Yields the runtime and the capabilities.
+
+        :param what: the change, for the refusal (``"attach a NIC"``).
+        :raise HotplugNotRunningError: (exit 2) the VM is stopped; nothing changed.
+        """
+        from kvmlab.lifecycle.hotplug.nic import check_running  # noqa: PLC0415 - only for hotplug
+
         self._check_name(name)
         self._require_known(name)
         with self._locked(name):
             runtime = self._load(name)
             caps = self.backend.capabilities(runtime.binary)
-            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
+            check_running(self.layout, name, what)
+            yield runtime, caps
 
     # -- migration (docs/migration.md) -----------------------------------------------
 
@@ -461,7 +466,7 @@ class Hypervisor:
 
     def _check_name(self, name: str) -> None:
         # Names reach paths: anything but a DNS label cannot be an instance.
-        if not name or len(name) > 63 or not set(name) <= _NAME_CHARS:
+        if not is_instance_name(name):
             raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
 
     def _prepare_dirs(self) -> None:

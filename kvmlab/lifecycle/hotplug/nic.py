@@ -1,12 +1,14 @@
-"""NIC hotplug kept by the saved runtime (issue 11): QMP change, then the runtime rewrite.
+"""NIC hotplug kept by the saved runtime: QMP change, then the runtime rewrite.
 
 A NIC attached to or detached from a running VM must also be in the saved
 runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
-:func:`detach_nic` run under the instance lock (the caller holds it) and:
+:func:`detach_nic` run on a running VM under the instance lock (the caller's guard,
+:meth:`Hypervisor._hotplug_guard <kvmlab.lifecycle.hypervisor.Hypervisor._hotplug_guard>`,
+takes the lock and refuses a stopped VM with :func:`check_running`) and:
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
-   changed, a stopped VM, a duplicate MAC or a MAC not attached, a q35 machine, a
-   QEMU without the commands, a tap NIC (bridged, routed) when not root;
+   changed, a duplicate MAC or a MAC not attached, a q35 machine, a QEMU without
+   the commands, a tap NIC (bridged, routed) when not root;
 2. write an *intent* file (``conf/<name>.hotplug``) naming the change;
 3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
    ``netdev_del``); a failed ``device_add`` is undone (``netdev_del``) and leaves
@@ -71,7 +73,11 @@ def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
 
 
 def check_running(layout: StateLayout, name: str, what: str) -> None:
-    """Refuse a hotplug of a VM that is not running (shared by NIC and disk hotplug)."""
+    """Refuse a hotplug of a VM that is not running: the state check of the hotplug guard.
+
+    :param what: the change, for the message (``"attach a NIC"``).
+    :raise HotplugNotRunningError: (exit 2) it has no live process.
+    """
     if running_pid(layout, name) is None:
         raise HotplugNotRunningError(
             f"cannot {what} on {name}: it is not running (change its instance file and"
@@ -183,7 +189,8 @@ def _plug_tap(
 def attach_nic(
     layout: StateLayout, runtime: KVMRuntime, nic: Nic, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Plug ``nic`` into the running VM and save the runtime with it; the caller holds the lock.
+    """Plug ``nic`` into the running VM and save the runtime with it; the caller holds the
+    lock and has checked that the VM runs.
 
     :return: the runtime saved.
     :raise HotplugRefusedError: refused, nothing changed.
@@ -191,7 +198,6 @@ def attach_nic(
         runtime is untouched.
     """
     name = runtime.name
-    check_running(layout, name, "attach a NIC")
     check_machine(runtime)
     if any(existing.mac == nic.mac for existing in runtime.nics):
         raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
@@ -261,14 +267,14 @@ def _release_tap(layout: StateLayout, name: str, slot: int) -> None:
 def detach_nic(
     layout: StateLayout, runtime: KVMRuntime, mac: str, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Unplug the NIC with ``mac`` and save the runtime without it; the caller holds the lock.
+    """Unplug the NIC with ``mac`` and save the runtime without it; the caller holds the
+    lock and has checked that the VM runs.
 
-    :raise HotplugRefusedError: no such NIC, or a stopped VM; nothing changed.
+    :raise HotplugRefusedError: no such NIC; nothing changed.
     :raise QmpError: QEMU refused, or the guest did not eject the card in time (the
         intent file stays: ``info`` reports it).
     """
     name = runtime.name
-    check_running(layout, name, "detach a NIC")
     check_machine(runtime)
     wanted = mac.lower()
     index = next((i for i, nic in enumerate(runtime.nics) if nic.mac == wanted), None)
