@@ -446,7 +446,7 @@ class Hypervisor:
         path = self.layout.hotplug_intent(name)
         if not path.exists():
             return None
-        from kvmlab.lifecycle.hotplug.nic import pending_hotplug  # noqa: PLC0415
+        from kvmlab.lifecycle.hotplug.intent import pending_hotplug  # noqa: PLC0415
 
         return pending_hotplug(self.layout, name)
 

@@ -24,14 +24,14 @@ Design, slots and what each QEMU needed: docs/hotplug.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
 from typing import Any
 
 from kvmlab.errors import HotplugRefusedError
-from kvmlab.host.store import atomic_write, save_runtime
+from kvmlab.host.store import save_runtime
+from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.lifecycle.hotplug.nic import (
     UNPLUG_TIMEOUT,
     check_commands,
@@ -195,7 +195,7 @@ def attach_disk(
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "attach-disk", "path": disk.path, "slot": slot}))
+        HotplugIntent(op=HotplugOp.ATTACH_DISK, path=disk.path, slot=slot).save(intent)
         try:
             qmp.execute("blockdev-add", _blockdev(disk, node, hv))
             try:
@@ -237,7 +237,7 @@ def detach_disk(
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "detach-disk", "path": disk.path, "slot": slot}))
+        HotplugIntent(op=HotplugOp.DETACH_DISK, path=disk.path, slot=slot).save(intent)
         qmp.execute_and_wait(
             "device_del", {"id": device}, "DEVICE_DELETED", {"device": device}, UNPLUG_TIMEOUT
         )

@@ -9,7 +9,8 @@ takes the lock and refuses a stopped VM with :func:`check_running`) and:
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
    changed, a duplicate MAC or a MAC not attached, a q35 machine, a QEMU without
    the commands, a tap NIC (bridged, routed) when not root;
-2. write an *intent* file (``conf/<name>.hotplug``) naming the change;
+2. write an *intent* file (``conf/<name>.hotplug``, a
+   :class:`~kvmlab.lifecycle.hotplug.intent.HotplugIntent`) naming the change;
 3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
    ``netdev_del``); a failed ``device_add`` is undone (``netdev_del``) and leaves
    the runtime untouched. A tap NIC's tap is opened and configured by kvmlab first
@@ -28,15 +29,15 @@ Design and measurements: docs/hotplug.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from typing import Any
 
 from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError, TapError
 from kvmlab.host.inventory import running_pid
-from kvmlab.host.store import atomic_write, read_record, save_runtime
+from kvmlab.host.store import save_runtime
 from kvmlab.host.tap import configure_tap, delete_tap, open_tap, tap_record
+from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.runtime.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime.saved import KVMRuntime, free_nic_slot
 from kvmlab.spec.capabilities import QemuCapabilities
@@ -52,7 +53,6 @@ __all__ = [
     "check_machine",
     "check_running",
     "detach_nic",
-    "pending_hotplug",
     "session",
 ]
 
@@ -65,11 +65,6 @@ TAP_COMMANDS = ("getfd", "closefd")
 #: Seconds the guest gets to eject a card after ``device_del`` (ACPI PCI hotplug).
 UNPLUG_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
-
-
-def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
-    """The intent a hotplug left behind (it died between the QMP change and the save)."""
-    return read_record(layout.hotplug_intent(name))
 
 
 def check_running(layout: StateLayout, name: str, what: str) -> None:
@@ -219,14 +214,14 @@ def attach_nic(
         props = nic_device_args(model, nic.mac, slot)
         netdev_id, _ = nic_ids(slot)
         intent = layout.hotplug_intent(name)
-        change: dict[str, object] = {"op": "attach-nic", "mac": nic.mac, "slot": slot}
-        atomic_write(intent, json.dumps(change))
+        change = HotplugIntent(op=HotplugOp.ATTACH_NIC, mac=nic.mac, slot=slot)
+        change.save(intent)
         tap: str | None = None
         record = layout.nic_dir(name) / tap_record(slot)
         try:
             if nic.mode.needs_tap:
                 tap = _plug_tap(qmp, layout, runtime, nic, slot, caps=caps)
-                atomic_write(intent, json.dumps({**change, "tap": tap}))
+                change.model_copy(update={"tap": tap}).save(intent)
             else:
                 qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
             try:
@@ -286,7 +281,7 @@ def detach_nic(
     with session(layout, name) as qmp:
         check_commands(qmp, name)
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "detach-nic", "mac": wanted, "slot": slot}))
+        HotplugIntent(op=HotplugOp.DETACH_NIC, mac=wanted, slot=slot).save(intent)
         qmp.execute_and_wait(
             "device_del", {"id": device_id}, "DEVICE_DELETED", {"device": device_id}, UNPLUG_TIMEOUT
         )
