@@ -70,7 +70,8 @@ if TYPE_CHECKING:
     from kvmlab.lifecycle.migration.transfer import MigrationResult
     from kvmlab.spec.capabilities import QemuCapabilities
 
-__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
+# InstanceInfo lives in host.inventory, InstanceState in kvmlab.states: re-exported here.
+__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]
 
 log = logging.getLogger("kvmlab")
 
