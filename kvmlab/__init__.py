@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         TapError,
         UnknownInstanceError,
     )
-    from kvmlab.host.inventory import InstanceInfo, InstanceState
+    from kvmlab.host.inventory import InstanceInfo
     from kvmlab.lifecycle.hypervisor import Hypervisor
     from kvmlab.runtime.generator import generate_runtime
     from kvmlab.runtime.invariants import InvariantReport, Violation, check_runtime
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from kvmlab.spec.files import load_instance
     from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
     from kvmlab.spec.layout import StateLayout
+    from kvmlab.states import InstanceState
 
 __all__ = [
     "__version__",
@@ -141,7 +142,7 @@ _HOMES = {
     "ExecutionPlan": "runtime.plan",
     "Hypervisor": "lifecycle.hypervisor",
     "InstanceInfo": "host.inventory",
-    "InstanceState": "host.inventory",
+    "InstanceState": "states",
     "Console": "channels.console",
     "GuestFacts": "channels.console",
     "GuestChannel": "channels.guest_channel",

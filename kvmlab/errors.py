@@ -36,13 +36,16 @@ apart by type::
 Every class is importable from :mod:`kvmlab` too; ``tests/architecture`` checks that this
 tree, the module's ``__all__`` and the package's exports agree.
 
-This module imports nothing but the standard library: the fake kvm program
-shares it and must start fast.
+This module imports nothing but the standard library (and :mod:`kvmlab.states`, the
+enum a :class:`StateError` carries, which is stdlib-only too): every stage uses it and
+``kvmlab --help`` must start fast.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from kvmlab.states import InstanceState
 
 __all__ = [
     "AlreadyRunningError",
@@ -147,11 +150,16 @@ class OperationError(KvmlabError):
 class StateError(OperationError):
     """The instance is not in a state that allows the operation.
 
+    The state is required: a refusal that cannot say what it found would leave a caller
+    guessing. It is a :class:`~kvmlab.states.InstanceState`, a ``str`` too, so
+    ``err.state == "running"`` keeps working.
+
     :ivar name: the instance name.
-    :ivar state: the state it is in (``"running"``, ``"stopped"``).
+    :ivar state: the state it is in (:attr:`InstanceState.RUNNING
+        <kvmlab.states.InstanceState.RUNNING>`, ``STOPPED``...).
     """
 
-    def __init__(self, message: str, *, name: str = "", state: str = "") -> None:
+    def __init__(self, message: str, *, name: str = "", state: InstanceState) -> None:
         super().__init__(message)
         self.name = name
         self.state = state
@@ -176,7 +184,9 @@ class HotplugNotRunningError(HotplugRefusedError, NotRunningError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, name: str = "", state: str = "stopped") -> None:
+    def __init__(
+        self, message: str, *, name: str = "", state: InstanceState = InstanceState.STOPPED
+    ) -> None:
         NotRunningError.__init__(self, message, name=name, state=state)
 
 

@@ -13,7 +13,8 @@
    this instance;
 5. remove every temp file, whatever happened.
 
-The caller holds the instance lock (see :mod:`kvmlab.lifecycle.hypervisor`).
+The caller holds the instance lock (see :mod:`kvmlab.lifecycle.hypervisor`). The stop,
+the other half, is :mod:`kvmlab.host.stopping`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import NicMode
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import InstanceState
 
 __all__ = ["TEMP_PREFIX", "Started", "clear_stale_files", "execute", "sweep_stale_temp_dirs"]
 
@@ -205,7 +207,7 @@ def execute(
         raise AlreadyRunningError(
             f"instance {name} is already running (pid {read_pidfile(pidfile)})",
             name=name,
-            state="running",
+            state=InstanceState.RUNNING,
         )
     clear_stale_files(layout, name)
     nic_dir = layout.nic_dir(name)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from kvmlab.host.process import owns_pidfile, read_cmdline, read_pidfile
 from kvmlab.spec.argv import option_value
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import PENDING_STATES, InstanceState
 
 __all__ = [
     "InstanceInfo",
@@ -32,15 +32,6 @@ __all__ = [
     "running_pid",
     "summarize",
 ]
-
-
-class InstanceState(StrEnum):
-    """Whether the instance has a live process."""
-
-    RUNNING = "running"
-    STOPPED = "stopped"
-    #: The saved runtime cannot be read (``info`` says why).
-    INVALID = "invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +53,13 @@ class RuntimeSummary:
 
 @dataclass(frozen=True, slots=True)
 class InstanceInfo:
-    """What ``info`` reports. ``argv`` is the live command line while running."""
+    """What ``info`` reports. ``argv`` is the live command line while running.
+
+    ``state`` is the process state only (running, stopped, invalid): the word scripts
+    read from ``info --json``. An interrupted operation is in ``extra`` under the key
+    of its pending state (``hotplug_pending``, ``migration_pending``: the record it
+    left), and :attr:`pending` names those states as an enum.
+    """
 
     name: str
     state: InstanceState
@@ -74,6 +71,13 @@ class InstanceInfo:
     saved_argv: tuple[str, ...] = ()
     runtime_file: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> tuple[InstanceState, ...]:
+        """The pending states (an interrupted hotplug or migration), in enum order."""
+        return tuple(
+            state for state in InstanceState if state in PENDING_STATES and state in self.extra
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The ``info --json`` object."""

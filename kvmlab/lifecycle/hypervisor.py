@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +37,8 @@ from kvmlab.errors import (
     InstanceError,
     NotRunningError,
     OperationError,
+    QmpError,
     RuntimeFormatError,
-    StopError,
     UnknownInstanceError,
 )
 from kvmlab.host.backends import Backend, resolve_backend
@@ -58,34 +56,26 @@ from kvmlab.host.inventory import (
     summarize,
 )
 from kvmlab.host.inventory import list_instances as inventory_list
-from kvmlab.host.process import (
-    reap_adopted,
-    remove_quietly,
-    signal_process,
-    wait_for_exit,
-)
+from kvmlab.host.process import reap_adopted, remove_quietly
+from kvmlab.host.stopping import PowerButton
+from kvmlab.host.stopping import stop as stop_process
 from kvmlab.host.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.spec.layout import StateLayout, default_state_dir
+from kvmlab.spec.names import is_instance_name
 
 if TYPE_CHECKING:
     from kvmlab.lifecycle.migration.result import MigrationResult
+    from kvmlab.spec.capabilities import QemuCapabilities
 
-__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]  # the last two live in inventory
+# InstanceInfo lives in host.inventory, InstanceState in kvmlab.states: re-exported here.
+__all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]
 
 log = logging.getLogger("kvmlab")
 
 DEFAULT_STOP_TIMEOUT = 30.0
-TERM_TIMEOUT = 5.0
-#: A QMP command gets at most this long (a frozen QEMU never answers).
-QMP_TIMEOUT = 5.0
-#: A graceful stop presses the ACPI power button again after this long while the guest
-#: runs: a guest still booting (no ACPI button driver yet) misses the first press, as
-#: real guests do. Ganeti's instance shutdown likewise retries the powerdown (every 5 s).
-POWERDOWN_RETRY = 2.0
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 #: Instance lock files this process holds now: a migration holds two, and the
 #: recovery of an interrupted one must not try to take one of them again.
 _HELD_LOCKS: set[Path] = set()
@@ -160,7 +150,9 @@ class Hypervisor:
             pid = running_pid(self.layout, name)
             if pid is not None:
                 raise AlreadyRunningError(
-                    f"instance {name} is already running (pid {pid})", name=name, state="running"
+                    f"instance {name} is already running (pid {pid})",
+                    name=name,
+                    state=InstanceState.RUNNING,
                 )
             atomic_write(self.layout.runtime_file(name), document)
             self._execute(runtime)
@@ -211,7 +203,7 @@ class Hypervisor:
                 raise AlreadyRunningError(
                     f"instance {name} is running (pid {pid}): stop it before cleanup",
                     name=name,
-                    state="running",
+                    state=InstanceState.RUNNING,
                 )
             self._load_if_known(name)
             clear_stale_files(self.layout, name)
@@ -236,14 +228,10 @@ class Hypervisor:
         :raise HotplugRefusedError: (exit 2, nothing changed) stopped VM, duplicate MAC,
             q35, a QEMU without the commands, a tap NIC.
         """
-        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415 - only for hotplug
+        from kvmlab.lifecycle.hotplug import nic as hotplug_nic  # noqa: PLC0415 - only for hotplug
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
-            return hotplug.attach_nic(self.layout, runtime, nic, caps)
+        with self._hotplug_guard(name, "attach a NIC") as (runtime, caps):
+            return hotplug_nic.attach_nic(self.layout, runtime, nic, caps)
 
     def detach_nic(self, name: str, mac: str) -> KVMRuntime:
         """Unplug the NIC with ``mac`` from the running ``name`` and save the runtime
@@ -251,14 +239,10 @@ class Hypervisor:
 
         :raise HotplugRefusedError: (exit 2, nothing changed) no NIC with that MAC, stopped VM.
         """
-        from kvmlab.lifecycle.hotplug import nic as hotplug  # noqa: PLC0415
+        from kvmlab.lifecycle.hotplug import nic as hotplug_nic  # noqa: PLC0415
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
-            return hotplug.detach_nic(self.layout, runtime, mac, caps)
+        with self._hotplug_guard(name, "detach a NIC") as (runtime, caps):
+            return hotplug_nic.detach_nic(self.layout, runtime, mac, caps)
 
     def attach_disk(self, name: str, disk: Disk) -> KVMRuntime:
         """Plug a virtio disk into the running ``name`` and save it in its runtime,
@@ -270,11 +254,7 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415 - only for hotplug
 
-        self._check_name(name)
-        self._require_known(name)
-        with self._locked(name):
-            runtime = self._load(name)
-            caps = self.backend.capabilities(runtime.binary)
+        with self._hotplug_guard(name, "attach a disk") as (runtime, caps):
             return hotplug_disk.attach_disk(self.layout, runtime, disk, caps)
 
     def detach_disk(self, name: str, path: str) -> KVMRuntime:
@@ -285,12 +265,28 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.hotplug import disk as hotplug_disk  # noqa: PLC0415
 
+        with self._hotplug_guard(name, "detach a disk") as (runtime, caps):
+            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
+
+    @contextlib.contextmanager
+    def _hotplug_guard(self, name: str, what: str) -> Iterator[tuple[KVMRuntime, QemuCapabilities]]:
+        """The one preamble of every hotplug, as QEMU's python guards a method with
+        ``@require(Runstate.RUNNING)``: a valid and known name, the instance lock (held
+        for the whole change), the saved runtime, its binary's capabilities, and a
+        running VM. Yields the runtime and the capabilities.
+
+        :param what: the change, for the refusal (``"attach a NIC"``).
+        :raise HotplugNotRunningError: (exit 2) the VM is stopped; nothing changed.
+        """
+        from kvmlab.lifecycle.hotplug.nic import check_running  # noqa: PLC0415 - only for hotplug
+
         self._check_name(name)
         self._require_known(name)
         with self._locked(name):
             runtime = self._load(name)
             caps = self.backend.capabilities(runtime.binary)
-            return hotplug_disk.detach_disk(self.layout, runtime, path, caps)
+            check_running(self.layout, name, what)
+            yield runtime, caps
 
     # -- migration (docs/migration.md) -----------------------------------------------
 
@@ -434,7 +430,9 @@ class Hypervisor:
 
         def check() -> None:
             if running_pid(self.layout, name) is None:
-                raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+                raise NotRunningError(
+                    f"instance {name} is not running", name=name, state=InstanceState.STOPPED
+                )
 
         return GuestChannel(name, path, check)
 
@@ -450,7 +448,7 @@ class Hypervisor:
         path = self.layout.hotplug_intent(name)
         if not path.exists():
             return None
-        from kvmlab.lifecycle.hotplug.nic import pending_hotplug  # noqa: PLC0415
+        from kvmlab.lifecycle.hotplug.intent import pending_hotplug  # noqa: PLC0415
 
         return pending_hotplug(self.layout, name)
 
@@ -470,7 +468,7 @@ class Hypervisor:
 
     def _check_name(self, name: str) -> None:
         # Names reach paths: anything but a DNS label cannot be an instance.
-        if not name or len(name) > 63 or not set(name) <= _NAME_CHARS:
+        if not is_instance_name(name):
             raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
 
     def _prepare_dirs(self) -> None:
@@ -536,46 +534,17 @@ class Hypervisor:
         log.info("started %s, pid %d", runtime.name, started.pid)
 
     def _stop(self, name: str, runtime: KVMRuntime | None, force: bool, timeout: float) -> None:
-        pid = running_pid(self.layout, name)
-        if pid is None:
-            clear_stale_files(self.layout, name)
-            raise NotRunningError(f"instance {name} is not running", name=name, state="stopped")
+        """The stop policy of :mod:`kvmlab.host.stopping`, with this lab's power button:
+        none when ``force`` or when the machine has no ACPI."""
         acpi = runtime.hvparams.acpi if runtime is not None else True
-        deadline = time.monotonic() + timeout
-        if not force and acpi and self._powerdown_until_exit(name, pid, deadline):
-            log.info("%s powered off", name)
-        else:
-            # The guest had its chance: SIGTERM gets a short grace, bounded by the timeout.
-            self._terminate(name, pid, min(TERM_TIMEOUT, max(timeout, 0.5)))
-        reap_adopted()  # the exited daemon, when this process started it
-        self._release_nics(name)
-        clear_stale_files(self.layout, name)
-
-    def _powerdown_until_exit(self, name: str, pid: int, deadline: float) -> bool:
-        """Press the power button every :data:`POWERDOWN_RETRY` s until ``pid`` exits
-        (``True``) or the deadline passes or QMP fails (``False``)."""
-        first = True
-        while True:
-            left = max(deadline - time.monotonic(), 0.0)
-            if not self._powerdown(name, min(QMP_TIMEOUT, left), quiet=not first):
-                if first:
-                    return False
-                # After a press that QMP took, a failed one most likely found QEMU closing
-                # its socket on the way out: give it the rest of the deadline to exit.
-                if wait_for_exit(pid, left):
-                    return True
-                log.warning("ACPI powerdown of %s failed again: terminating it", name)
-                return False
-            first = False
-            left = max(deadline - time.monotonic(), 0.0)
-            if wait_for_exit(pid, min(POWERDOWN_RETRY, left)):
-                return True
-            if time.monotonic() >= deadline:
-                return False
+        press: PowerButton | None = None
+        if not force and acpi:
+            press = functools.partial(self._powerdown, name)
+        stop_process(self.layout, name, press=press, timeout=timeout)
 
     def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
+        """Press the ACPI power button of ``name`` through QMP; ``False`` when QMP failed."""
         from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415 - 50 ms import
-        from kvmlab.errors import QmpError  # noqa: PLC0415 - 50 ms import
 
         try:
             qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
@@ -585,30 +554,10 @@ class Hypervisor:
             return False
         return True
 
-    def _terminate(self, name: str, pid: int, grace: float = 5.0) -> None:
-        if signal_process(pid, signal.SIGTERM) and wait_for_exit(pid, grace):
-            return
-        signal_process(pid, signal.SIGKILL)
-        if not wait_for_exit(pid, TERM_TIMEOUT):
-            raise StopError(f"instance {name} (pid {pid}) survived SIGKILL")
-
-    def _release_nics(self, name: str) -> None:
-        """The down half of the up-scripts: delete taps that outlived their QEMU."""
-        nic_dir = self.layout.nic_dir(name)
-        if not nic_dir.is_dir():
-            return
-        for record in sorted(nic_dir.iterdir()):
-            tap = record.read_text(encoding="utf-8", errors="replace").strip()
-            valid = bool(tap) and set(tap) <= set("abcdefghijklmnopqrstuvwxyz0123456789_.-")
-            if valid and Path("/sys/class/net", tap).exists() and os.geteuid() == 0:
-                subprocess.run(["ip", "link", "delete", tap], check=False, capture_output=True)
-            remove_quietly(record)
-
     def _query(
         self, name: str, memory: int | None, vcpus: int | None
     ) -> tuple[int | None, int | None, dict[str, Any]]:
         from kvmlab.channels.qmp import QmpSession  # noqa: PLC0415
-        from kvmlab.errors import QmpError  # noqa: PLC0415
 
         try:
             with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:

@@ -20,6 +20,7 @@ from kvmlab.errors import (
 )
 from kvmlab.lifecycle.hotplug import nic as hotplug
 from kvmlab.spec.instance import Nic
+from kvmlab.states import InstanceState
 
 NEW = "52:54:00:6b:01:01"
 
@@ -120,6 +121,7 @@ def test_refusals_are_exit_2_and_change_nothing(lab, make_instance) -> None:
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert stopped.value.exit_code == 2
     assert isinstance(stopped.value, NotRunningError)
+    assert stopped.value.state is InstanceState.STOPPED
     assert isinstance(stopped.value, InvalidInputError)
     with pytest.raises(HotplugNotRunningError):
         lab.detach_nic("vm1", mac(0))
@@ -144,6 +146,7 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(lab, make_instance, mo
     assert lab.layout.runtime_file("vm1").read_bytes() == before
     assert not lab.layout.hotplug_intent("vm1").exists()
     assert "hotplug_pending" not in lab.info("vm1").extra
+    assert lab.info("vm1").pending == ()
     monkeypatch.undo()
     # Its netdev was removed again: the same attach now succeeds.
     assert lab.attach_nic("vm1", Nic(mac=NEW, mode="user")).nic_slots == (0x10, 0x11)
@@ -162,8 +165,11 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
     with pytest.raises(KeyboardInterrupt):
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
-    pending = lab.info("vm1", query_guest=False).extra["hotplug_pending"]
-    assert pending == {"op": "attach-nic", "mac": NEW, "slot": 0x11}
+    crashed = lab.info("vm1", query_guest=False)
+    assert crashed.extra["hotplug_pending"] == {"op": "attach-nic", "mac": NEW, "slot": 0x11}
+    # Pending on top of the process state, which stays the word scripts read.
+    assert crashed.state is InstanceState.RUNNING
+    assert crashed.pending == (InstanceState.HOTPLUG_PENDING,)
     info = lab.info("vm1").to_dict()
     assert json.loads(json.dumps(info))["hotplug_pending"]["mac"] == NEW
     lab.stop("vm1", force=True)

@@ -17,8 +17,8 @@ from kvmlab.errors import (
     NotRunningError,
     UnknownInstanceError,
 )
+from kvmlab.host import stopping
 from kvmlab.host.process import is_alive, read_pidfile, wait_for_exit
-from kvmlab.lifecycle import hypervisor as lifecycle
 from kvmlab.lifecycle.hypervisor import InstanceState
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
@@ -51,8 +51,9 @@ def test_info_shows_the_live_command_line(lab, make_instance) -> None:
 def test_second_start_is_refused_and_the_saved_runtime_kept(lab, make_instance) -> None:
     lab.start(make_instance())
     saved = lab.layout.runtime_file("vm1").read_bytes()
-    with pytest.raises(AlreadyRunningError, match="already running"):
+    with pytest.raises(AlreadyRunningError, match="already running") as refused:
         lab.start(make_instance(memory=512))
+    assert refused.value.state is InstanceState.RUNNING
     assert lab.layout.runtime_file("vm1").read_bytes() == saved
 
 
@@ -80,8 +81,9 @@ def test_forced_stop_kills_at_once(lab, make_instance) -> None:
 def test_stop_and_reboot_of_a_stopped_instance_fail(lab, make_instance) -> None:
     lab.start(make_instance())
     lab.stop("vm1", force=True)
-    with pytest.raises(NotRunningError):
+    with pytest.raises(NotRunningError) as refused:
         lab.stop("vm1")
+    assert refused.value.state is InstanceState.STOPPED
     with pytest.raises(NotRunningError):
         lab.reboot("vm1")
 
@@ -153,8 +155,9 @@ def test_concurrent_starts_run_exactly_one_process(lab, make_instance) -> None:
 
 def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
     lab.start(make_instance())
-    with pytest.raises(AlreadyRunningError):
+    with pytest.raises(AlreadyRunningError) as refused:
         lab.cleanup("vm1")
+    assert refused.value.state is InstanceState.RUNNING
     lab.stop("vm1", force=True)
     lab.cleanup("vm1")
     assert lab.list_instances() == []
@@ -177,7 +180,7 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
     after it booted instead of being killed at the stop timeout."""
     # Long enough for the fake to exit after the heard press even on a loaded machine,
     # so exactly two presses happen.
-    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 1.0)
+    monkeypatch.setattr(stopping, "POWERDOWN_RETRY", 1.0)
     presses: list[bool] = []
     real = fake_lab._powerdown
 
@@ -187,7 +190,7 @@ def test_a_missed_power_button_is_pressed_again(fake_lab, monkeypatch) -> None:
 
     monkeypatch.setattr(fake_lab, "_powerdown", missed_once)
     terms: list[int] = []
-    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    monkeypatch.setattr(stopping, "terminate", lambda name, pid, grace=5.0: terms.append(pid))
     info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True]  # pressed twice; the second press was heard
@@ -199,7 +202,7 @@ def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypa
     """A press QMP took, then a retry that cannot connect: QEMU removes its QMP socket as
     it exits, so a loaded machine can see that before the exit. That is a power-off in
     progress, not a failure: the stop waits for it instead of terminating the VM."""
-    monkeypatch.setattr(lifecycle, "POWERDOWN_RETRY", 0.2)
+    monkeypatch.setattr(stopping, "POWERDOWN_RETRY", 0.2)
     presses: list[bool] = []
     real_powerdown = fake_lab._powerdown
 
@@ -212,16 +215,16 @@ def test_a_retry_press_that_finds_qmp_gone_waits_for_the_exit(fake_lab, monkeypa
         return False  # the socket is already gone
 
     waits: list[float] = []
-    real_wait = lifecycle.wait_for_exit
+    real_wait = stopping.wait_for_exit  # type: ignore[attr-defined]  # patched below
 
     def exit_not_seen_in_the_retry_period(pid: int, timeout: float) -> bool:
         waits.append(timeout)
         return False if len(waits) == 2 else real_wait(pid, timeout)
 
     monkeypatch.setattr(fake_lab, "_powerdown", missed_heard_then_gone)
-    monkeypatch.setattr(lifecycle, "wait_for_exit", exit_not_seen_in_the_retry_period)
+    monkeypatch.setattr(stopping, "wait_for_exit", exit_not_seen_in_the_retry_period)
     terms: list[int] = []
-    monkeypatch.setattr(fake_lab, "_terminate", lambda name, pid, grace=5.0: terms.append(pid))
+    monkeypatch.setattr(stopping, "terminate", lambda name, pid, grace=5.0: terms.append(pid))
     info = fake_lab.start(PLAIN_FAKE_VM)
     fake_lab.stop("vm1", timeout=20)
     assert presses == [False, True, True]

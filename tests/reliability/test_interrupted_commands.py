@@ -69,11 +69,11 @@ elif point == "reboot-after-stop":
     import kvmlab.lifecycle.hypervisor
     kvmlab.lifecycle.hypervisor.execute = die
 elif point == "stop-after-powerdown":
-    import kvmlab.lifecycle.hypervisor
-    kvmlab.lifecycle.hypervisor.wait_for_exit = die
+    import kvmlab.host.stopping
+    kvmlab.host.stopping.wait_for_exit = die
 elif point == "stop-before-signal":
-    import kvmlab.lifecycle.hypervisor
-    kvmlab.lifecycle.hypervisor.signal_process = die
+    import kvmlab.host.stopping
+    kvmlab.host.stopping.signal_process = die
 elif point != "none":
     raise SystemExit(f"unknown kill point {point}")
 

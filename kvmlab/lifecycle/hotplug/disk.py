@@ -1,10 +1,11 @@
-"""Disk hotplug kept by the saved runtime (issue 11): the virtio-disk twin of NIC hotplug.
+"""Disk hotplug kept by the saved runtime: the virtio-disk twin of NIC hotplug.
 
-:func:`attach_disk` and :func:`detach_disk` run under the instance lock (the caller
-holds it) and follow :mod:`kvmlab.lifecycle.hotplug.nic`'s steps:
+:func:`attach_disk` and :func:`detach_disk` run on a running VM under the instance
+lock (the caller's hotplug guard checks both, as for NICs) and follow
+:mod:`kvmlab.lifecycle.hotplug.nic`'s steps:
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
-   changed, a stopped VM, a path already attached or not attached, a missing image,
+   changed, a path already attached or not attached, a missing image,
    q35 or no ACPI, disks that are not virtio or have no slots of their own (a
    format 1 or 2 runtime), a QEMU without the commands;
 2. write the intent file;
@@ -23,19 +24,18 @@ Design, slots and what each QEMU needed: docs/hotplug.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
 from typing import Any
 
 from kvmlab.errors import HotplugRefusedError
-from kvmlab.host.store import atomic_write, save_runtime
+from kvmlab.host.store import save_runtime
+from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.lifecycle.hotplug.nic import (
     UNPLUG_TIMEOUT,
     check_commands,
     check_machine,
-    check_running,
     session,
 )
 from kvmlab.runtime.generator import disk_args, disk_ids, has_disk_slots
@@ -166,7 +166,8 @@ def _saved(
 def attach_disk(
     layout: StateLayout, runtime: KVMRuntime, disk: Disk, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Plug ``disk`` into the running VM and save the runtime with it; the caller holds the lock.
+    """Plug ``disk`` into the running VM and save the runtime with it; the caller holds the
+    lock and has checked that the VM runs.
 
     :return: the runtime saved.
     :raise HotplugRefusedError: refused, nothing changed.
@@ -174,7 +175,6 @@ def attach_disk(
         runtime is untouched.
     """
     name = runtime.name
-    check_running(layout, name, "attach a disk")
     check_machine(runtime)
     if any(_same_path(existing.path, disk.path) for existing in runtime.disks):
         raise HotplugRefusedError(f"{name} already has disk {disk.path}")
@@ -195,7 +195,7 @@ def attach_disk(
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "attach-disk", "path": disk.path, "slot": slot}))
+        HotplugIntent(op=HotplugOp.ATTACH_DISK, path=disk.path, slot=slot).save(intent)
         try:
             qmp.execute("blockdev-add", _blockdev(disk, node, hv))
             try:
@@ -216,14 +216,14 @@ def attach_disk(
 def detach_disk(
     layout: StateLayout, runtime: KVMRuntime, path: str, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Unplug the disk ``path`` and save the runtime without it; the caller holds the lock.
+    """Unplug the disk ``path`` and save the runtime without it; the caller holds the
+    lock and has checked that the VM runs.
 
-    :raise HotplugRefusedError: no such disk, or a stopped VM; nothing changed.
+    :raise HotplugRefusedError: no such disk; nothing changed.
     :raise QmpError: QEMU refused, or the guest did not eject the disk in time (the
         intent file stays: ``info`` reports it).
     """
     name = runtime.name
-    check_running(layout, name, "detach a disk")
     check_machine(runtime)
     index = next((i for i, disk in enumerate(runtime.disks) if _same_path(disk.path, path)), None)
     if index is None:
@@ -237,7 +237,7 @@ def detach_disk(
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "detach-disk", "path": disk.path, "slot": slot}))
+        HotplugIntent(op=HotplugOp.DETACH_DISK, path=disk.path, slot=slot).save(intent)
         qmp.execute_and_wait(
             "device_del", {"id": device}, "DEVICE_DELETED", {"device": device}, UNPLUG_TIMEOUT
         )

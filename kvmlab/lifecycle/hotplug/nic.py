@@ -1,13 +1,16 @@
-"""NIC hotplug kept by the saved runtime (issue 11): QMP change, then the runtime rewrite.
+"""NIC hotplug kept by the saved runtime: QMP change, then the runtime rewrite.
 
 A NIC attached to or detached from a running VM must also be in the saved
 runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
-:func:`detach_nic` run under the instance lock (the caller holds it) and:
+:func:`detach_nic` run on a running VM under the instance lock (the caller's guard,
+:meth:`Hypervisor._hotplug_guard <kvmlab.lifecycle.hypervisor.Hypervisor._hotplug_guard>`,
+takes the lock and refuses a stopped VM with :func:`check_running`) and:
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
-   changed, a stopped VM, a duplicate MAC or a MAC not attached, a q35 machine, a
-   QEMU without the commands, a tap NIC (bridged, routed) when not root;
-2. write an *intent* file (``conf/<name>.hotplug``) naming the change;
+   changed, a duplicate MAC or a MAC not attached, a q35 machine, a QEMU without
+   the commands, a tap NIC (bridged, routed) when not root;
+2. write an *intent* file (``conf/<name>.hotplug``, a
+   :class:`~kvmlab.lifecycle.hotplug.intent.HotplugIntent`) naming the change;
 3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
    ``netdev_del``); a failed ``device_add`` is undone (``netdev_del``) and leaves
    the runtime untouched. A tap NIC's tap is opened and configured by kvmlab first
@@ -26,20 +29,21 @@ Design and measurements: docs/hotplug.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from typing import Any
 
 from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError, TapError
 from kvmlab.host.inventory import running_pid
-from kvmlab.host.store import atomic_write, read_record, save_runtime
+from kvmlab.host.store import save_runtime
 from kvmlab.host.tap import configure_tap, delete_tap, open_tap, tap_record
+from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.runtime.plan import nic_device_args, nic_device_model, nic_ids
 from kvmlab.runtime.saved import KVMRuntime, free_nic_slot
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import Nic
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import InstanceState
 
 __all__ = [
     "NIC_COMMANDS",
@@ -49,7 +53,6 @@ __all__ = [
     "check_machine",
     "check_running",
     "detach_nic",
-    "pending_hotplug",
     "session",
 ]
 
@@ -64,18 +67,18 @@ UNPLUG_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
 
 
-def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:
-    """The intent a hotplug left behind (it died between the QMP change and the save)."""
-    return read_record(layout.hotplug_intent(name))
-
-
 def check_running(layout: StateLayout, name: str, what: str) -> None:
-    """Refuse a hotplug of a VM that is not running (shared by NIC and disk hotplug)."""
+    """Refuse a hotplug of a VM that is not running: the state check of the hotplug guard.
+
+    :param what: the change, for the message (``"attach a NIC"``).
+    :raise HotplugNotRunningError: (exit 2) it has no live process.
+    """
     if running_pid(layout, name) is None:
         raise HotplugNotRunningError(
             f"cannot {what} on {name}: it is not running (change its instance file and"
             " start it instead)",
             name=name,
+            state=InstanceState.STOPPED,
         )
 
 
@@ -181,7 +184,8 @@ def _plug_tap(
 def attach_nic(
     layout: StateLayout, runtime: KVMRuntime, nic: Nic, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Plug ``nic`` into the running VM and save the runtime with it; the caller holds the lock.
+    """Plug ``nic`` into the running VM and save the runtime with it; the caller holds the
+    lock and has checked that the VM runs.
 
     :return: the runtime saved.
     :raise HotplugRefusedError: refused, nothing changed.
@@ -189,7 +193,6 @@ def attach_nic(
         runtime is untouched.
     """
     name = runtime.name
-    check_running(layout, name, "attach a NIC")
     check_machine(runtime)
     if any(existing.mac == nic.mac for existing in runtime.nics):
         raise HotplugRefusedError(f"{name} already has a NIC with MAC {nic.mac}")
@@ -211,14 +214,14 @@ def attach_nic(
         props = nic_device_args(model, nic.mac, slot)
         netdev_id, _ = nic_ids(slot)
         intent = layout.hotplug_intent(name)
-        change: dict[str, object] = {"op": "attach-nic", "mac": nic.mac, "slot": slot}
-        atomic_write(intent, json.dumps(change))
+        change = HotplugIntent(op=HotplugOp.ATTACH_NIC, mac=nic.mac, slot=slot)
+        change.save(intent)
         tap: str | None = None
         record = layout.nic_dir(name) / tap_record(slot)
         try:
             if nic.mode.needs_tap:
                 tap = _plug_tap(qmp, layout, runtime, nic, slot, caps=caps)
-                atomic_write(intent, json.dumps({**change, "tap": tap}))
+                change.model_copy(update={"tap": tap}).save(intent)
             else:
                 qmp.execute("netdev_add", {"type": "user", "id": netdev_id})
             try:
@@ -259,14 +262,14 @@ def _release_tap(layout: StateLayout, name: str, slot: int) -> None:
 def detach_nic(
     layout: StateLayout, runtime: KVMRuntime, mac: str, caps: QemuCapabilities
 ) -> KVMRuntime:
-    """Unplug the NIC with ``mac`` and save the runtime without it; the caller holds the lock.
+    """Unplug the NIC with ``mac`` and save the runtime without it; the caller holds the
+    lock and has checked that the VM runs.
 
-    :raise HotplugRefusedError: no such NIC, or a stopped VM; nothing changed.
+    :raise HotplugRefusedError: no such NIC; nothing changed.
     :raise QmpError: QEMU refused, or the guest did not eject the card in time (the
         intent file stays: ``info`` reports it).
     """
     name = runtime.name
-    check_running(layout, name, "detach a NIC")
     check_machine(runtime)
     wanted = mac.lower()
     index = next((i for i, nic in enumerate(runtime.nics) if nic.mac == wanted), None)
@@ -278,7 +281,7 @@ def detach_nic(
     with session(layout, name) as qmp:
         check_commands(qmp, name)
         intent = layout.hotplug_intent(name)
-        atomic_write(intent, json.dumps({"op": "detach-nic", "mac": wanted, "slot": slot}))
+        HotplugIntent(op=HotplugOp.DETACH_NIC, mac=wanted, slot=slot).save(intent)
         qmp.execute_and_wait(
             "device_del", {"id": device_id}, "DEVICE_DELETED", {"device": device_id}, UNPLUG_TIMEOUT
         )
