@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from kvmlab.errors import FieldValueError, InstanceError
+from kvmlab.spec.fielddocs import field_doc as _doc
 from kvmlab.spec.names import INSTANCE_NAME_PATTERN, INSTANCE_NAME_RULE, is_instance_name
 
 __all__ = [
@@ -203,10 +204,9 @@ class Nic(BaseModel):
 
     model_config = _FROZEN
 
-    mac: str
-    mode: NicMode = NicMode.BRIDGED
-    #: The bridge (bridged), the routing table (routed); empty for user networking.
-    link: InterfaceName = ""
+    mac: str = Field(**_doc("Nic.mac"))
+    mode: NicMode = Field(NicMode.BRIDGED, **_doc("Nic.mode"))
+    link: InterfaceName = Field("", **_doc("Nic.link"))
 
     # An "after" validator: it sees what pydantic made a str, bytes included (a
     # "before" one let b"zz" through unchecked).
@@ -225,7 +225,11 @@ class Nic(BaseModel):
         mode = self.mode
         if mode is _BRIDGED:
             if not self.link:
-                raise FieldValueError("link", "a bridged NIC needs a link (the bridge name)")
+                raise FieldValueError(
+                    "link",
+                    "a bridged NIC needs a link (the bridge name); mode defaults to bridged:"
+                    " use mode 'user' for QEMU's user networking (no bridge, no root)",
+                )
         elif mode is _USER and self.link:
             raise FieldValueError("link", f"a user-mode NIC takes no link, got {self.link!r}")
         return self
@@ -236,8 +240,8 @@ class Disk(BaseModel):
 
     model_config = _FROZEN
 
-    path: RequiredPath
-    mode: DiskMode = DiskMode.RW
+    path: RequiredPath = Field(**_doc("Disk.path"))
+    mode: DiskMode = Field(DiskMode.RW, **_doc("Disk.mode"))
 
 
 class HvParams(BaseModel):
@@ -251,53 +255,63 @@ class HvParams(BaseModel):
     # Not a field: this object's JSON once computed, see json_bytes().
     __slots__ = ("__weakref__", "_json")
 
-    kernel_path: OptionalPath = "/boot/vmlinuz-3-kvmU"
-    initrd_path: OptionalPath = ""
-    kernel_args: OneLine = "ro"
-    root_path: OneLine = "/dev/vda1"
-    serial_console: bool = True
-    serial_speed: SerialSpeed = 38400
-    acpi: bool = True
-    boot_order: BootOrder = BootOrder.DISK
-    cdrom_image_path: OptionalPath = ""
-    cdrom2_image_path: OptionalPath = ""
-    cdrom_disk_type: DiskType | Literal[""] = ""
-    floppy_image_path: OptionalPath = ""
-    kvm_path: RequiredPath = "/usr/bin/kvm"
-    kvm_flag: KvmFlag = KvmFlag.DEFAULT
-    machine_version: Token = ""
-    cpu_type: Token = ""
-    cpu_cores: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
-    cpu_threads: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
-    cpu_sockets: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS)
-    cpu_mask: OneLine = "all"
-    nic_type: NicType = "paravirtual"
-    disk_type: DiskType = "paravirtual"
-    disk_cache: Literal["default", "none", "writethrough", "writeback"] = "default"
-    disk_aio: Literal["threads", "native", "io_uring"] = "threads"
-    mem_path: OptionalPath = ""
-    vnc_bind_address: VncBind = "0.0.0.0"
-    vnc_tls: bool = False
-    vnc_x509_path: OptionalPath = ""
-    vnc_x509_verify: bool = False
-    vnc_password_file: OptionalPath = ""
-    keymap: Token = ""
-    use_localtime: bool = False
-    usb_mouse: Literal["", "mouse", "tablet"] = ""
-    usb_devices: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:,-]*$")] = ""
-    vga: Token = ""
-    soundhw: Token = ""
-    reboot_behavior: Literal["reboot", "exit"] = "reboot"
-    security_model: Literal["none", "user", "pool"] = "none"
-    security_domain: Token = ""
-    use_chroot: bool = False
-    vhost_net: bool = False
-    vnet_hdr: bool = True
-    kvm_extra: str = ""
-    migration_port: StrictInt = Field(default=8102, ge=1, le=65535)
-    migration_bandwidth: StrictInt = Field(default=32, ge=1)
-    migration_downtime: StrictInt = Field(default=30, ge=1)
-    migration_mode: Literal["live", "non-live"] = "live"
+    kernel_path: OptionalPath = Field("/boot/vmlinuz-3-kvmU", **_doc("HvParams.kernel_path"))
+    initrd_path: OptionalPath = Field("", **_doc("HvParams.initrd_path"))
+    kernel_args: OneLine = Field("ro", **_doc("HvParams.kernel_args"))
+    root_path: OneLine = Field("/dev/vda1", **_doc("HvParams.root_path"))
+    serial_console: bool = Field(True, **_doc("HvParams.serial_console"))
+    serial_speed: SerialSpeed = Field(38400, **_doc("HvParams.serial_speed"))
+    acpi: bool = Field(True, **_doc("HvParams.acpi"))
+    boot_order: BootOrder = Field(BootOrder.DISK, **_doc("HvParams.boot_order"))
+    cdrom_image_path: OptionalPath = Field("", **_doc("HvParams.cdrom_image_path"))
+    cdrom2_image_path: OptionalPath = Field("", **_doc("HvParams.cdrom2_image_path"))
+    cdrom_disk_type: DiskType | Literal[""] = Field("", **_doc("HvParams.cdrom_disk_type"))
+    floppy_image_path: OptionalPath = Field("", **_doc("HvParams.floppy_image_path"))
+    kvm_path: RequiredPath = Field("/usr/bin/kvm", **_doc("HvParams.kvm_path"))
+    kvm_flag: KvmFlag = Field(KvmFlag.DEFAULT, **_doc("HvParams.kvm_flag"))
+    machine_version: Token = Field("", **_doc("HvParams.machine_version"))
+    cpu_type: Token = Field("", **_doc("HvParams.cpu_type"))
+    cpu_cores: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS, **_doc("HvParams.cpu_cores"))
+    cpu_threads: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS, **_doc("HvParams.cpu_threads"))
+    cpu_sockets: StrictInt = Field(default=0, ge=0, le=MAX_VCPUS, **_doc("HvParams.cpu_sockets"))
+    cpu_mask: OneLine = Field("all", **_doc("HvParams.cpu_mask"))
+    nic_type: NicType = Field("paravirtual", **_doc("HvParams.nic_type"))
+    disk_type: DiskType = Field("paravirtual", **_doc("HvParams.disk_type"))
+    disk_cache: Literal["default", "none", "writethrough", "writeback"] = Field(
+        "default", **_doc("HvParams.disk_cache")
+    )
+    disk_aio: Literal["threads", "native", "io_uring"] = Field(
+        "threads", **_doc("HvParams.disk_aio")
+    )
+    mem_path: OptionalPath = Field("", **_doc("HvParams.mem_path"))
+    vnc_bind_address: VncBind = Field("0.0.0.0", **_doc("HvParams.vnc_bind_address"))
+    vnc_tls: bool = Field(False, **_doc("HvParams.vnc_tls"))
+    vnc_x509_path: OptionalPath = Field("", **_doc("HvParams.vnc_x509_path"))
+    vnc_x509_verify: bool = Field(False, **_doc("HvParams.vnc_x509_verify"))
+    vnc_password_file: OptionalPath = Field("", **_doc("HvParams.vnc_password_file"))
+    keymap: Token = Field("", **_doc("HvParams.keymap"))
+    use_localtime: bool = Field(False, **_doc("HvParams.use_localtime"))
+    usb_mouse: Literal["", "mouse", "tablet"] = Field("", **_doc("HvParams.usb_mouse"))
+    usb_devices: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:,-]*$")] = Field(
+        "", **_doc("HvParams.usb_devices")
+    )
+    vga: Token = Field("", **_doc("HvParams.vga"))
+    soundhw: Token = Field("", **_doc("HvParams.soundhw"))
+    reboot_behavior: Literal["reboot", "exit"] = Field("reboot", **_doc("HvParams.reboot_behavior"))
+    security_model: Literal["none", "user", "pool"] = Field(
+        "none", **_doc("HvParams.security_model")
+    )
+    security_domain: Token = Field("", **_doc("HvParams.security_domain"))
+    use_chroot: bool = Field(False, **_doc("HvParams.use_chroot"))
+    vhost_net: bool = Field(False, **_doc("HvParams.vhost_net"))
+    vnet_hdr: bool = Field(True, **_doc("HvParams.vnet_hdr"))
+    kvm_extra: str = Field("", **_doc("HvParams.kvm_extra"))
+    migration_port: StrictInt = Field(
+        default=8102, ge=1, le=65535, **_doc("HvParams.migration_port")
+    )
+    migration_bandwidth: StrictInt = Field(default=32, ge=1, **_doc("HvParams.migration_bandwidth"))
+    migration_downtime: StrictInt = Field(default=30, ge=1, **_doc("HvParams.migration_downtime"))
+    migration_mode: Literal["live", "non-live"] = Field("live", **_doc("HvParams.migration_mode"))
 
     @field_validator("kvm_extra")
     @classmethod
@@ -403,17 +417,16 @@ class Instance(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
-    memory: StrictInt = Field(default=128, ge=16, le=MAX_MEMORY_MIB, description="MiB")
-    vcpus: StrictInt = Field(default=1, ge=1, le=MAX_VCPUS)
-    nics: tuple[Nic, ...] = ()
-    disks: tuple[Disk, ...] = ()
-    hvparams: HvParams = HvParams()
-    #: SMBIOS UUID; derived from the name when not given.
-    uuid: uuidlib.UUID | None = None
-    #: TCP port of the VNC display (Ganeti's ``network_port``, display = port - 5900);
-    #: VNC is off without it.
-    network_port: StrictInt | None = Field(default=None, ge=5901, le=65535)
+    name: str = Field(**_doc("Instance.name"))
+    memory: StrictInt = Field(default=128, ge=16, le=MAX_MEMORY_MIB, **_doc("Instance.memory"))
+    vcpus: StrictInt = Field(default=1, ge=1, le=MAX_VCPUS, **_doc("Instance.vcpus"))
+    nics: tuple[Nic, ...] = Field((), **_doc("Instance.nics"))
+    disks: tuple[Disk, ...] = Field((), **_doc("Instance.disks"))
+    hvparams: HvParams = Field(HvParams(), **_doc("Instance.hvparams"))
+    uuid: uuidlib.UUID | None = Field(None, **_doc("Instance.uuid"))
+    network_port: StrictInt | None = Field(
+        default=None, ge=5901, le=65535, **_doc("Instance.network_port")
+    )
 
     @field_validator("name")
     @classmethod
