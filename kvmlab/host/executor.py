@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
@@ -115,9 +116,31 @@ def _read_from(path: Path, offset: int) -> str:
         return ""
 
 
+#: QEMU's (and the fake's) words when a tap's up-script exits non-zero.
+_SCRIPT_FAILED = re.compile(r"network script (?P<script>\S+) failed with status \d+")
+
+
 def _last_line(text: str) -> str:
+    """The binary's reason, from the last line it printed.
+
+    When that line is QEMU's ``network script PATH failed with status N`` (a raw wait
+    status, and a temp path already removed), the script's own last line of stderr
+    (``ip``'s "Cannot find device ...") is the reason: it is added, and the path named
+    by its file name.
+    """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+    if not lines:
+        return "no output"
+    last = lines[-1]
+    match = _SCRIPT_FAILED.search(last)
+    if match is None:
+        return last
+    script = match["script"]
+    last = last.replace(script, Path(script).name)
+    # The script's stderr comes before QEMU's line and is not prefixed like QEMU's.
+    prefix = last.split(":", 1)[0] + ":"
+    said = [line for line in lines[:-1] if not line.startswith(prefix)]
+    return f"{last}: {said[-1]}" if said else last
 
 
 def _run_to_exit(argv: tuple[str, ...], log_fd: int, env: dict[str, str], timeout: float) -> int:
