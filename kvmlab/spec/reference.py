@@ -77,7 +77,6 @@ serial_speed = 115200
 vnc_bind_address = ""
 ```
 
-<!-- example: uses vm1.yaml -->
 ```sh
 kvmlab generate vm1.yaml --argv     # the command line it becomes, without starting anything
 kvmlab start vm1.yaml
@@ -142,9 +141,7 @@ def _type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
     if prop.get("format") == "uuid":
         text = "UUID"
     bounds = [
-        f"{word} {prop[key]}"
-        for key, word in (("minimum", ">="), ("maximum", "<="))
-        if key in prop
+        f"{word} {prop[key]}" for key, word in (("minimum", ">="), ("maximum", "<=")) if key in prop
     ]
     if "pattern" in prop:
         bounds.append(f"pattern `{prop['pattern']}`")
