@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--argv", action="store_true", help="print the saved argv, one per line")
 
+    command("schema", cmd_schema, "print the JSON Schema of an instance file (docs/instances.md)")
+
     p = command("start", cmd_start, "generate, save and start an instance")
     p.add_argument("file", help="instance file (.json, .toml, .yaml)")
 
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.add_argument("--mac", required=True, help="the new NIC's MAC (xx:xx:xx:xx:xx:xx)")
-    p.add_argument("--mode", default="user", help="NIC mode (only user can be hotplugged)")
+    p.add_argument("--mode", default="user", help="user (default), or bridged or routed (as root)")
     p.add_argument("--link", default="", help="bridge or routing table (bridged, routed)")
 
     p = command(
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-qemu",
         metavar="PATH",
-        help="the QEMU binary of the target lab (default: the source lab's backend choice)",
+        help="the QEMU binary of the target lab (default: the one the source runs)",
     )
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
 
@@ -255,6 +257,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("\n".join(runtime.argv))
     else:
         print(json.dumps(json.loads(runtime.to_json()), indent=2))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from kvmlab.spec.reference import schema_text  # noqa: PLC0415
+
+    sys.stdout.write(schema_text())
     return EXIT_OK
 
 
@@ -394,14 +403,20 @@ def cmd_detach_disk(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
+    from kvmlab.host.backends import QemuBackend  # noqa: PLC0415
     from kvmlab.lifecycle.hypervisor import Hypervisor  # noqa: PLC0415
 
     source = _lab(args)
     backend: Any = args.backend
     if args.target_qemu:
-        from kvmlab.host.backends import QemuBackend  # noqa: PLC0415
-
         backend = QemuBackend(args.target_qemu)
+    elif isinstance(source.backend, QemuBackend):
+        # One host: the binary the source runs, not the system's (a move to an older
+        # QEMU is refused, so the system's default would refuse a VM on a newer one).
+        info = source.info(args.name)
+        argv = info.saved_argv or info.argv  # the live argv[0] may be a wrapper's target
+        if argv:
+            backend = QemuBackend(argv[0])
     target = Hypervisor(args.to, backend=backend)
     last = [time.monotonic()]
 
