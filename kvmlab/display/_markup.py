@@ -28,6 +28,7 @@ __all__ = [
     "_code",
     "_e",
     "_elide_temp",
+    "_header",
     "_p",
     "_plain",
     "_plural",
@@ -74,8 +75,8 @@ _EMPTY = "<span style='color:#6e7781;font-style:italic'>empty</span>"
 def _code(value: object, *, breakable: bool = True) -> _Html:
     """A value in code type. An empty string shows as *empty*, not as an empty grey box.
 
-    Long values (sockets, drives) wrap after their commas only: each
-    piece between them is kept whole, so ``web1-serial.log`` never splits at its hyphen.
+    Long values (sockets, drives) wrap after their commas, and a long path after its
+    slashes; never at a hyphen, so ``web1-serial.log`` is never split.
     """
     if str(value) == "":
         return _Html(_EMPTY)
@@ -85,8 +86,19 @@ def _code(value: object, *, breakable: bool = True) -> _Html:
     return _Html(f"<code>{'<wbr>'.join(map(_whole, pieces))}</code>")
 
 
+#: A piece longer than this may also wrap after a slash inside a path.
+_LONG_PIECE = 32
+_SLASH = re.compile(r"(?<=[\w.-]/)(?=[\w.-])")
+
+
 def _whole(piece: str) -> str:
-    """One piece of a value, escaped; kept on one line when a hyphen inside could split it."""
+    """One piece of a value, escaped; kept on one line when a hyphen inside could split it.
+
+    A long piece (a socket path) may wrap after a slash as well, as a path reads.
+    """
+    parts = [part for part in _SLASH.split(piece) if part] if len(piece) > _LONG_PIECE else []
+    if len(parts) > 1:
+        return "<wbr>".join(map(_whole, parts))
     text = html.escape(piece, quote=True)
     return f"<span style='white-space:nowrap'>{text}</span>" if "-" in piece[1:] else text
 
@@ -101,9 +113,9 @@ def _plural(count: int, noun: str) -> str:
 _TABLE = "border-collapse:collapse;margin:4px 0;font-size:90%;max-width:100%"
 _CELL = (
     "padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd;"
-    "overflow-wrap:anywhere"
+    "overflow-wrap:break-word"
 )
-_HEAD = _CELL + ";border-bottom:2px solid #999;white-space:nowrap"
+_HEAD = _CELL + ";border-bottom:2px solid #999"
 _ROW = "background:transparent"
 _OK = "color:#1a7f37"
 _BAD = "color:#cf222e;font-weight:bold"
@@ -122,7 +134,7 @@ def _table(
     *,
     row_styles: Sequence[str] = (),
 ) -> _Html:
-    head = "".join(f"<th style='{_HEAD}'>{_e(h)}</th>" for h in headers)
+    head = "".join(f"<th style='{_HEAD}'>{_header(h)}</th>" for h in headers)
     body: list[str] = []
     for number, row in enumerate(rows):
         style = row_styles[number] if number < len(row_styles) else ""
@@ -131,6 +143,15 @@ def _table(
     return _Html(
         f"<table style='{_TABLE}'><thead><tr style='{_ROW}'>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _header(text: str) -> str:
+    """A column heading that may wrap between its words, never inside one
+    (``qemu-7.2 (7.2.22)`` over two lines, never ``qemu-`` and ``7.2``)."""
+    return " ".join(
+        f"<span style='white-space:nowrap'>{_e(word)}</span>" if "-" in word else _e(word)
+        for word in text.split(" ")
     )
 
 

@@ -12,7 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from kvmlab.display._markup import _MUTED, _box, _code, _e, _Html, _p, _plural, _table
+from kvmlab.display._markup import (
+    _CELL,
+    _HEAD,
+    _MUTED,
+    _ROW,
+    _TABLE,
+    _box,
+    _cell,
+    _code,
+    _e,
+    _header,
+    _Html,
+    _p,
+    _plural,
+)
 
 if TYPE_CHECKING:
     from kvmlab.golden.diff import RuntimeDiff, TreeDiff
@@ -70,26 +84,42 @@ def _absent() -> _Html:
 
 
 def _html_table(diff: RuntimeDiff, labels: tuple[str, str]) -> str:
+    """One row per change; its details (the sub-options that changed) in a row of their own
+    under it, across the table, so the two values keep the width."""
     from kvmlab.golden.diff import show_value  # noqa: PLC0415
 
     if diff.equal:
         return "<p><em>no differences</em></p>"
-    rows: list[tuple[object, ...]] = []
+    columns = ("change", "section", "option", *labels, "impact")
+    rows: list[str] = []
     for change in diff.changes:
         impact = "guest-visible" if change.guest_visible else "host-only"
         weight = "font-weight:bold" if change.guest_visible else _MUTED
-        rows.append(
-            (
-                _Html(f"<span style='{_KIND_STYLE[change.kind]}'>{_e(change.kind)}</span>"),
-                _e(change.section),
-                _code(change.label),
-                _code(show_value(change.old)) if change.present[0] else _absent(),
-                _code(show_value(change.new)) if change.present[1] else _absent(),
-                _Html(f"<span style='white-space:nowrap;{weight}'>{_e(impact)}</span>"),
-                _Html("<br>".join(_e(detail) for detail in change.details)) or None,
-            )
+        cells = (
+            _Html(f"<span style='{_KIND_STYLE[change.kind]}'>{_e(change.kind)}</span>"),
+            _e(change.section),
+            _code(change.label),
+            _code(show_value(change.old)) if change.present[0] else _absent(),
+            _code(show_value(change.new)) if change.present[1] else _absent(),
+            _Html(f"<span style='white-space:nowrap;{weight}'>{_e(impact)}</span>"),
         )
-    return _table(("change", "section", "option", *labels, "impact", "details"), rows)
+        rows.append(_row(cells))
+        if change.details:
+            details = "<br>".join(_e(detail) for detail in change.details)
+            rows.append(
+                f"<tr style='{_ROW}'><td colspan='{len(columns)}' style='{_CELL};"
+                f"padding-left:24px;font-size:90%;{_MUTED}'>{details}</td></tr>"
+            )
+    head = "".join(f"<th style='{_HEAD}'>{_header(name)}</th>" for name in columns)
+    return (
+        f"<table style='{_TABLE}'><thead><tr style='{_ROW}'>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _row(cells: tuple[object, ...]) -> str:
+    tds = "".join(f"<td style='{_CELL};border-bottom:none'>{_cell(value)}</td>" for value in cells)
+    return f"<tr style='{_ROW};border-top:1px solid #ddd'>{tds}</tr>"
 
 
 def _labels(diff: RuntimeDiff | TreeDiff, labels: tuple[str, str] | None) -> tuple[str, str]:

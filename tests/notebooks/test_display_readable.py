@@ -155,16 +155,17 @@ def test_example_files_are_found_from_anywhere(
 
 def test_live_argv_and_option_values(tmp_path: Path) -> None:
     lab = Hypervisor(tmp_path / "lab", backend="fake")
-    started = lab.start(_vm(memory=160))
+    pid = lab.start(_vm(memory=160)).pid
+    assert pid is not None
     try:
-        argv = display.live_argv(started.pid)
+        argv = display.live_argv(pid)
         assert display.option_values(argv, "-m") == ["160"]
         assert any("52:54:00:12:34:56" in value for value in display.option_values(argv, "-device"))
     finally:
         lab.stop("web1", force=True)
         lab.cleanup("web1")
     with pytest.raises(ProcessLookupError, match="no process"):
-        display.live_argv(started.pid)
+        display.live_argv(pid)
 
 
 def test_wait_for_facts_outside_ipython_returns_the_facts(tmp_path: Path) -> None:
