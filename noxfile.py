@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -14,6 +15,9 @@ nox.options.sessions = ["tests", "qemu10", "notebooks", "lint", "typecheck"]
 PYTHON = "3.11"
 LINT_PATHS = ["kvmlab", "tests", "noxfile.py", "benchmarks", "tools"]
 QEMU10 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
+#: Debian's headless browser and its WebDriver, for the notebooks' browser check.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: pytest-xdist, one worker per core; later options win, so ``nox -s tests -- -n 0`` runs
 #: the suite in one process and ``-- -n 4`` with four workers.
@@ -45,9 +49,28 @@ def qemu10(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def notebooks(session: nox.Session) -> None:
-    """Execute every notebook top to bottom on a fresh kernel (nbclient); fail on any error."""
+    """Execute every notebook on a fresh kernel, from a copy outside the repository; then
+    look at them in headless Chromium at 1280 px (screenshots in build/notebook-screenshots)."""
     session.install("-e", ".[test,notebooks]")
-    session.run("python", "tools/run_notebooks.py", *session.posargs)
+    # The display tests again, now with matplotlib and pandas: the charts and DataFrames.
+    session.run("pytest", "-q", "-n", "auto", "tests/notebooks")
+    executed = Path(session.create_tmp()) / "executed-notebooks"
+    shutil.rmtree(executed, ignore_errors=True)
+    keep = ("--keep-outputs", str(executed))
+    session.run("python", "tools/run_notebooks.py", *keep, *session.posargs)
+    if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
+        session.run(
+            "python",
+            "tools/check_notebooks_browser.py",
+            str(executed),
+            "--screenshots",
+            "build/notebook-screenshots",
+        )
+    else:
+        message = f"{CHROMIUM} and {CHROMEDRIVER} needed: apt-get install chromium chromium-driver"
+        if IN_CI:
+            session.error(message)
+        session.warn(f"browser check skipped: {message}")
     # Notebook 3 must also skip cleanly on a machine without QEMU; notebook 5 then migrates
     # on the fake kvm.
     session.run(

@@ -1,9 +1,10 @@
 """Run every notebook top to bottom on a fresh kernel, as a new user would; fail on any error.
 
 The notebooks are stored without outputs, so nothing else proves that they still run against
-the current kvmlab. This executes each one with nbclient on a fresh ``python3`` kernel (in
-the notebook's folder, as Jupyter does), never writes the outputs back into the stored file,
-and prints one line per notebook with its time::
+the current kvmlab. This executes each one with nbclient on a fresh ``python3`` kernel, never
+writes the outputs back into the stored file, and prints one line per notebook with its time.
+Each runs from a copy in a fresh temporary folder outside the repository, as a user's copy of
+an installed kvmlab would: a notebook that only works inside the source tree fails here::
 
     python tools/run_notebooks.py                     # all of notebooks/*.ipynb
     python tools/run_notebooks.py notebooks/03-real-guest.ipynb --without-qemu
@@ -97,13 +98,21 @@ def _first_line(text: str) -> str:
 
 
 def run_one(path: Path, timeout: int, keep: Path | None) -> tuple[bool, float, str]:
-    """Execute one notebook; return (passed, seconds, a short note)."""
+    """Execute one notebook from a copy outside the repository; (passed, seconds, a note)."""
     nb = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory(prefix="kvmlab-notebook-run-") as folder:
+        shutil.copy2(path, Path(folder) / path.name)
+        return _execute(nb, path, Path(folder), timeout, keep)
+
+
+def _execute(
+    nb: Any, path: Path, folder: Path, timeout: int, keep: Path | None
+) -> tuple[bool, float, str]:
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
+        resources={"metadata": {"path": str(folder)}},
         # The kernel's own log (not the cells' output) warns on every start that local TCP
         # is unencrypted; keep its errors only, so the summary stays one line a notebook.
         extra_arguments=["--IPKernelApp.log_level=ERROR"],

@@ -22,8 +22,13 @@ output) is escaped with :func:`html.escape`: a ``kernel_args`` of
 
 Besides one renderer per object (instance, runtime, diff, invariant report,
 hypervisor, instance info, guest facts) there is :func:`capability_matrix`: which
-options each QEMU version gets for a set of instances, as a table and an inline
-SVG chart, so a notebook needs no plotting library.
+options each QEMU version gets for a set of instances, as a table.
+
+Charts (:func:`migration_chart`, :func:`durations_chart`, :func:`matrix_chart`) are drawn
+with matplotlib and DataFrames made with pandas, both from the ``notebooks`` extra and
+imported only when a chart or a frame is asked for: ``import kvmlab.display`` needs
+neither. The helpers (:func:`wait_for_facts`, :func:`live_argv`, :func:`example_file`...)
+keep polling loops and ``/proc`` parsing out of the notebooks.
 """
 
 from __future__ import annotations
@@ -32,7 +37,17 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kvmlab.display.argv_view import OPTION_WHY, ArgvRow, argv_html, argv_rows, argv_text
+from kvmlab.display.charts import Chart, durations_chart, matrix_chart, migration_chart
 from kvmlab.display.diff_view import diff_html, diff_text
+from kvmlab.display.frames import lab_dataframe, migrations_dataframe
+from kvmlab.display.helpers import (
+    console_tail,
+    example_file,
+    example_files,
+    live_argv,
+    option_values,
+    wait_for_facts,
+)
 from kvmlab.display.lab import (
     facts_html,
     facts_text,
@@ -90,6 +105,20 @@ __all__ = [
     "matrix_html",
     "matrix_text",
     "matrix_svg",
+    # charts (matplotlib) and DataFrames (pandas), imported when used
+    "Chart",
+    "migration_chart",
+    "durations_chart",
+    "matrix_chart",
+    "migrations_dataframe",
+    "lab_dataframe",
+    # notebook helpers
+    "wait_for_facts",
+    "console_tail",
+    "live_argv",
+    "option_values",
+    "example_file",
+    "example_files",
     # IPython
     "FORMATTERS",
     "register",

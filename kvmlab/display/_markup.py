@@ -7,11 +7,11 @@ escaped with :func:`html.escape`, so the renderers of each object cannot drift a
 from __future__ import annotations
 
 import html
+import importlib
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 __all__ = [
     "_BAD",
@@ -19,6 +19,7 @@ __all__ = [
     "_HEAD",
     "_MUTED",
     "_OK",
+    "_ROW",
     "_TABLE",
     "_Html",
     "_box",
@@ -26,8 +27,12 @@ __all__ = [
     "_chunks",
     "_code",
     "_e",
+    "_elide_temp",
+    "_header",
     "_p",
     "_plain",
+    "_plural",
+    "_require",
     "_table",
     "_text_table",
 ]
@@ -41,21 +46,77 @@ class _Html(str):
     __slots__ = ()
 
 
+def _temp_dirs() -> re.Pattern[str]:
+    """A directory made in the temporary folder: a path goes on inside it, or its name ends
+    in the eight random characters :func:`tempfile.mkdtemp` adds (``kvmlab-notebook-x1y2z3_4``).
+    """
+    root = re.escape(tempfile.gettempdir().rstrip("/"))
+    return re.compile(rf"{root}/(?:[^/\s,'\"<>]+(?=/)|[^/\s,'\"<>]*[-_.][a-z0-9_]{{8}}\b)")
+
+
+def _elide_temp(text: str) -> str:
+    """``/tmp/kvmlab-notebook-x1y2z3_4/pid/vm1`` as ``…/pid/vm1``.
+
+    A temporary state directory belongs to one run: its random name says nothing to a reader
+    and fills the tables, so every HTML view shows the paths inside it from ``…`` on.
+    """
+    return _temp_dirs().sub("…", text)
+
+
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_elide_temp(str(value)), quote=True)
+
+
+#: Where a long value may wrap: after a comma, never at a hyphen inside a name or path.
+_BREAK_AFTER = re.compile(r"(?<=,)")
+_EMPTY = "<span style='color:#6e7781;font-style:italic'>empty</span>"
 
 
 def _code(value: object, *, breakable: bool = True) -> _Html:
-    text = _e(value)
+    """A value in code type. An empty string shows as *empty*, not as an empty grey box.
+
+    Long values (sockets, drives) wrap after their commas, and a long path after its
+    slashes; never at a hyphen, so ``web1-serial.log`` is never split.
+    """
+    if str(value) == "":
+        return _Html(_EMPTY)
     if not breakable:
-        return _Html(f"<code style='white-space:nowrap'>{text}</code>")
-    # Let long option values (sockets, drives) wrap at their commas.
-    return _Html(f"<code>{text.replace(',', ',<wbr>')}</code>")
+        return _Html(f"<code style='white-space:nowrap'>{_e(value)}</code>")
+    pieces = [piece for piece in _BREAK_AFTER.split(_elide_temp(str(value))) if piece]
+    return _Html(f"<code>{'<wbr>'.join(map(_whole, pieces))}</code>")
 
 
-_TABLE = "border-collapse:collapse;margin:4px 0;font-size:90%"
-_CELL = "padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd"
+#: A piece longer than this may also wrap after a slash inside a path.
+_LONG_PIECE = 32
+_SLASH = re.compile(r"(?<=[\w.-]/)(?=[\w.-])")
+
+
+def _whole(piece: str) -> str:
+    """One piece of a value, escaped; kept on one line when a hyphen inside could split it.
+
+    A long piece (a socket path) may wrap after a slash as well, as a path reads.
+    """
+    parts = [part for part in _SLASH.split(piece) if part] if len(piece) > _LONG_PIECE else []
+    if len(parts) > 1:
+        return "<wbr>".join(map(_whole, parts))
+    text = html.escape(piece, quote=True)
+    return f"<span style='white-space:nowrap'>{text}</span>" if "-" in piece[1:] else text
+
+
+def _plural(count: int, noun: str) -> str:
+    """``1 instance``, ``2 instances``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+#: Every table sets its own alignment and row backgrounds: JupyterLab right-aligns cells and
+#: stripes rows, which would mix with the colours that carry meaning here.
+_TABLE = "border-collapse:collapse;margin:4px 0;font-size:90%;max-width:100%"
+_CELL = (
+    "padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd;"
+    "overflow-wrap:break-word"
+)
 _HEAD = _CELL + ";border-bottom:2px solid #999"
+_ROW = "background:transparent"
 _OK = "color:#1a7f37"
 _BAD = "color:#cf222e;font-weight:bold"
 _MUTED = "color:#6e7781"
@@ -73,15 +134,24 @@ def _table(
     *,
     row_styles: Sequence[str] = (),
 ) -> _Html:
-    head = "".join(f"<th style='{_HEAD}'>{_e(h)}</th>" for h in headers)
+    head = "".join(f"<th style='{_HEAD}'>{_header(h)}</th>" for h in headers)
     body: list[str] = []
     for number, row in enumerate(rows):
         style = row_styles[number] if number < len(row_styles) else ""
         cells = "".join(f"<td style='{_CELL}'>{_cell(value)}</td>" for value in row)
-        body.append(f"<tr style='{style}'>{cells}</tr>" if style else f"<tr>{cells}</tr>")
+        body.append(f"<tr style='{_ROW};{style}'>{cells}</tr>")
     return _Html(
-        f"<table style='{_TABLE}'><thead><tr>{head}</tr></thead>"
+        f"<table style='{_TABLE}'><thead><tr style='{_ROW}'>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _header(text: str) -> str:
+    """A column heading that may wrap between its words, never inside one
+    (``qemu-7.2 (7.2.22)`` over two lines, never ``qemu-`` and ``7.2``)."""
+    return " ".join(
+        f"<span style='white-space:nowrap'>{_e(word)}</span>" if "-" in word else _e(word)
+        for word in text.split(" ")
     )
 
 
@@ -128,3 +198,15 @@ def _text_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, cap
 
 def _plain(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _require(module: str, what: str) -> Any:
+    """An optional module (matplotlib, pandas), imported when first needed.
+
+    :raise ModuleNotFoundError: naming what needs it and the extra that installs it.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        err.msg = f"{what} need {module}: pip install 'kvmlab[notebooks]'"
+        raise

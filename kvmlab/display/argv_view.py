@@ -48,8 +48,8 @@ OPTION_WHY: Final[Mapping[str, str]] = {
     "-mem-path": "guest memory backed by files there (hugepages)",
     "-mem-prealloc": "allocate all guest memory at start",
     "-monitor": "host-only: human monitor socket",
-    "-chardev": "host-only: serial console socket, logged to a file for this boot only",
-    "-serial": "the guest's first serial port (ttyS0)",
+    "-chardev": "host-only: a socket behind a serial port",
+    "-serial": "a serial port of the guest",
     "-usb": "USB controller (for the tablet or mouse)",
     "-usbdevice": "USB device (the pre-1.x spelling)",
     "-display": "no display: VNC is off (no vnc_bind_address)",
@@ -131,10 +131,38 @@ def _split_options(argv: Sequence[str]) -> list[tuple[int, str, str | None]]:
     return out
 
 
-def _why(option: str, value: str | None) -> str:
+#: The guest's serial ports in the order QEMU numbers them: the console, then the channel
+#: kvmlab runs commands over (kvmlab.channels.guest_channel).
+_SERIAL_PORTS: Final = (
+    "the guest's first serial port (ttyS0): the console",
+    "the guest's second serial port (ttyS1): the guest command channel",
+)
+#: ``-chardev`` by its ``id=``: which serial port the socket is behind.
+_CHARDEV_WHY: Final[Mapping[str, str]] = {
+    "serial0": "host-only: the console's socket (ttyS0)",
+    "cmd0": "host-only: the guest command channel's socket (ttyS1)",
+}
+
+
+def _chardev_why(value: str) -> str:
+    keys = dict(part.partition("=")[::2] for part in value.split(",")[1:])
+    why = _CHARDEV_WHY.get(keys.get("id", ""), OPTION_WHY["-chardev"])
+    if "logfile" in keys:
+        why += ", logged to a file for this boot only"
+    return why
+
+
+def _why(option: str, value: str | None, serial: int = 0) -> str:
+    """Why ``option value`` is there; ``serial`` counts the ``-serial`` options before it."""
     if option == "-device" and value is not None:
         driver = value.split(",", 1)[0]
         return _DEVICE_WHY.get(driver, f"device {driver}")
+    if option == "-chardev" and value is not None:
+        return _chardev_why(value)
+    if option == "-serial" and value is not None:
+        if value == "none":
+            return "no serial port (hvparams.serial_console=False)"
+        return _SERIAL_PORTS[serial] if serial < len(_SERIAL_PORTS) else OPTION_WHY[option]
     if not option.startswith("-"):
         return "a word without an option (passed through)"
     return OPTION_WHY.get(option, "not a kvmlab option")
@@ -156,9 +184,11 @@ def argv_rows(
     extra_start = saved_len - len(extra) if extra else saved_len
     if extra and tuple(argv[extra_start:saved_len]) != tuple(extra):
         extra_start = saved_len
+    serial = 0
     for index, option, value in _split_options(argv):
         origin = "generated"
-        why = _why(option, value)
+        why = _why(option, value, serial)
+        serial += option == "-serial"
         if index >= saved_len:
             origin = "start"
         elif index >= extra_start:
@@ -172,6 +202,8 @@ def argv_rows(
 
 
 _ORIGIN_STYLE = {"start": "background:#fff8c5", "kvm_extra": "background:#ddf4ff"}
+#: Said in words, not by a row colour: JupyterLab stripes table rows grey itself.
+HOST_ONLY_LEGEND: Final = "options in grey text are host-only: the guest never sees them"
 
 
 def argv_html(
@@ -198,7 +230,7 @@ def argv_html(
         legend.append("yellow rows were appended at start time (not saved)")
     if any(row.origin == "kvm_extra" for row in rows):
         legend.append("blue rows come from hvparams.kvm_extra")
-    legend.append("grey rows are host-only: the guest never sees them")
+    legend.append(HOST_ONLY_LEGEND)
     return _box(
         title or "Command line",
         table,

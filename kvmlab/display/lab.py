@@ -12,8 +12,10 @@ from kvmlab.display._markup import (
     _box,
     _code,
     _e,
+    _elide_temp,
     _Html,
     _p,
+    _plural,
     _table,
     _text_table,
 )
@@ -59,13 +61,21 @@ def hypervisor_html(hypervisor: Hypervisor) -> str:
     """
     infos = hypervisor.list_instances()
     header = _p(
-        f"state dir {hypervisor.layout.root} · backend {hypervisor.backend.describe()}", _MUTED
+        f"state dir {_state_dir(hypervisor)} · backend {hypervisor.backend.describe()}", _MUTED
     )
     if not infos:
         return _box("Hypervisor", header, _p("no instance", _MUTED))
     table = _table(("name", "state", "pid", "memory", "vcpus", "NICs"), map(_info_row, infos))
     running = sum(1 for info in infos if str(info.state) == "running")
-    return _box("Hypervisor", header, table, subtitle=f"{len(infos)} instances, {running} running")
+    subtitle = f"{_plural(len(infos), 'instance')}, {running} running"
+    return _box("Hypervisor", header, table, subtitle=subtitle)
+
+
+def _state_dir(hypervisor: Hypervisor) -> str:
+    """The state directory; a temporary one by its name, the ``…`` its paths are shown with."""
+    root = str(hypervisor.layout.root)
+    shown = _elide_temp(root)
+    return root if shown == root else f"… = $TMPDIR/{hypervisor.layout.root.name}"
 
 
 def hypervisor_text(hypervisor: Hypervisor) -> str:
@@ -128,6 +138,7 @@ def _memory_fits(mem_kb: int, memory_mib: int) -> bool:
 
 def _facts_checks(facts: GuestFacts, expected: Instance) -> list[tuple[str, str, str, bool]]:
     macs = [nic.mac for nic in expected.nics]
+    seen = list(_guest_nics(facts).values())
     return [
         (
             "memory",
@@ -136,25 +147,37 @@ def _facts_checks(facts: GuestFacts, expected: Instance) -> list[tuple[str, str,
             _memory_fits(facts.mem_kb, expected.memory),
         ),
         ("cpus", str(facts.cpus), str(expected.vcpus), facts.cpus == expected.vcpus),
-        ("NICs", ", ".join(facts.macs) or "none", ", ".join(macs) or "none", facts.macs == macs),
+        ("NICs", ", ".join(seen) or "none", ", ".join(macs) or "none", seen == macs),
     ]
 
 
-def facts_html(facts: GuestFacts, expected: Instance | None = None) -> str:
+#: What the guest's loopback reports: never one of the instance's NICs.
+_LOOPBACK_MAC = "00:00:00:00:00:00"
+
+
+def _guest_nics(facts: GuestFacts) -> dict[str, str]:
+    return {dev: mac for dev, mac in facts.nics.items() if mac != _LOOPBACK_MAC}
+
+
+def facts_html(facts: GuestFacts, expected: Instance | None = None, *, title: str = "") -> str:
     """What the guest reported on its console (``MEM``, ``CPUS``, ``NIC`` lines).
 
     :param expected: compare with this instance: each mismatch is shown in red, which is
         how a notebook shows that a soft reboot replayed the *old* runtime.
+    :param title: the heading; by default it names the instance compared with and its size,
+        so two comparisons of one guest never carry the same heading.
     """
-    nics = _table(
+    nics = _guest_nics(facts)
+    nic_table = _table(
         ("interface", "mac"),
-        [(dev, _code(mac)) for dev, mac in facts.nics.items()] or [("none", None)],
+        [(dev, _code(mac)) for dev, mac in nics.items()] or [("none", None)],
     )
     summary = _p(
         f"MemTotal {facts.mem_kb} kB (~{facts.mem_kb / 1024:.0f} MiB) · {facts.cpus} CPU(s)"
-        f" · {len(facts.nics)} NIC(s)"
+        f" · {_plural(len(nics), 'NIC')}"
     )
-    parts: list[str] = [summary, nics]
+    parts: list[str] = [summary, nic_table]
+    subtitle = ""
     if expected is not None:
         checks = _facts_checks(facts, expected)
         rows = [
@@ -169,9 +192,12 @@ def facts_html(facts: GuestFacts, expected: Instance | None = None) -> str:
             for what, seen, want, ok in checks
         ]
         styles = ["" if ok else "background:#ffebe9" for *_, ok in checks]
-        parts.append(_p(f"compared with instance {expected.name}:"))
         parts.append(_table(("fact", "guest sees", "instance says", ""), rows, row_styles=styles))
-    return _box("Guest facts", *parts)
+        subtitle = (
+            f"against instance {expected.name}: {expected.memory} MiB,"
+            f" {expected.vcpus} vCPU(s), {_plural(len(expected.nics), 'NIC')}"
+        )
+    return _box(title or "Guest facts", *parts, subtitle=subtitle)
 
 
 def facts_text(facts: GuestFacts, expected: Instance | None = None) -> str:

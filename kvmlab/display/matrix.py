@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kvmlab.display._markup import (
     _MUTED,
@@ -14,6 +14,7 @@ from kvmlab.display._markup import (
     _e,
     _Html,
     _p,
+    _require,
     _table,
     _text_table,
 )
@@ -194,6 +195,19 @@ class CapabilityMatrix:
 
     def _repr_html_(self) -> str:
         return matrix_html(self)
+
+    def to_dataframe(self) -> Any:
+        """A pandas DataFrame: one row per option spelling, one column per profile, each cell
+        the number of instances that get it (``errors`` are not rows). Needs pandas."""
+        data = {
+            profile: [
+                len(self.present.get((feature, profile), frozenset())) for feature in self.features
+            ]
+            for profile in self.profiles
+        }
+        frame = _require("pandas", "DataFrames").DataFrame(data, index=list(self.features))
+        frame.index.name = "option"
+        return frame
 
 
 def capability_matrix(

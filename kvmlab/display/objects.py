@@ -17,6 +17,7 @@ from kvmlab.display._markup import (
 )
 from kvmlab.display.argv_view import (
     _ORIGIN_STYLE,
+    HOST_ONLY_LEGEND,
     _code_or_none,
     argv_rows,
     argv_text,
@@ -148,7 +149,7 @@ def runtime_html(runtime: KVMRuntime) -> str:
         f"NICs kept as data ({len(runtime.nics)}), expanded at start time:",
         "no NIC: the executor adds -net none at start",
     )
-    parts.append(_p("grey rows are host-only: the guest never sees them.", _MUTED))
+    parts.append(_p(f"{HOST_ONLY_LEGEND}.", _MUTED + ";font-size:85%"))
     return _box(
         f"KVMRuntime {runtime.name}",
         *parts,
