@@ -27,14 +27,17 @@ class FakeError(Exception):
         self.message = message
         self.where = where
         self.raw = raw
+        #: Errors QEMU reported and carried on from before this one (``falling back...``).
+        self.notices: list[str] = []
 
     def render(self, prog: str) -> str:
         """The line(s) QEMU would print for this error."""
+        before = "".join(f"{prog}: {notice}\n" for notice in self.notices)
         if self.raw:
-            return self.message
+            return before + self.message
         if self.where:
-            return f"{prog}: {self.where}: {self.message}"
-        return f"{prog}: {self.message}"
+            return f"{before}{prog}: {self.where}: {self.message}"
+        return f"{before}{prog}: {self.message}"
 
 
 class EarlyExit(Exception):  # noqa: N818 - control flow, not an error

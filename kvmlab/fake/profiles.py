@@ -26,7 +26,9 @@ __all__ = [
 
 DEFAULT_PROFILE = "qemu-7.2"
 #: The recorded texts a profile folder may hold, as ``NAME.txt``.
-PROFILE_FILES = ("help", "version", "machine", "device", "netdev", "chardev")
+PROFILE_FILES = ("help", "version", "machine", "device", "netdev", "chardev", "cpu", "accel")
+#: Facts ``tools/record_profiles.py`` derived from the binary (``# `` lines are provenance).
+FACT_FILES = ("machine-cpus", "drive", "usb")
 
 #: Options that take no argument (QEMU's ``qemu-options.hx`` over the versions
 #: kvmlab knows); every other option takes exactly one.
@@ -123,6 +125,7 @@ class Profile:
 
     __slots__ = (
         "_devices",
+        "_facts",
         "_machines",
         "_texts",
         "folder",
@@ -146,6 +149,7 @@ class Profile:
         self._texts: dict[str, str] = dict(texts or {})
         self._machines: frozenset[str] | None = None
         self._devices: dict[str, str] | None = None
+        self._facts: dict[str, object] = {}
         self.options = _option_names(help_text)
         self.version, self.version_extra = _parse_version(help_text)
 
@@ -203,6 +207,92 @@ class Profile:
                         names[alias.split('"', 1)[0]] = name
             self._devices = names
         return self._devices
+
+    # The facts below are read on first use only: a start asks for those its options need.
+
+    def _fact_lines(self, kind: str) -> list[str]:
+        """A fact file's lines (one of :data:`FACT_FILES`), without its provenance."""
+        return [line for line in self.text(kind).splitlines() if line and not line.startswith("#")]
+
+    def _fact_fields(self, kind: str) -> dict[str, frozenset[str]]:
+        """``key: word word...`` lines of a fact file, as sets of words."""
+        key = "fields:" + kind
+        if key not in self._facts:
+            fields = {}
+            for line in self._fact_lines(kind):
+                name, _, words = line.partition(":")
+                fields[name.strip()] = frozenset(words.split())
+            self._facts[key] = fields
+        return self._facts[key]  # type: ignore[return-value]
+
+    def cpu_models(self) -> frozenset[str]:
+        """CPU model names from ``-cpu help``; empty when not recorded (accept any)."""
+        if "cpu" not in self._facts:
+            names = set()
+            for line in self.text("cpu").splitlines():
+                words = line.split()
+                if line.startswith("x86 ") and len(words) > 1:
+                    names.add(words[1])  # QEMU 7.2: "x86 Haswell  Intel Core..."
+                elif line.startswith("  ") and words and not line.startswith("   "):
+                    names.add(words[0])  # QEMU 10.0: "  Haswell  Intel Core..."
+                elif not line.strip():
+                    break  # the flags that follow are not models
+            self._facts["cpu"] = frozenset(names)
+        return self._facts["cpu"]  # type: ignore[return-value]
+
+    def accelerators(self) -> frozenset[str]:
+        """Accelerators from ``-accel help``; empty when not recorded (accept any)."""
+        if "accel" not in self._facts:
+            lines = self.text("accel").splitlines()[1:]
+            self._facts["accel"] = frozenset(line.strip() for line in lines if line.strip())
+        return self._facts["accel"]  # type: ignore[return-value]
+
+    def machine_alias(self, kind: str) -> str:
+        """The machine type ``kind`` stands for (``pc`` -> ``pc-i440fx-7.2``); ``""`` is
+        the default machine."""
+        key = "aliases"
+        if key not in self._facts:
+            aliases = {}
+            for line in self.text("machine").splitlines():
+                words = line.split()
+                if words and "(alias of " in line:
+                    aliases[words[0]] = line.split("(alias of ", 1)[1].split(")", 1)[0]
+                if words and "(default)" in line:
+                    aliases[""] = aliases.get(words[0], words[0])
+            self._facts[key] = aliases
+        known: dict[str, str] = self._facts[key]  # type: ignore[assignment]
+        return known.get(kind, kind)
+
+    def max_cpus(self, machine: str) -> int | None:
+        """``cpu-max`` of a machine type (from QMP ``query-machines``), ``None`` if unknown."""
+        if "cpus" not in self._facts:
+            limits = {}
+            for line in self._fact_lines("machine-cpus"):
+                name, _, count = line.partition(" ")
+                if count.strip().isdigit():
+                    limits[name] = int(count)
+            self._facts["cpus"] = limits
+        recorded: dict[str, int] = self._facts["cpus"]  # type: ignore[assignment]
+        return recorded.get(machine)
+
+    def drive_values(self, key: str) -> frozenset[str]:
+        """What ``-drive KEY=`` accepts (``formats``, ``if``, ``cache``); empty: any."""
+        return self._fact_fields("drive").get(key, frozenset())
+
+    def usb_facts(self, key: str) -> frozenset[str] | None:
+        """``machines``, ``machines-with-usb-option``, ``controllers``; ``None``: unrecorded."""
+        return self._fact_fields("usb").get(key)
+
+    def device_buses(self) -> dict[str, str]:
+        """``{device: the bus it needs}`` from ``-device help``."""
+        if "buses" not in self._facts:
+            buses = {}
+            for line in self.text("device").splitlines():
+                if line.startswith('name "') and ", bus " in line:
+                    name = line[6:].split('"', 1)[0]
+                    buses[name] = line.split(", bus ", 1)[1].split(",", 1)[0].strip()
+            self._facts["buses"] = buses
+        return self._facts["buses"]  # type: ignore[return-value]
 
 
 def builtin_profile() -> Profile:

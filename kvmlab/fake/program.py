@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {faults.fail_start}", file=sys.stderr)
         log("fail", message=faults.fail_start, fault="KVMLAB_FAKE_FAIL_START")
         return 1
+    for notice in cfg.notices:
+        print(f"{prog}: {notice}", file=sys.stderr)
     for warning in cfg.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     # The VM side (sockets, QMP, the guest) is loaded only now: ``-version``,

@@ -362,10 +362,17 @@ NIC1 = ("-netdev", "user,id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={
             ["-netdev", "user,id=n0", "-device", "e1000,netdev=n0,mac=zz"],
             "-device e1000,netdev=n0,mac=zz: Property 'e1000.mac' doesn't take value 'zz'",
         ),
+        (["-cpu", "Haswel"], "unable to find CPU model 'Haswel'"),
+        (["-machine", "pc,accel=foo"], "invalid accelerator foo"),
         (
-            ["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"],
-            "-device e1000,netdev=n0: NIC e1000 has no MAC address",
+            ["-drive", "file=/x,if=none,cache=writebak"],
+            "-drive file=/x,if=none,cache=writebak: inv",
         ),
+        (["-drive", "file=/x,if=foo"], "-drive file=/x,if=foo: unsupported bus type 'foo'"),
+        (["-drive", "file=/x,format=bogus"], "-drive file=/x,format=bogus: Unknown driver 'bogus'"),
+        (["-rtc", "base=foo"], "invalid datetime format"),
+        (["-device", "usb-tablet"], "-device usb-tablet: No 'usb-bus' bus found for device"),
+        (["-smp", "300"], "Invalid SMP CPUs 300. The max CPUs supported by machine 'pc-i440fx"),
         (
             [
                 *("-netdev", "user,id=n0", "-device", f"e1000,netdev=n0,mac={MACS[0]}"),
@@ -394,6 +401,16 @@ def test_argv_errors_are_worded_like_qemu(
     assert out == ""
     assert err.startswith(f"{PROG}: ")
     assert message in err
+
+
+def test_a_nic_without_mac_gets_qemus_default_macs() -> None:
+    cfg = fake.parse_argv(
+        [
+            *("-netdev", "user,id=n0", "-netdev", "user,id=n1"),
+            *("-device", "e1000,netdev=n0", "-device", "virtio-net-pci,netdev=n1"),
+        ]
+    )
+    assert [nic.mac for nic in cfg.nics] == ["52:54:00:12:34:56", "52:54:00:12:34:57"]
 
 
 def test_a_valid_command_line_parses_into_config() -> None:

@@ -154,10 +154,12 @@ class Config:
         "no_reboot",
         "no_shutdown",
         "nographic",
+        "notices",
         "pidfile",
         "runas",
         "serials",
         "start_paused",
+        "usb",
         "warnings",
     )
 
@@ -198,6 +200,10 @@ class Config:
         self.runas: tuple[str, str] | None = None
         #: Warnings QEMU would print at start (``netdev n0 has no peer``).
         self.warnings: list[str] = []
+        #: Errors QEMU reports and starts anyway (``invalid accelerator foo``).
+        self.notices: list[str] = []
+        #: ``-usb`` or ``-machine usb=on``: the machine's own USB controller.
+        self.usb = False
 
     @property
     def memory_mib(self) -> int:

@@ -43,6 +43,24 @@ NETDEV_TYPES = frozenset(
 )
 
 
+#: The keys QEMU's ``NetdevUserOptions`` and ``NetdevTapOptions`` take (with ``id``, ``type``).
+_NETDEV_KEYS = {
+    "user": frozenset(
+        """
+        id type ipv4 ipv6 net host ipv6-net ipv6-prefix ipv6-prefixlen ipv6-host restrict
+        hostname dhcpstart dns ipv6-dns dnssearch domainname tftp tftp-server-name bootfile
+        hostfwd guestfwd smb smbserver
+        """.split()  # noqa: SIM905 - QEMU's own list, as its schema spells it
+    ),
+    "tap": frozenset(
+        """
+        id type ifname fd fds script downscript br helper sndbuf vnet_hdr vhost vhostfd
+        vhostfds vhostforce queues poll-us
+        """.split()  # noqa: SIM905
+    ),
+}
+
+
 def _backend(p: ParseState, kind: str, ident: str, opts: dict[str, str], where: str) -> NetBackend:
     backend = NetBackend(ident, kind, where)
     if kind == "tap":
@@ -73,6 +91,10 @@ def _netdev(p: ParseState, value: str, where: str) -> None:
     ident = opts.get("id")
     if not ident:
         raise FakeError("Parameter 'id' is missing", where)
+    known = _NETDEV_KEYS.get(kind)
+    unknown = next((key for key in opts if known is not None and key not in known), None)
+    if unknown is not None:
+        raise FakeError(f"Invalid parameter '{unknown}'", where)
     if ident in p.netdev_ids:
         raise FakeError(f"Duplicate ID '{ident}' for netdev", where)
     if kind not in ("user", "tap"):
@@ -130,14 +152,12 @@ def _add_nic(
     p: ParseState, model: str, mac: str | None, netdev: str | None, where: str, *, key: str
 ) -> None:
     owner = "virtio-net-device" if model.startswith("virtio-net") else model
+    if netdev is not None and netdev not in p.netdev_ids:
+        raise FakeError(f"Property '{owner}.netdev' can't find value '{netdev}'", where)
     if mac is None:
-        # Real QEMU would invent 52:54:00:12:34:5x; kvmlab always gives one,
-        # so a missing MAC is a generator bug worth failing on.
-        raise FakeError(
-            f"NIC {model} has no MAC address ({key}= is missing); "
-            "kvmlab always gives one (real QEMU would invent 52:54:00:12:34:56)",
-            where,
-        )
+        # QEMU's qemu_macaddr_default_if_unset: 52:54:00:12:34:56, then :57...
+        mac = f"52:54:00:12:34:{0x56 + p.default_macs:02x}"
+        p.default_macs += 1
     normal = normal_mac(mac)
     if normal is None:
         raise FakeError(f"Property '{owner}.mac' doesn't take value '{mac}'", where)
@@ -164,6 +184,7 @@ def _device(p: ParseState, value: str, where: str) -> None:
     if opts.get("help") == "on" or opts.get("?") == "on":
         p.ask_help_text(f"{driver} options:\n")
         return
+    _check_bus(p, driver, where)
     if driver in DISK_DRIVERS:
         add_disk_device(p, driver, opts, where)
     elif driver in NIC_DRIVERS:
@@ -179,6 +200,25 @@ def _device(p: ParseState, value: str, where: str) -> None:
         nic = p.cfg.nics[-1]
         nic.ident = opts.get("id")
         nic.slot = slot
+
+
+def _check_bus(p: ParseState, driver: str, where: str) -> None:
+    """A USB device needs a ``usb-bus``: the machine's (``-usb``) or a controller's
+    created before it, as the profile's ``usb.txt`` records them."""
+    profile = p.profile
+    controllers = profile.usb_facts("controllers")
+    if controllers is None:
+        return
+    if driver in controllers:
+        p.usb_controllers += 1
+    if profile.device_buses().get(driver) != "usb-bus" or p.usb_controllers:
+        return
+    machine = profile.machine_alias(p.cfg.machine or "")
+    own = profile.usb_facts("machines") or frozenset()
+    optional = profile.usb_facts("machines-with-usb-option") or frozenset()
+    if machine in own or (p.cfg.usb and machine in optional):
+        return
+    raise FakeError(f"No 'usb-bus' bus found for device '{driver}'", where)
 
 
 OPTIONS: dict[str, OptionHandler] = {

@@ -39,6 +39,27 @@ class ParseState:
         self.named: dict[str, ChardevSpec] = {}
         self.netdev_ids: set[str] = set()
         self.used_netdevs: dict[str, str] = {}
+        #: ``-machine accel=A:B``'s names, checked once the machine is chosen.
+        self.accel_list: list[str] = []
+        #: Devices created so far that give a ``usb-bus`` (a controller on the command line).
+        self.usb_controllers = 0
+        #: NICs given no ``mac=`` so far (QEMU numbers the MACs it invents).
+        self.default_macs = 0
+        #: ``(interface, where)`` of drives no controller takes (``if=scsi`` on a PC).
+        self.orphans: list[tuple[str, str]] = []
+        #: ``(phase, order, check)``: what QEMU does after reading the whole command line.
+        self.deferred: list[tuple[float, int, Callable[[], None]]] = []
+
+    def defer(self, phase: float, check: Callable[[], None]) -> None:
+        """Run ``check`` after the option walk, in QEMU's ``phase`` (see ``PHASES``)."""
+        self.deferred.append((phase, len(self.deferred), check))
+
+    def run_deferred(self) -> None:
+        """The deferred checks, earliest phase first, command-line order within one."""
+        while self.deferred:
+            item = min(self.deferred, key=lambda entry: entry[:2])
+            self.deferred.remove(item)
+            item[2]()
 
     def ask_help(self, kind: str) -> None:
         """A ``help`` value: print the profile's ``kind`` text instead of starting."""
