@@ -38,6 +38,7 @@ __all__ = [
     "ROOT_PORT_DRIVER",
     "ROOT_PORT_SLOTS",
     "device_placement",
+    "guest_sysfs_dir",
     "has_root_ports",
     "root_port_address",
     "root_port_args",
@@ -102,3 +103,17 @@ def device_placement(slot: int, root_ports: bool) -> dict[str, str]:
     if root_ports:
         return {"bus": root_port_id(slot), "addr": "0x0"}
     return {"addr": f"{slot:#04x}"}
+
+
+def guest_sysfs_dir(slot: int, root_ports: bool) -> str:
+    """Where a Linux guest shows the PCI function of the device of reserved slot ``slot``.
+
+    ``/sys/bus/pci/devices/0000:00:SS.0`` on the root bus; behind a root port at
+    ``PP.F``, ``/sys/bus/pci/devices/0000:00:PP.F/0000:*:00.0``: a shell glob, as the
+    port's secondary bus number is the firmware's choice. The guest-side proofs of
+    hotplug (tests, docs/hotplug.md) read the device's MAC or disk under it.
+    """
+    if not root_ports:
+        return f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+    pci_slot, function = root_port_address(slot)
+    return f"/sys/bus/pci/devices/0000:00:{pci_slot:02x}.{function:x}/0000:*:00.0"
