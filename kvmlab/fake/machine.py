@@ -22,6 +22,7 @@ import time
 
 from kvmlab.fake import host
 from kvmlab.fake.chardevs import Chardev
+from kvmlab.fake.cmdline.pci import root_address
 from kvmlab.fake.errors import FakeError, Shutdown
 from kvmlab.fake.guest.boot import Guest
 from kvmlab.fake.host import Taps
@@ -71,10 +72,12 @@ class Machine:
         self.migrate_caps: dict[str, bool] | None = None
         self.migrate_params: dict[str, object] | None = None
         self.devices: list[Nic] = list(cfg.nics)
-        #: The guest's virtio disks; the guest probes the PCI bus in slot order
-        #: (the ``if=virtio`` drives, without an ``addr``, come first).
+        #: The guest's virtio disks; the guest probes the PCI bus in slot order, a
+        #: disk behind a root port at its port's (the ``if=virtio`` drives, without an
+        #: ``addr``, come first).
         self.disks: list[BlockDevice] = sorted(
-            cfg.disks, key=lambda disk: (disk.slot is not None, disk.slot or 0)
+            cfg.disks,
+            key=lambda disk: (disk.slot is not None, root_address(disk, cfg.root_ports)),
         )
         for index, disk in enumerate(self.disks):
             disk.index = index

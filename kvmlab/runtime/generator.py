@@ -11,8 +11,10 @@ are stable for the instance. NICs are not expanded: they are kept as data and
 turned into arguments at start time by :func:`kvmlab.runtime.plan.plan_execution`.
 
 Virtio disks are written by :func:`disk_args`, one disk at a time at its PCI slot
-(``runtime.DISK_SLOTS``); disk hotplug (:mod:`kvmlab.lifecycle.hotplug.nic`) calls the same
-function, so a hotplugged disk's saved args are exactly what generation writes.
+(``runtime.DISK_SLOTS``; on q35 behind that slot's PCIe root port, which generation
+adds right after ``-machine``: :mod:`kvmlab.runtime.ports`); disk hotplug
+(:mod:`kvmlab.lifecycle.hotplug.disk`) calls the same function, so a hotplugged disk's
+saved args are exactly what generation writes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from kvmlab.errors import InstanceError
+from kvmlab.runtime.ports import device_placement, root_port_args, uses_root_ports
 from kvmlab.runtime.saved import DISK_SLOTS, KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import (
@@ -134,8 +137,11 @@ def generate_runtime(
     if hv.reboot_behavior == "exit":
         argv.append("-no-reboot")
     argv += _machine_args(hv, caps, _accel(hv, accel), machine_opts)
+    root_ports = uses_root_ports(hv, caps)
+    if root_ports:  # q35: a root port per reserved slot (kvmlab.runtime.ports)
+        argv += root_port_args()
 
-    disk_slots = _add_boot_args(argv, instance, caps)
+    disk_slots = _add_boot_args(argv, instance, caps, root_ports)
     kernel_path = hv.kernel_path
     if kernel_path:
         argv += ("-kernel", kernel_path)
@@ -296,25 +302,36 @@ def _readonly(disk: Disk, index: int, caps: QemuCapabilities) -> str:
 
 
 def disk_args(
-    disk: Disk, slot: int, hv: HvParams, caps: QemuCapabilities, index: int = 0
+    disk: Disk,
+    slot: int,
+    hv: HvParams,
+    caps: QemuCapabilities,
+    index: int = 0,
+    *,
+    root_ports: bool = False,
 ) -> tuple[str, ...]:
     """The ``-drive`` and ``-device`` of one virtio disk at PCI slot ``slot``.
 
     ``-drive file=...,format=raw,if=none,id=drive-sSS[,cache][,aio][,readonly=on]
-    -device virtio-blk-pci,drive=drive-sSS,id=disk-sSS,addr=0xSS``. Generation and
-    disk hotplug both write a disk's args with this function (see the module doc).
+    -device virtio-blk-pci,drive=drive-sSS,id=disk-sSS,addr=0xSS`` (on q35,
+    ``bus=port-sSS,addr=0x0``: behind the slot's root port). Generation and disk
+    hotplug both write a disk's args with this function (see the module doc).
 
     :param index: the disk's position, for the error message only.
+    :param root_ports: the VM has root ports (:mod:`kvmlab.runtime.ports`).
     :raise InstanceError: a read-only disk on a QEMU without ``readonly``.
     """
     drive_id, device_id = disk_ids(slot)
     drive = f"file={qemu_opt(disk.path)}{_drive_tail(hv, caps, 'none')},id={drive_id}"
     drive += _readonly(disk, index, caps)
-    device = f"virtio-blk-pci,drive={drive_id},id={device_id},addr={slot:#04x}"
+    place = ",".join(f"{key}={value}" for key, value in device_placement(slot, root_ports).items())
+    device = f"virtio-blk-pci,drive={drive_id},id={device_id},{place}"
     return ("-drive", drive, "-device", device)
 
 
-def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) -> tuple[int, ...]:
+def _add_boot_args(
+    argv: list[str], instance: Instance, caps: QemuCapabilities, root_ports: bool
+) -> tuple[int, ...]:
     """Append the boot order, the disks and the removable media to ``argv``.
 
     :return: the disks' PCI slots (empty when they have none, see ``has_disk_slots``).
@@ -338,7 +355,7 @@ def _add_boot_args(argv: list[str], instance: Instance, caps: QemuCapabilities) 
             )
         slots = tuple(DISK_SLOTS[: len(instance.disks)])
         for index, (disk, slot) in enumerate(zip(instance.disks, slots, strict=True)):
-            argv += disk_args(disk, slot, hv, caps, index)
+            argv += disk_args(disk, slot, hv, caps, index, root_ports=root_ports)
     elif instance.disks:
         # Modern QEMU has no if=scsi on x86 PCs: a virtio-scsi controller and scsi-hd devices.
         scsi_devices = interface == "scsi" and caps.has_device and caps.version >= (2, 0, 0)

@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from kvmlab.errors import InvalidInputError
+from kvmlab.runtime.ports import device_placement, has_root_ports
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import Nic, NicMode
@@ -135,12 +136,16 @@ def nic_ids(slot: int) -> tuple[str, str]:
     return f"net-s{slot:02x}", f"nic-s{slot:02x}"
 
 
-def nic_device_args(model: str, mac: str, slot: int) -> dict[str, str]:
-    """The properties of a NIC's ``-device`` (and of its QMP ``device_add``), in order."""
+def nic_device_args(model: str, mac: str, slot: int, *, root_ports: bool = False) -> dict[str, str]:
+    """The properties of a NIC's ``-device`` (and of its QMP ``device_add``), in order.
+
+    :param root_ports: the VM has PCIe root ports (q35): the NIC goes behind its
+        slot's port (``bus=port-sSS,addr=0x0``), not at ``addr=0xSS`` on the root bus.
+    """
     netdev, device = nic_ids(slot)
     props = {"driver": model, "netdev": netdev, "mac": mac, "id": device}
     if model != "ne2k_isa":  # the one ISA card: no PCI address
-        props["addr"] = f"{slot:#04x}"
+        props.update(device_placement(slot, root_ports))
     return props
 
 
@@ -182,6 +187,7 @@ def _nic_args(runtime: KVMRuntime, plans: Sequence[NicPlan], caps: QemuCapabilit
     hv = runtime.hvparams
     model = nic_device_model(hv.nic_type, caps)
     modern = caps.has_netdev and caps.has_device
+    root_ports = modern and has_root_ports(runtime.argv)
     args: list[str] = []
     for seq, (nic, plan, slot) in enumerate(
         zip(runtime.nics, plans, runtime.nic_slots, strict=True)
@@ -202,7 +208,7 @@ def _nic_args(runtime: KVMRuntime, plans: Sequence[NicPlan], caps: QemuCapabilit
             backend += ",vhost=on"
         if modern:
             kind, _, options = backend.partition(",")
-            props = nic_device_args(model, nic.mac, slot)
+            props = nic_device_args(model, nic.mac, slot, root_ports=root_ports)
             netdev = f"{kind},id={props['netdev']}" + (f",{options}" if options else "")
             device = ",".join(
                 [props["driver"]]

@@ -9,12 +9,39 @@ from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
-from test_cli import instance_data, one_line_error, run, state_dir, workdir, write_instance
+import pytest
+from test_cli import instance_data, one_line_error, run, state_dir, workdir
 
-__all__ = ["run", "state_dir", "workdir", "write_instance"]  # the fixtures, shared
+from kvmlab.runtime.ports import guest_sysfs_dir
+
+__all__ = ["run", "state_dir", "workdir"]  # the fixtures, shared
 
 FIRST = instance_data()["nics"][0]["mac"]  # type: ignore[index]
 NEW = "52:54:00:6b:02:09"
+
+
+@pytest.fixture(params=["q35", "pc"])
+def machine(request: pytest.FixtureRequest) -> str:
+    """q35 (devices behind PCIe root ports) and pc (on the root bus): docs/hotplug.md."""
+    return str(request.param)
+
+
+@pytest.fixture
+def write_instance(workdir: Path, machine: str) -> Callable[..., Path]:
+    """test_cli's instance files, on ``machine``."""
+
+    def write(filename: str = "vm1.json", **data: object) -> Path:
+        hv = {"kernel_path": "", "vnc_bind_address": "", "machine_version": machine}
+        path = workdir / filename
+        path.write_text(json.dumps(instance_data(hvparams=hv, **data)))
+        return path
+
+    return write
+
+
+def pci_dir(slot: int, machine: str) -> str:
+    """The guest's sysfs directory (a glob) of the device of reserved slot ``slot``."""
+    return guest_sysfs_dir(slot, root_ports=machine == "q35")
 
 
 def saved(state_dir: Path) -> dict[str, Any]:
@@ -22,7 +49,10 @@ def saved(state_dir: Path) -> dict[str, Any]:
 
 
 def test_attach_then_detach_rewrite_the_saved_runtime(
-    run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
+    run: Callable[..., CompletedProcess[str]],
+    write_instance: Callable[..., Path],
+    state_dir: Path,
+    machine: str,
 ) -> None:
     assert run("start", str(write_instance())).returncode == 0
     attached = run("attach-nic", "vm1", "--mac", NEW.upper(), "--mode", "user")
@@ -38,9 +68,8 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
     assert detached.stdout == f"detached NIC {FIRST} from vm1 (saved)\n"
     assert saved(state_dir)["nic_slots"] == [0x11]
     assert run("reboot", "vm1").returncode == 0
-    shown = run(
-        "exec", "vm1", "--", "cat", "/sys/bus/pci/devices/0000:00:11.0/virtio0/net/eth0/address"
-    )
+    address = f"{pci_dir(0x11, machine)}/virtio0/net/eth0/address"
+    shown = run("exec", "vm1", "--", "sh", "-c", f"cat {address}")
     assert shown.stdout == f"{NEW}\n"
 
 

@@ -7,9 +7,36 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
-from test_cli import one_line_error, run, state_dir, workdir, write_instance
+import pytest
+from test_cli import instance_data, one_line_error, run, state_dir, workdir
 
-__all__ = ["run", "state_dir", "workdir", "write_instance"]  # the fixtures, shared
+from kvmlab.runtime.ports import guest_sysfs_dir
+
+__all__ = ["run", "state_dir", "workdir"]  # the fixtures, shared
+
+
+@pytest.fixture(params=["q35", "pc"])
+def machine(request: pytest.FixtureRequest) -> str:
+    """q35 (devices behind PCIe root ports) and pc (on the root bus): docs/hotplug.md."""
+    return str(request.param)
+
+
+@pytest.fixture
+def write_instance(workdir: Path, machine: str) -> Callable[..., Path]:
+    """test_cli's instance files, on ``machine``."""
+
+    def write(filename: str = "vm1.json", **data: object) -> Path:
+        hv = {"kernel_path": "", "vnc_bind_address": "", "machine_version": machine}
+        path = workdir / filename
+        path.write_text(json.dumps(instance_data(hvparams=hv, **data)))
+        return path
+
+    return write
+
+
+def pci_dir(slot: int, machine: str) -> str:
+    """The guest's sysfs directory (a glob) of the device of reserved slot ``slot``."""
+    return guest_sysfs_dir(slot, root_ports=machine == "q35")
 
 
 def saved(state_dir: Path) -> dict[str, object]:
@@ -28,6 +55,7 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
     write_instance: Callable[..., Path],
     state_dir: Path,
     workdir: Path,
+    machine: str,
 ) -> None:
     first, new = make_image(workdir, "a.img", 8), make_image(workdir, "b.img", 4)
     assert run("start", str(write_instance(disks=[{"path": first}]))).returncode == 0
@@ -44,7 +72,8 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
     assert detached.stdout == f"detached disk {first} from vm1 (saved)\n"
     assert saved(state_dir)["disk_slots"] == [0x09]
     assert run("reboot", "vm1").returncode == 0
-    shown = run("exec", "vm1", "--", "ls", "/sys/bus/pci/devices/0000:00:09.0/virtio1/block")
+    block = f"{pci_dir(0x09, machine)}/virtio1/block"
+    shown = run("exec", "vm1", "--", "sh", "-c", f"ls {block}")
     assert shown.stdout == "vda\n"
 
 

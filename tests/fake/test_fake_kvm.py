@@ -413,6 +413,27 @@ def test_a_nic_without_mac_gets_qemus_default_macs() -> None:
     assert [nic.mac for nic in cfg.nics] == ["52:54:00:12:34:56", "52:54:00:12:34:57"]
 
 
+def test_root_ports_and_bus_on_the_command_line() -> None:
+    """``-device pcie-root-port`` and a device's ``bus=``, refused in QEMU's words."""
+    head = ["-machine", "q35", "-netdev", "user,id=n0"]
+    port = "pcie-root-port,id=port-s10,bus=pcie.0,chassis=16,port=0x10,addr=0x10.0x1"
+    nic = f"virtio-net-pci,netdev=n0,mac={MAC},id=nic-s10,bus=port-s10,addr=0x0"
+    cfg = fake.parse_argv([*head, "-device", port, "-device", nic])
+    assert cfg.root_ports == {"port-s10": (0x10, 1)}
+    assert (cfg.nics[0].bus, cfg.nics[0].slot) == ("port-s10", 0)
+    with pytest.raises(fake.FakeError, match="Bus 'port-s10' not found"):
+        fake.parse_argv([*head, "-device", nic])
+    second = f"virtio-net-pci,netdev=n1,mac={MACS[1]},id=nic-x,bus=port-s10,addr=0x0"
+    with pytest.raises(
+        fake.FakeError,
+        match="slot 0 function 0 not available for virtio-net-pci, in use by"
+        " virtio-net-pci,id=nic-s10",
+    ):
+        fake.parse_argv(
+            [*head, "-netdev", "user,id=n1", "-device", port, "-device", nic, "-device", second]
+        )
+
+
 def test_a_valid_command_line_parses_into_config() -> None:
     cfg = fake.parse_argv(
         [

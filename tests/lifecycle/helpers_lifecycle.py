@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kvmlab.channels.console import GuestFacts
 from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.ports import guest_sysfs_dir, has_root_ports
+from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import Instance
 
 BOOT_TIMEOUT = 90.0
@@ -42,3 +44,26 @@ def kvmlab_temp_leftovers() -> set[str]:
 
 def option_value(argv: tuple[str, ...], option: str) -> list[str]:
     return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == option]
+
+
+#: The machines hotplug runs on: the test guest's fast q35 (PCIe root ports), and the
+#: i440fx pc (its root bus), for the hotplug tests' ``machine`` fixture.
+HOTPLUG_MACHINES = ("q35", "pc")
+
+
+def guest_pci_dir(lab: Hypervisor, slot: int, name: str = "vm1") -> str:
+    """The guest's sysfs directory (a glob) of the device of reserved slot ``slot``."""
+    return guest_sysfs_dir(slot, has_root_ports(lab.load_runtime(name).argv))
+
+
+def without_root_ports(runtime: KVMRuntime) -> KVMRuntime:
+    """``runtime`` as a kvmlab without root ports saved it (its q35 ports dropped)."""
+    argv = list(runtime.argv)
+    kept: list[str] = []
+    while argv:
+        word = argv.pop(0)
+        if word == "-device" and argv and argv[0].startswith("pcie-root-port,"):
+            argv.pop(0)
+            continue
+        kept.append(word)
+    return runtime.model_copy(update={"argv": tuple(kept)})

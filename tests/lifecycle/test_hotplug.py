@@ -9,7 +9,13 @@ import re
 import time
 
 import pytest
-from helpers_lifecycle import BOOT_TIMEOUT, mac
+from helpers_lifecycle import (
+    BOOT_TIMEOUT,
+    HOTPLUG_MACHINES,
+    guest_pci_dir,
+    mac,
+    without_root_ports,
+)
 
 from kvmlab.errors import (
     HotplugNotRunningError,
@@ -18,6 +24,7 @@ from kvmlab.errors import (
     NotRunningError,
     OperationError,
 )
+from kvmlab.host.store import save_runtime
 from kvmlab.lifecycle.hotplug import nic as hotplug
 from kvmlab.spec.instance import Nic
 from kvmlab.states import InstanceState
@@ -25,13 +32,18 @@ from kvmlab.states import InstanceState
 NEW = "52:54:00:6b:01:01"
 
 
+@pytest.fixture(params=HOTPLUG_MACHINES)
+def machine(request: pytest.FixtureRequest) -> str:
+    """q35 (the test guest's own: NICs behind PCIe root ports) and pc (on the root bus)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_instance(make_instance):
-    """The conftest's instances on the PC machine: hotplug refuses Q35 (docs/hotplug.md),
-    which the test guest's fast boot options pick."""
+def make_instance(make_instance, machine: str):
+    """The conftest's instances on ``machine`` (docs/hotplug.md, "PCI slots")."""
 
     def make(**kwargs: object):
-        kwargs.setdefault("machine_version", "pc")
+        kwargs.setdefault("machine_version", machine)
         return make_instance(**kwargs)
 
     return make
@@ -44,7 +56,7 @@ def guest_macs(lab, name: str = "vm1") -> list[str]:
 
 def mac_at_slot(lab, slot: int, name: str = "vm1") -> str:
     """The MAC of the net device the guest found at PCI slot ``slot`` (empty: none)."""
-    pci = f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+    pci = guest_pci_dir(lab, slot, name)
     out = lab.guest(name).run(f"cat {pci}/virtio*/net/*/address 2>/dev/null", timeout=10)
     return out.stdout.strip() if out.exit_code == 0 else ""
 
@@ -128,11 +140,16 @@ def test_refusals_are_exit_2_and_change_nothing(lab, make_instance) -> None:
     assert lab.layout.runtime_file("vm1").read_bytes() == before
 
 
-def test_q35_is_refused_up_front(lab, make_instance) -> None:
-    lab.start(make_instance(nics=1, machine_version="q35"))
+@pytest.mark.parametrize("machine", ["q35"])
+def test_a_q35_runtime_without_root_ports_is_refused_up_front(lab, make_instance) -> None:
+    """A q35 runtime an older kvmlab saved (no root ports) is refused until a restart."""
+    lab.start(make_instance(nics=1))
+    save_runtime(lab.layout.runtime_file("vm1"), without_root_ports(lab.load_runtime("vm1")))
     before = lab.layout.runtime_file("vm1").read_bytes()
-    with pytest.raises(HotplugRefusedError, match="q35"):
+    with pytest.raises(HotplugRefusedError, match=r"q35.*without PCIe root ports"):
         lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
+    with pytest.raises(HotplugRefusedError, match="restart it"):
+        lab.detach_nic("vm1", mac(0))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_lifecycle import BOOT_TIMEOUT
+from helpers_lifecycle import BOOT_TIMEOUT, HOTPLUG_MACHINES, guest_pci_dir, without_root_ports
 
 from kvmlab.errors import (
     HotplugNotRunningError,
@@ -22,16 +22,23 @@ from kvmlab.errors import (
     NotRunningError,
     OperationError,
 )
+from kvmlab.host.store import save_runtime
 from kvmlab.lifecycle.hotplug import disk as hotplug_disk
 from kvmlab.spec.instance import Disk, Nic
 
 
+@pytest.fixture(params=HOTPLUG_MACHINES)
+def machine(request: pytest.FixtureRequest) -> str:
+    """q35 (the test guest's own: disks behind PCIe root ports) and pc (on the root bus)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_instance(make_instance):
-    """The conftest's instances on the PC machine: hotplug refuses Q35 (docs/hotplug.md)."""
+def make_instance(make_instance, machine: str):
+    """The conftest's instances on ``machine`` (docs/hotplug.md, "PCI slots")."""
 
     def make(**kwargs: object):
-        kwargs.setdefault("machine_version", "pc")
+        kwargs.setdefault("machine_version", machine)
         return make_instance(**kwargs)
 
     return make
@@ -72,7 +79,7 @@ def guest_disks(lab, name: str = "vm1") -> dict[str, int] | None:
 def size_at_slot(lab, slot: int, name: str = "vm1") -> int:
     """The size in MiB of the block device the guest found at PCI slot ``slot`` (0: none)."""
     shell = lab.guest(name)
-    pci = f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+    pci = guest_pci_dir(lab, slot, name)
     found = shell.run(f"ls {pci}/virtio*/block 2>/dev/null", timeout=10)
     devs = found.stdout.split() if found.exit_code == 0 else []
     if len(devs) != 1:
@@ -95,14 +102,22 @@ def sizes(lab) -> list[int] | None:
     return None if disks is None else sorted(disks.values())
 
 
-def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(lab, make_instance, image) -> None:
+def disk_device(slot: int, machine: str) -> str:
+    """The saved ``-device`` of the disk at ``slot``: behind its root port on q35."""
+    place = f"bus=port-s{slot:02x},addr=0x0" if machine == "q35" else f"addr={slot:#04x}"
+    return f"virtio-blk-pci,drive=drive-s{slot:02x},id=disk-s{slot:02x},{place}"
+
+
+def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(
+    lab, make_instance, image, machine: str
+) -> None:
     first, new = image(8), image(4)
     lab.start(with_disks(make_instance(), first))
     assert sizes(lab) == [8]
     saved = lab.attach_disk("vm1", Disk(path=new))
     assert saved.disk_slots == (0x08, 0x09)
     assert [disk.path for disk in lab.load_runtime("vm1").disks] == [first, new]
-    assert "virtio-blk-pci,drive=drive-s09,id=disk-s09,addr=0x09" in saved.argv
+    assert disk_device(0x09, machine) in saved.argv
     assert not lab.layout.hotplug_intent("vm1").exists()
     wait_for(lambda: sizes(lab) == [4, 8])
     assert size_at_slot(lab, 0x09) == 4
@@ -184,7 +199,6 @@ def test_refusals_are_exit_2_and_change_nothing(lab, make_instance, image, tmp_p
 @pytest.mark.parametrize(
     ("hv", "message"),
     [
-        ({"machine_version": "q35"}, "q35"),
         ({"acpi": False}, "acpi"),
         ({"disk_type": "ide"}, "only virtio"),
     ],
@@ -201,6 +215,19 @@ def test_machines_and_disk_types_without_disk_hotplug_are_refused(
     assert lab.layout.runtime_file("vm1").read_bytes() == before
 
 
+@pytest.mark.parametrize("machine", ["q35"])
+def test_a_q35_runtime_without_root_ports_is_refused(lab, make_instance, image) -> None:
+    """A q35 runtime an older kvmlab saved (no root ports) is refused until a restart."""
+    lab.start(with_disks(make_instance(), image(8)))
+    save_runtime(lab.layout.runtime_file("vm1"), without_root_ports(lab.load_runtime("vm1")))
+    before = lab.layout.runtime_file("vm1").read_bytes()
+    with pytest.raises(HotplugRefusedError, match=r"q35.*without PCIe root ports"):
+        lab.attach_disk("vm1", Disk(path=image(4)))
+    with pytest.raises(HotplugRefusedError, match="restart it"):
+        lab.detach_disk("vm1", lab.load_runtime("vm1").disks[0].path)
+    assert lab.layout.runtime_file("vm1").read_bytes() == before
+
+
 def test_a_failed_device_add_leaves_the_runtime_untouched(
     lab, make_instance, image, monkeypatch
 ) -> None:
@@ -210,9 +237,10 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(
     # A slot QEMU has given away: blockdev-add succeeds, device_add fails.
     real = hotplug_disk._device
     monkeypatch.setattr(
-        hotplug_disk, "_device", lambda node, dev, slot, hv: real(node, dev, 0x08, hv)
+        hotplug_disk, "_device", lambda node, dev, slot, hv, **kw: real(node, dev, 0x08, hv, **kw)
     )
-    with pytest.raises(OperationError, match=r"device_add failed.*slot 8"):
+    # pc: slot 8 of the root bus; q35: slot 0 behind port-s08, where disk-s08 sits.
+    with pytest.raises(OperationError, match=r"device_add failed.*slot [08] function 0 not avail"):
         lab.attach_disk("vm1", Disk(path=new))
     assert lab.layout.runtime_file("vm1").read_bytes() == before
     assert not lab.layout.hotplug_intent("vm1").exists()
@@ -303,7 +331,9 @@ def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image) -> None
     assert block_node_files(lab) == []
 
 
-def test_attach_then_detach_gives_back_the_very_runtime(lab, make_instance, image) -> None:
+def test_attach_then_detach_gives_back_the_very_runtime(
+    lab, make_instance, image, machine: str
+) -> None:
     """The disk's args go in and out of the saved argv whole: nothing else is rewritten."""
     lab.start(with_disks(make_instance(), image(8), image(2)))
     assert sizes(lab) == [2, 8]
@@ -314,10 +344,10 @@ def test_attach_then_detach_gives_back_the_very_runtime(lab, make_instance, imag
         "-drive",
         f"file={new},format=raw,if=none,id=drive-s0a,readonly=on",
         "-device",
-        "virtio-blk-pci,drive=drive-s0a,id=disk-s0a,addr=0x0a",
+        disk_device(0x0A, machine),
     )
     # Right after the last disk's args, as generation would write a third disk.
-    at = before.argv.index("virtio-blk-pci,drive=drive-s09,id=disk-s09,addr=0x09") + 1
+    at = before.argv.index(disk_device(0x09, machine)) + 1
     assert attached.argv == (*before.argv[:at], *words, *before.argv[at:])
     wait_for(lambda: size_at_slot(lab, 0x0A) == 4)
     assert lab.detach_disk("vm1", new) == before
@@ -325,7 +355,7 @@ def test_attach_then_detach_gives_back_the_very_runtime(lab, make_instance, imag
 
 
 def test_a_path_with_a_comma_and_a_space_cannot_add_options(
-    lab, make_instance, tmp_path: Path
+    lab, make_instance, tmp_path: Path, machine: str
 ) -> None:
     """The path is one QMP string and, in the saved argv, one ``file=`` value (its comma
     doubled): after a soft reboot QEMU opens the same image, with no option added."""
@@ -340,7 +370,7 @@ def test_a_path_with_a_comma_and_a_space_cannot_add_options(
         "-drive",
         f"file={escaped},format=raw,if=none,id=drive-s08",
         "-device",
-        "virtio-blk-pci,drive=drive-s08,id=disk-s08,addr=0x08",
+        disk_device(0x08, machine),
     )
     wait_for(lambda: size_at_slot(lab, 0x08) == 4)
     lab.reboot("vm1")

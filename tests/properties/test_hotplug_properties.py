@@ -26,6 +26,7 @@ from test_lifecycle_properties import fresh_lab, lab_instances
 
 from kvmlab.errors import HotplugRefusedError
 from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.runtime.ports import guest_sysfs_dir, has_root_ports
 from kvmlab.runtime.saved import DISK_SLOTS, KVMRuntime, default_nic_slots
 from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.testing import strategies as kst
@@ -50,17 +51,22 @@ def vm_nics(lab: Hypervisor, name: str, runtime: KVMRuntime) -> None:
     seen = shell.run("cat /sys/class/net/*/address", ready_timeout=10).stdout.split()
     seen.remove("00:00:00:00:00:00")  # lo
     assert sorted(seen) == sorted(nic.mac for nic in runtime.nics)
+    ports = has_root_ports(runtime.argv)
     for nic, slot in zip(runtime.nics, runtime.nic_slots, strict=True):
-        pci = f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+        pci = guest_sysfs_dir(slot, ports)
         assert shell.run(f"cat {pci}/*/net/*/address").stdout.split() == [nic.mac]
 
 
+#: q35 (NICs and disks behind PCIe root ports) and pc (on the root bus).
+machines = pytest.mark.parametrize("machine", ["q35", "pc"])
+
+
+@machines
 @hotplug_settings
 @given(lab_instances().map(lambda i: i.model_copy(update={"name": "vm1"})), steps)
-def test_saved_runtime_always_equals_the_running_vm(instance: Instance, plan) -> None:
-    instance = instance.model_copy(
-        update={"hvparams": instance.hvparams.model_copy(update={"nic_type": "paravirtual"})}
-    )
+def test_saved_runtime_always_equals_the_running_vm(machine: str, instance: Instance, plan) -> None:
+    hv = {"nic_type": "paravirtual", "machine_version": machine}
+    instance = instance.model_copy(update={"hvparams": instance.hvparams.model_copy(update=hv)})
     with fresh_lab() as (lab, _private):
         lab.start(instance)
         for action, arg in plan:
@@ -147,13 +153,15 @@ def vm_disks(lab: Hypervisor, name: str, runtime: KVMRuntime) -> None:
     assert sizes == sorted(Path(disk.path).stat().st_size // 512 for disk in runtime.disks)
     partitions = shell.run(["cat", "/proc/partitions"]).stdout.splitlines()[2:]
     assert sorted(line.split()[3] for line in partitions) == sorted(listed)
+    ports = has_root_ports(runtime.argv)
     for disk, slot in zip(runtime.disks, runtime.disk_slots, strict=True):
-        pci = f"/sys/bus/pci/devices/0000:00:{slot:02x}.0"
+        pci = guest_sysfs_dir(slot, ports)
         (dev,) = shell.run(f"ls {pci}/virtio*/block").stdout.split()
         size = int(shell.run(["cat", f"/sys/block/{dev}/size"]).stdout)
         assert size == Path(disk.path).stat().st_size // 512
 
 
+@machines
 @hotplug_settings
 @given(
     lab_instances().map(lambda i: i.model_copy(update={"name": "vm1"})),
@@ -161,11 +169,12 @@ def vm_disks(lab: Hypervisor, name: str, runtime: KVMRuntime) -> None:
     mixed_steps,
 )
 def test_nics_and_disks_saved_runtime_always_equals_the_running_vm(
-    pool: list[str], instance: Instance, start_disks: set[int], plan
+    machine: str, pool: list[str], instance: Instance, start_disks: set[int], plan
 ) -> None:
+    hv = {"nic_type": "paravirtual", "machine_version": machine}
     instance = instance.model_copy(
         update={
-            "hvparams": instance.hvparams.model_copy(update={"nic_type": "paravirtual"}),
+            "hvparams": instance.hvparams.model_copy(update=hv),
             "disks": tuple(Disk(path=pool[i]) for i in sorted(start_disks)),
         }
     )

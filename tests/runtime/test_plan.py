@@ -426,3 +426,28 @@ def test_runtime_name_cannot_inject_into_the_up_script(tmp_path: Path) -> None:
     assert f"INSTANCE={shlex.quote(evil)}" in temp.content
     run_up_script(temp.content, tmp_path)
     assert not marker.exists()
+
+
+def test_a_q35_nic_goes_behind_its_root_port() -> None:
+    """q35: the NIC of slot 0x10 sits in port ``port-s10`` (docs/hotplug.md, "q35")."""
+    runtime = runtime_with(user(), machine_version="q35")
+    assert (
+        "pcie-root-port,id=port-s10,bus=pcie.0,chassis=16,port=0x10,addr=0x10,multifunction=on"
+        in (runtime.argv)
+    )
+    assert list(plan(runtime, USER).start_args)[-1] == (
+        f"virtio-net-pci,netdev=net-s10,mac={MAC1},id=nic-s10,bus=port-s10,addr=0x0"
+    )
+
+
+def test_a_q35_runtime_saved_without_root_ports_keeps_the_root_bus() -> None:
+    """A q35 runtime of a kvmlab before the ports replays as it was saved: ``addr=0x10``."""
+    runtime = runtime_with(user(), machine_version="q35")
+    words = runtime.argv
+    ports = {i for i, word in enumerate(words) if word.startswith("pcie-root-port,")}
+    argv = tuple(word for i, word in enumerate(words) if i not in ports and i + 1 not in ports)
+    old = runtime.model_copy(update={"argv": argv})
+    assert not any("pcie-root-port" in word for word in old.argv)
+    assert list(plan(old, USER).start_args)[-1] == (
+        f"virtio-net-pci,netdev=net-s10,mac={MAC1},id=nic-s10,addr=0x10"
+    )

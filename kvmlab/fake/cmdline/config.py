@@ -84,9 +84,10 @@ class Nic:
     :ivar netdev: the ``-netdev`` id it is plugged into, or ``None``.
     :ivar ident: the device ``id``, or ``None``.
     :ivar slot: its PCI slot when ``addr=`` gave one, else ``None``.
+    :ivar bus: the PCIe root port it sits behind (``bus=``), ``None`` on the root bus.
     """
 
-    __slots__ = ("ident", "mac", "model", "netdev", "slot", "where")
+    __slots__ = ("bus", "ident", "mac", "model", "netdev", "slot", "where")
 
     def __init__(self, model: str, mac: str, netdev: str | None, where: str) -> None:
         self.model = model
@@ -95,6 +96,7 @@ class Nic:
         self.where = where
         self.ident: str | None = None
         self.slot: int | None = None
+        self.bus: str | None = None
 
 
 class BlockDevice:
@@ -107,9 +109,21 @@ class BlockDevice:
     :ivar ident: the device ``id``, or ``None``.
     :ivar slot: its PCI slot when ``addr=`` gave one, else ``None``.
     :ivar index: the guest's disk number (``vda`` is 0), given when it appears.
+    :ivar bus: the PCIe root port it sits behind (``bus=``), ``None`` on the root bus.
     """
 
-    __slots__ = ("drive", "ident", "index", "legacy", "model", "path", "slot", "where", "writable")
+    __slots__ = (
+        "bus",
+        "drive",
+        "ident",
+        "index",
+        "legacy",
+        "model",
+        "path",
+        "slot",
+        "where",
+        "writable",
+    )
 
     def __init__(self, path: str, writable: bool, drive: str | None, where: str) -> None:
         self.model = "virtio-blk-pci"
@@ -120,6 +134,7 @@ class BlockDevice:
         self.where = where
         self.ident: str | None = None
         self.slot: int | None = None
+        self.bus: str | None = None
         self.index = 0
 
 
@@ -156,6 +171,7 @@ class Config:
         "nographic",
         "notices",
         "pidfile",
+        "root_ports",
         "runas",
         "serials",
         "start_paused",
@@ -194,6 +210,8 @@ class Config:
         self.monitors: list[ChardevSpec] = []
         self.net_backends: list[NetBackend] = []
         self.nics: list[Nic] = []
+        #: ``-device pcie-root-port`` by id: its ``(slot, function)`` on the root bus.
+        self.root_ports: dict[str, tuple[int, int]] = {}
         self.chroot: str | None = None
         #: ``-incoming``: ``unix:PATH``, ``tcp:HOST:PORT`` or ``defer``.
         self.incoming: str | None = None

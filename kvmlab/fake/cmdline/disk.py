@@ -9,7 +9,7 @@ the same :class:`~kvmlab.fake.cmdline.config.BlockDevice` rows.
 from __future__ import annotations
 
 from kvmlab.fake.cmdline.config import BlockDevice
-from kvmlab.fake.cmdline.pci import ADDR_ERROR, parse_slot, slot_taken
+from kvmlab.fake.cmdline.pci import PciError, place
 from kvmlab.fake.errors import FakeError
 
 TYPE_CHECKING = False
@@ -39,12 +39,15 @@ def add_disk_device(p: ParseState, driver: str, opts: dict[str, str], where: str
     path, writable = cfg.named_drives[drive]
     disk = BlockDevice(path, writable, drive, where)
     disk.ident = opts.get("id")
-    if "addr" in opts:
-        slot = parse_slot(opts["addr"])
-        if slot is None:
-            raise FakeError(ADDR_ERROR, where)
-        taken = slot_taken(slot, driver, [*cfg.nics, *cfg.disks])
-        if taken is not None:
-            raise FakeError(taken, where)
-        disk.slot = slot
+    try:
+        disk.bus, disk.slot = place(
+            driver,
+            opts,
+            [*cfg.nics, *cfg.disks],
+            machine=cfg.machine,
+            ports=cfg.root_ports,
+            hotplug=False,
+        )
+    except PciError as err:
+        raise FakeError(str(err), where) from None
     cfg.disks.append(disk)

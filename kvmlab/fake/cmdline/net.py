@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from kvmlab.fake.cmdline.config import NetBackend, Nic
 from kvmlab.fake.cmdline.disk import DISK_DRIVERS, add_disk_device
-from kvmlab.fake.cmdline.pci import ADDR_ERROR, device_model, parse_slot, slot_taken
+from kvmlab.fake.cmdline.pci import ROOT_PORT, PciError, add_root_port, device_model, place
 from kvmlab.fake.cmdline.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 from kvmlab.fake.errors import FakeError
 
@@ -185,21 +185,31 @@ def _device(p: ParseState, value: str, where: str) -> None:
         p.ask_help_text(f"{driver} options:\n")
         return
     _check_bus(p, driver, where)
+    cfg = p.cfg
     if driver in DISK_DRIVERS:
         add_disk_device(p, driver, opts, where)
     elif driver in NIC_DRIVERS:
-        slot = None
-        if "addr" in opts:
-            slot = parse_slot(opts["addr"])
-            if slot is None:
-                raise FakeError(ADDR_ERROR, where)
-            taken = slot_taken(slot, driver, [*p.cfg.nics, *p.cfg.disks])
-            if taken is not None:
-                raise FakeError(taken, where)
+        try:
+            bus, slot = place(
+                driver,
+                opts,
+                [*cfg.nics, *cfg.disks],
+                machine=cfg.machine,
+                ports=cfg.root_ports,
+                hotplug=False,
+            )
+        except PciError as err:
+            raise FakeError(str(err), where) from None
         _add_nic(p, driver, opts.get("mac"), opts.get("netdev"), where, key="mac")
-        nic = p.cfg.nics[-1]
+        nic = cfg.nics[-1]
         nic.ident = opts.get("id")
         nic.slot = slot
+        nic.bus = bus
+    elif driver == ROOT_PORT:
+        try:
+            add_root_port(opts, [*cfg.nics, *cfg.disks], machine=cfg.machine, ports=cfg.root_ports)
+        except PciError as err:
+            raise FakeError(str(err), where) from None
 
 
 def _check_bus(p: ParseState, driver: str, where: str) -> None:

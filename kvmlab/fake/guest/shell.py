@@ -7,7 +7,8 @@ machine simulates (a NIC added to ``Machine.devices`` shows up at once):
 - ``/sys/block/vdX/size`` (512-byte sectors) for each virtio disk (``if=virtio``,
   ``-device virtio-blk-pci`` or hotplugged), ``/proc/partitions`` (major 254, as
   virtio_blk gets on the test guest's kernel), and for a disk at a PCI slot
-  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX/size``;
+  ``/sys/bus/pci/devices/0000:00:SS.0/virtioN/block/vdX/size`` (behind a PCIe root
+  port at ``PP.F``: ``0000:BB:00.0`` and ``0000:00:PP.F/0000:BB:00.0``, as for NICs);
 - ``/proc/meminfo`` (``MemTotal`` equals the ``MEM`` fact), ``/proc/cpuinfo``-free;
 - ``/proc/sys/kernel/random/boot_id``, new at each boot;
 - files written with ``>`` or ``>>`` anywhere outside ``/proc``, ``/sys`` and ``/dev``
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import os
 from fnmatch import fnmatchcase
+
+from kvmlab.fake.cmdline.pci import device_dirs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,6 +51,13 @@ class _Exit(Exception):  # noqa: N818 - control flow: the "exit" builtin
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+def _make_dirs(tree: dict[str, str | None], path: str) -> None:
+    """``path`` and every directory above it, as directories of ``tree``."""
+    while path not in tree:
+        tree[path] = None
+        path = path.rsplit("/", 1)[0] or "/"
 
 
 def _boot_id() -> str:
@@ -164,17 +174,17 @@ class GuestShell:
         for name, mac in nets:
             tree[f"/sys/class/net/{name}"] = None
             tree[f"/sys/class/net/{name}/address"] = mac + "\n"
+        ports = cfg.root_ports
         for index, nic in enumerate(self.machine.nics):
             if nic.slot is None:
                 continue
             # The PCI function, as sysfs shows it: the net device under it.
-            pci = f"/sys/bus/pci/devices/0000:00:{nic.slot:02x}.0"
-            under = f"{pci}/virtio{index}" if nic.model.startswith("virtio") else pci
-            for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
-                tree[path] = None
-            tree[f"{under}/net"] = None
-            tree[f"{under}/net/eth{index}"] = None
-            tree[f"{under}/net/eth{index}/address"] = nic.mac + "\n"
+            for pci in device_dirs(nic, ports):
+                under = f"{pci}/virtio{index}" if nic.model.startswith("virtio") else pci
+                _make_dirs(tree, under)
+                tree[f"{under}/net"] = None
+                tree[f"{under}/net/eth{index}"] = None
+                tree[f"{under}/net/eth{index}/address"] = nic.mac + "\n"
         partitions = "major minor  #blocks  name\n\n"
         for disk in sorted(self.machine.disks, key=lambda disk: disk.index):
             name = "vd" + "abcdefghijklmnopqrstuvwxyz"[disk.index % 26]
@@ -187,12 +197,10 @@ class GuestShell:
             partitions += (
                 f"{_VIRTIO_BLK_MAJOR:4d}  {disk.index * 16:7d} {size // 1024:10d} {name}\n"
             )
-            if disk.slot is not None:
-                # The PCI function, as sysfs shows it: the block device under it.
-                pci = f"/sys/bus/pci/devices/0000:00:{disk.slot:02x}.0"
+            # The PCI function, as sysfs shows it: the block device under it.
+            for pci in device_dirs(disk, ports) if disk.slot is not None else ():
                 under = f"{pci}/virtio{len(self.machine.nics) + disk.index}"
-                for path in ("/sys/bus", "/sys/bus/pci", "/sys/bus/pci/devices", pci, under):
-                    tree[path] = None
+                _make_dirs(tree, under)
                 tree[f"{under}/block"] = None
                 tree[f"{under}/block/{name}"] = None  # the same device as /sys/block/vdX
                 tree[f"{under}/block/{name}/size"] = f"{size // 512}\n"

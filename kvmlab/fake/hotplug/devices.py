@@ -17,13 +17,7 @@ from __future__ import annotations
 from kvmlab.fake.cmdline.config import Nic
 from kvmlab.fake.cmdline.disk import DISK_DRIVERS
 from kvmlab.fake.cmdline.net import NIC_DRIVERS
-from kvmlab.fake.cmdline.pci import (
-    ADDR_ERROR,
-    device_model,
-    first_free_slot,
-    parse_slot,
-    slot_taken,
-)
+from kvmlab.fake.cmdline.pci import PciError, device_model, place
 from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.hotplug import disk as hotplug_disk
 
@@ -81,19 +75,23 @@ def netdev_del(m: MachineView, arguments: dict[str, object]) -> object:
     return {}
 
 
-def _slot(m: MachineView, driver: str, arguments: dict[str, object]) -> int:
-    """The slot of a new device: its ``addr`` if free, else the lowest free one."""
-    devices = _all_devices(m)
-    if "addr" not in arguments:
-        return first_free_slot(devices)
-    text = str(arguments["addr"])
-    slot = parse_slot(text)
-    if slot is None:
-        raise QmpCommandError(f"{ADDR_ERROR}, got {text!r}")
-    taken = slot_taken(slot, driver, devices)
-    if taken is not None:
-        raise QmpCommandError(taken)
-    return slot
+def _place(m: MachineView, driver: str, arguments: dict[str, object]) -> tuple[str | None, int]:
+    """The bus and slot of a new device: its ``bus`` (a root port, or the root bus) and
+    its ``addr`` if free, else the lowest free slot."""
+    opts: dict[str, str] = {key: str(arguments[key]) for key in ("bus", "addr") if key in arguments}
+    try:
+        bus, slot = place(
+            driver,
+            opts,
+            _all_devices(m),
+            machine=m.cfg.machine,
+            ports=m.cfg.root_ports,
+            hotplug=True,
+        )
+    except PciError as err:
+        raise QmpCommandError(str(err)) from None
+    assert slot is not None  # a hotplugged device always gets one
+    return bus, slot
 
 
 def _nic(m: MachineView, driver: str, arguments: dict[str, object]) -> Nic:
@@ -123,13 +121,13 @@ def device_add(m: MachineView, arguments: dict[str, object]) -> object:
     if driver in DISK_DRIVERS:
         disk = hotplug_disk.new_disk(m, driver, arguments)
         disk.ident = ident or None
-        disk.slot = _slot(m, driver, arguments)
+        disk.bus, disk.slot = _place(m, driver, arguments)
         m.disks.append(disk)
         m.log("hotplug", action="add", id=ident, slot=disk.slot, drive=disk.drive)
         return {}
     nic = _nic(m, driver, arguments)
     nic.ident = ident or None
-    nic.slot = _slot(m, driver, arguments)
+    nic.bus, nic.slot = _place(m, driver, arguments)
     m.devices.append(nic)
     m.log("hotplug", action="add", id=ident, slot=nic.slot, mac=nic.mac)
     return {}

@@ -6,7 +6,7 @@ lock (the caller's hotplug guard checks both, as for NICs) and follow
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
    changed, a path already attached or not attached, a missing image,
-   q35 or no ACPI, disks that are not virtio or have no slots of their own (a
+   q35 without root ports or no ACPI, disks that are not virtio or have no slots of their own (a
    format 1 or 2 runtime), a QEMU without the commands;
 2. write the intent file;
 3. ``blockdev-add`` (a raw node over the file) + ``device_add virtio-blk-pci``; a
@@ -39,6 +39,7 @@ from kvmlab.lifecycle.hotplug.nic import (
     session,
 )
 from kvmlab.runtime.generator import disk_args, disk_ids, has_disk_slots
+from kvmlab.runtime.ports import device_placement, has_root_ports
 from kvmlab.runtime.saved import KVMRuntime, free_disk_slot
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import Disk, DiskMode, HvParams
@@ -120,12 +121,12 @@ def _blockdev(disk: Disk, node: str, hv: HvParams) -> dict[str, Any]:
     return args
 
 
-def _device(node: str, device: str, slot: int, hv: HvParams) -> dict[str, Any]:
+def _device(node: str, device: str, slot: int, hv: HvParams, *, root_ports: bool) -> dict[str, Any]:
     props: dict[str, Any] = {
         "driver": "virtio-blk-pci",
         "drive": node,
         "id": device,
-        "addr": f"{slot:#04x}",
+        **device_placement(slot, root_ports),
     }
     if hv.disk_cache == "writethrough":  # -drive cache=writethrough: no volatile cache
         props["write-cache"] = "off"
@@ -145,7 +146,9 @@ def _blocks(runtime: KVMRuntime, caps: QemuCapabilities) -> list[tuple[int, tupl
     """
     found = []
     for index, (disk, slot) in enumerate(zip(runtime.disks, runtime.disk_slots, strict=True)):
-        words = disk_args(disk, slot, runtime.hvparams, caps, index)
+        words = disk_args(
+            disk, slot, runtime.hvparams, caps, index, root_ports=has_root_ports(runtime.argv)
+        )
         at = _find(runtime.argv, words)
         if at is None:
             raise HotplugRefusedError(
@@ -184,7 +187,8 @@ def attach_disk(
     if slot is None:
         raise HotplugRefusedError(f"{name} has no free disk slot (all 8 are used)")
     hv = runtime.hvparams
-    words = disk_args(disk, slot, hv, caps, len(runtime.disks))
+    root_ports = has_root_ports(runtime.argv)
+    words = disk_args(disk, slot, hv, caps, len(runtime.disks), root_ports=root_ports)
     blocks = _blocks(runtime, caps)
     # After the last disk's args (where generation puts disks), or at the end.
     at = max((start + len(args) for start, args in blocks), default=len(runtime.argv))
@@ -199,7 +203,7 @@ def attach_disk(
         try:
             qmp.execute("blockdev-add", _blockdev(disk, node, hv))
             try:
-                qmp.execute("device_add", _device(node, device, slot, hv))
+                qmp.execute("device_add", _device(node, device, slot, hv, root_ports=root_ports))
             except QmpError:
                 qmp.execute("blockdev-del", {"node-name": node})
                 raise

@@ -7,8 +7,9 @@ runtime, or the next soft reboot silently undoes it. :func:`attach_nic` and
 takes the lock and refuses a stopped VM with :func:`check_running`) and:
 
 1. refuse, with :class:`~kvmlab.errors.HotplugRefusedError` (exit 2) and nothing
-   changed, a duplicate MAC or a MAC not attached, a q35 machine, a QEMU without
-   the commands, a tap NIC (bridged, routed) when not root;
+   changed, a duplicate MAC or a MAC not attached, a q35 machine without PCIe root
+   ports (a runtime of an older kvmlab), a QEMU without the commands, a tap NIC
+   (bridged, routed) when not root;
 2. write an *intent* file (``conf/<name>.hotplug``, a
    :class:`~kvmlab.lifecycle.hotplug.intent.HotplugIntent`) naming the change;
 3. ``netdev_add`` + ``device_add`` (or ``device_del``, wait for ``DEVICE_DELETED``,
@@ -39,6 +40,7 @@ from kvmlab.host.store import save_runtime
 from kvmlab.host.tap import configure_tap, delete_tap, open_tap, tap_record
 from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.runtime.plan import nic_device_args, nic_device_model, nic_ids
+from kvmlab.runtime.ports import has_root_ports
 from kvmlab.runtime.saved import KVMRuntime, free_nic_slot
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.instance import Nic
@@ -83,16 +85,18 @@ def check_running(layout: StateLayout, name: str, what: str) -> None:
 
 
 def check_machine(runtime: KVMRuntime) -> None:
-    """Refuse a machine the guest cannot hotplug PCI devices on: no ACPI, or q35."""
+    """Refuse a machine the guest cannot hotplug PCI devices on: no ACPI, or q35
+    without kvmlab's PCIe root ports (:mod:`kvmlab.runtime.ports`)."""
     if not runtime.hvparams.acpi:
         raise HotplugRefusedError(
             f"{runtime.name} runs without acpi: the guest learns of PCI hotplug through ACPI"
         )
     machine = runtime.hvparams.machine_version
-    if "q35" in machine:
+    if "q35" in machine and not has_root_ports(runtime.argv):
         raise HotplugRefusedError(
-            f"{runtime.name} uses machine {machine!r}: its root bus pcie.0 has no hotplug"
-            " (it needs PCIe root ports); kvmlab hotplugs on the i440fx 'pc' machine only"
+            f"{runtime.name} uses machine {machine!r} without PCIe root ports (its runtime"
+            " was saved by an older kvmlab): q35's root bus pcie.0 has no hotplug; restart"
+            " it (stop, start) to get the root ports"
         )
 
 
@@ -211,7 +215,7 @@ def attach_nic(
     with session(layout, name) as qmp:
         check_commands(qmp, name, (*NIC_COMMANDS, *TAP_COMMANDS) if nic.mode.needs_tap else None)
         model = nic_device_model(runtime.hvparams.nic_type, caps)
-        props = nic_device_args(model, nic.mac, slot)
+        props = nic_device_args(model, nic.mac, slot, root_ports=has_root_ports(runtime.argv))
         netdev_id, _ = nic_ids(slot)
         intent = layout.hotplug_intent(name)
         change = HotplugIntent(op=HotplugOp.ATTACH_NIC, mac=nic.mac, slot=slot)
