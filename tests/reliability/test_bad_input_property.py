@@ -37,9 +37,7 @@ from hypothesis import strategies as st
 from kvmlab.guest.build import boot_hvparams
 
 #: Random text for a name: anything an argv can carry (no NUL, no surrogate).
-_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
-)
+_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
 #: Random text for a path, relative and without ``..``: a valid one (a migration, say)
 #: must stay inside the test's folder (the working directory), whatever it is.
 _RELATIVE = _TEXT.filter(lambda text: ".." not in text and not text.startswith(("/", "~")))
