@@ -94,8 +94,8 @@ def _host_errors(name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _forget_on_failure(fresh: list[Path], name: str) -> Iterator[None]:
-    """A command that fails leaves nothing behind: the directories it created (a
-    migration's new target lab) go again, with the files of ``name`` in them."""
+    """A migration that fails leaves nothing behind: the directories it created in a
+    new target lab go again, with the files of ``name`` in them."""
     try:
         yield
     except BaseException:
@@ -358,7 +358,7 @@ class Hypervisor:
             return planned, source_caps, target_caps
 
         plan(runtime)  # every refusal the files allow, before a state dir is touched
-        with self._locked(name), target_lab._locked(name):
+        with self._locked(name), target_lab._locked(name, undo=True):
             runtime = self._load(name)  # what the lock now guarantees
             planned, source_caps, target_caps = plan(runtime)
             return transfer.migrate(
@@ -508,12 +508,14 @@ class Hypervisor:
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
 
     @contextlib.contextmanager
-    def _locked(self, name: str, recover: bool = True) -> Iterator[None]:
+    def _locked(self, name: str, recover: bool = True, undo: bool = False) -> Iterator[None]:
+        """Hold ``name``'s lock; ``undo``: a failure removes the directories created."""
         try:
             fresh = self._prepare_dirs()
         except OSError as err:
             raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
         lock = self.layout.lock_file(name)
+        fresh = fresh if undo else []
         with _forget_on_failure(fresh, name), _host_errors(name), instance_lock(lock, name):
             _HELD_LOCKS.add(lock)
             try:
