@@ -12,6 +12,7 @@ apart by type::
      |    +-- CapabilityError         a QEMU --help text cannot be understood
      |    +-- UnknownInstanceError    no such instance in the state directory
      |    +-- LayoutError             a state-directory path is unusable
+     |    +-- OptionValueError        a duration or size option out of range (``.option``)
      |    +-- GoldenError             golden cases or files cannot be used
      |    +-- DiffInputError          an input of the semantic diff cannot be read
      |    +-- HotplugRefusedError     a hotplug refused before anything changed
@@ -69,6 +70,7 @@ __all__ = [
     "MigrationRefusedError",
     "NotRunningError",
     "OperationError",
+    "OptionValueError",
     "ProbeError",
     "QmpError",
     "RuntimeFormatError",
@@ -131,6 +133,20 @@ class UnknownInstanceError(InvalidInputError):
 
 class LayoutError(InvalidInputError):
     """A state-directory path cannot be used (relative, too long for a socket...)."""
+
+
+class OptionValueError(InvalidInputError):
+    """A duration or size given to a command or an API call is not a finite number in
+    its range (``nan``, ``inf``, ``-1``, a million days); refused before anything starts.
+
+    :ivar option: the option or parameter (``--timeout``, ``timeout``).
+    :ivar value: the value, as given.
+    """
+
+    def __init__(self, message: str, *, option: str, value: object) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value
 
 
 class GoldenError(InvalidInputError):

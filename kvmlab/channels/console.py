@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvmlab.errors import ExpectTimeoutError, InvalidInputError, OperationError
+from kvmlab.spec.inputs import check_seconds
 
 __all__ = ["Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
 
@@ -47,7 +48,11 @@ class Console:
         """Wait until ``pattern`` (a regex, multiline) appears; return the output up to its end.
 
         :raise ExpectTimeoutError: not seen within ``timeout`` seconds.
+        :raise InvalidInputError: a bad pattern, or a duration out of range
+            (:func:`~kvmlab.spec.inputs.check_seconds`).
         """
+        timeout = check_seconds("timeout", timeout)
+        interval = check_seconds("interval", interval)
         try:
             regex = re.compile(pattern, re.MULTILINE)
         except re.error as err:
@@ -72,6 +77,7 @@ class Console:
 
         :raise OperationError: the serial socket is not there (instance stopped).
         """
+        timeout = check_seconds("timeout", timeout)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmlab.errors import GuestChannelError, GuestTimeoutError, InvalidInputError
+from kvmlab.spec.inputs import check_seconds
 
 __all__ = [
     "DEFAULT_READY_TIMEOUT",
@@ -183,13 +184,14 @@ class GuestChannel:
             second after that, so a later call finds the channel free again.
         :param ready_timeout: seconds the channel may take to answer first (booting,
             or busy with the remains of a command a previous call gave up on).
-        :raise InvalidInputError: a command that cannot be sent, or a timeout <= 0.
+        :raise InvalidInputError: a command that cannot be sent, or a timeout out of
+            range (:func:`~kvmlab.spec.inputs.check_seconds`).
         :raise GuestTimeoutError: no answer or no end of output in time.
         :raise GuestChannelError: the socket is missing or closed mid-reply.
         """
         line = command_line(cmd)
-        if not timeout > 0 or not ready_timeout > 0:
-            raise InvalidInputError(f"timeouts must be positive: {timeout}, {ready_timeout}")
+        timeout = check_seconds("timeout", timeout)
+        ready_timeout = check_seconds("ready_timeout", ready_timeout)
         if self._check is not None:
             self._check()
         with self._connect(time.monotonic() + ready_timeout) as sock:

@@ -11,6 +11,9 @@ future with a deadline, whichever thread or loop they are in::
         qmp.execute("system_powerdown")
 
 Errors come back as :class:`QmpError` (``from`` the library's own exception).
+``qemu.qmp`` also logs each failure it raises, at ERROR, under its client's logger:
+here those records are details (DEBUG, shown only when kvmlab's own logger shows
+debug), as the caller already gets the error once, as an exception.
 ``qemu.qmp`` is imported on first use: it costs ~50 ms and most CLI commands do
 not need it.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -35,6 +39,17 @@ __all__ = ["QmpError", "QmpSession", "qmp_execute"]
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
+
+
+class _LibraryRecords(logging.Filter):
+    """The library's records of a client, as DEBUG; kept only when kvmlab logs debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("kvmlab").isEnabledFor(logging.DEBUG)
+
+
+_LIBRARY_RECORDS = _LibraryRecords()
 
 
 class _LoopThread:
@@ -97,6 +112,7 @@ class QmpSession:
         from qemu.qmp import QMPClient, QMPError  # noqa: PLC0415 - 50 ms import
 
         client = QMPClient("kvmlab")
+        client.logger.addFilter(_LIBRARY_RECORDS)  # once: addFilter keeps no duplicates
         try:
             _LoopThread.run(client.connect(self.path), self.timeout)
         except (QMPError, OSError, FutureTimeout) as err:

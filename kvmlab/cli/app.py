@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -27,6 +26,23 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: A pydantic model (unbound here: importing pydantic would slow every command down).
 _Model = TypeVar("_Model")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type for every duration option: a number of seconds in range, checked
+    by the same rule as the API's (:func:`kvmlab.spec.inputs.check_seconds`), so a bad
+    one is a usage error naming the option and the value, before anything starts."""
+    from kvmlab.spec.inputs import SECONDS_RULE, check_seconds  # noqa: PLC0415
+
+    try:
+        return check_seconds("value", float(text))
+    except ValueError:  # float()'s and check_seconds' (an InvalidInputError)
+        raise argparse.ArgumentTypeError(f"{text!r}: {SECONDS_RULE}") from None
+
+
+def _kvmlab_records(record: logging.LogRecord) -> bool:
+    """stderr carries kvmlab's lines only: a library's log records show with --debug."""
+    return record.name == "kvmlab" or record.name.startswith("kvmlab.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +62,8 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
     parser.add_argument(
         "--state-dir",
-        default=default(os.environ.get("KVMLAB_STATE_DIR")),
+        # An empty $KVMLAB_STATE_DIR is an unset one (an empty --state-dir is refused).
+        default=default(os.environ.get("KVMLAB_STATE_DIR") or None),
         help="state directory (default: $KVMLAB_STATE_DIR or $XDG_STATE_HOME/kvmlab)",
     )
     parser.add_argument(
@@ -94,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("stop", cmd_stop, "stop an instance (ACPI powerdown, then kill)")
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="kill without asking the guest")
-    p.add_argument("--timeout", type=float, help="seconds before the guest is killed")
+    p.add_argument("--timeout", type=_seconds, help="seconds before the guest is killed")
 
     p = command("reboot", cmd_reboot, "soft reboot: replay the saved runtime")
     p.add_argument("name")
@@ -109,16 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("console", cmd_console, "read (or wait for) the serial console")
     p.add_argument("name")
     p.add_argument("--expect", metavar="RE", help="wait until this regex appears, then exit 0")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds for --expect")
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds for --expect")
 
     p = command(
         "exec", cmd_exec, "run a command in the guest, print its output, exit with its status"
     )
     p.add_argument("name")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds the command may take")
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="seconds the command may take")
     p.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds the guest may take to answer first (still booting)",
     )
@@ -157,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.add_argument("--to", required=True, metavar="STATE_DIR", help="the target lab's state dir")
-    p.add_argument("--timeout", type=float, help="seconds the transfer may take (default 300)")
+    p.add_argument("--timeout", type=_seconds, help="seconds the transfer may take (default 300)")
     p.add_argument("--offline", action="store_true", help="pause the guest for the transfer")
     p.add_argument(
         "--target-qemu",
@@ -291,9 +308,10 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     # The inventory reads saved runtimes without pydantic: list stays fast.
     from kvmlab.host.inventory import list_instances  # noqa: PLC0415
+    from kvmlab.spec.inputs import state_dir_path  # noqa: PLC0415
     from kvmlab.spec.layout import StateLayout, default_state_dir  # noqa: PLC0415
 
-    root = Path(args.state_dir) if args.state_dir else default_state_dir()
+    root = state_dir_path(args.state_dir) if args.state_dir is not None else default_state_dir()
     infos = list_instances(StateLayout(root.absolute()))
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
@@ -379,8 +397,11 @@ def cmd_detach_nic(args: argparse.Namespace) -> int:
 
 
 def _disk_path(path: str) -> str:
-    """An image path as the runtime keeps it: absolute (a relative one is the caller's)."""
-    return os.path.abspath(path)
+    """An image path as the runtime keeps it: absolute (a relative one is the caller's),
+    normal (``..``, a trailing slash), and never empty."""
+    from kvmlab.spec.inputs import input_path  # noqa: PLC0415
+
+    return input_path("disk path", path)
 
 
 def cmd_attach_disk(args: argparse.Namespace) -> int:
@@ -405,7 +426,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     from kvmlab.host.backends import QemuBackend  # noqa: PLC0415
     from kvmlab.lifecycle.hypervisor import Hypervisor  # noqa: PLC0415
+    from kvmlab.spec.inputs import state_dir_path  # noqa: PLC0415
 
+    to = state_dir_path(args.to, "--to")  # resolved once: '' is no directory, not "here"
     source = _lab(args)
     backend: Any = args.backend
     if args.target_qemu:
@@ -417,7 +440,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         argv = info.saved_argv or info.argv  # the live argv[0] may be a wrapper's target
         if argv:
             backend = QemuBackend(argv[0])
-    target = Hypervisor(args.to, backend=backend)
+    target = Hypervisor(to, backend=backend)
     last = [time.monotonic()]
 
     def progress(info: Any) -> None:
@@ -526,9 +549,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if args.handler is cmd_exec:
         args.words = [*args.words, *command]
+    handler = logging.StreamHandler()
+    if not args.debug:
+        handler.addFilter(_kvmlab_records)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="kvmlab: %(levelname)s: %(message)s",
+        handlers=[handler],
     )
     from kvmlab.errors import KvmlabError  # noqa: PLC0415
 

@@ -6,6 +6,12 @@ timer here. ``asyncio`` would do the same but costs more to import than QEMU
 takes to start, and ``selectors`` pulls in ``collections`` and enums (~15 ms).
 There are never more than a few timers, so a list kept sorted does the job of
 ``heapq`` without its import (~0.3 ms at every start).
+
+No delay a client sends can stop the loop: a timer later than :data:`FOREVER` (or not a
+number) is due at ``FOREVER``, and one wait never passes the kernel more than
+:data:`MAX_WAIT` (``epoll_wait`` takes at most ``INT_MAX`` ms, about 24.8 days, and
+Python raises ``OverflowError`` beyond): the loop wakes, finds nothing due and waits
+again, as QEMU's main loop does with its own timers.
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
-__all__ = ["EventLoop"]
+__all__ = ["FOREVER", "MAX_WAIT", "EventLoop"]
+
+#: The latest a timer can be due, in seconds from now (a hundred years).
+FOREVER = 100 * 365 * 86400.0
+#: The longest one ``epoll_wait`` of the loop, in seconds (a day).
+MAX_WAIT = 86400.0
 
 
 class EventLoop:
@@ -42,13 +53,16 @@ class EventLoop:
 
     def after(self, delay: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, ``delay`` seconds from now (in order, for equal times)."""
+        if not delay <= FOREVER:  # too late, or nan: a timer that never comes
+            delay = FOREVER
         self._timer_seq += 1
         self.timers.append((time.monotonic() + delay, self._timer_seq, callback))
         self.timers.sort()  # by time, then by order of scheduling (sequence numbers differ)
 
     def dispatch(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``None``: forever) and run the ready callbacks."""
-        for fd, _events in self.poller.poll(-1 if timeout is None else timeout):
+        wait = -1 if timeout is None else min(timeout, MAX_WAIT)
+        for fd, _events in self.poller.poll(wait):
             callback = self.callbacks.get(fd)
             if callback is not None:
                 callback()

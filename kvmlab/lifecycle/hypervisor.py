@@ -62,6 +62,7 @@ from kvmlab.host.stopping import stop as stop_process
 from kvmlab.host.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
+from kvmlab.spec.inputs import check_seconds, state_dir_path
 from kvmlab.spec.instance import Disk, Instance, Nic
 from kvmlab.spec.layout import StateLayout, default_state_dir
 from kvmlab.spec.names import is_instance_name
@@ -91,15 +92,33 @@ def _host_errors(name: str) -> Iterator[None]:
         raise OperationError(f"{name}: {err.strerror or err}{where}") from err
 
 
+@contextlib.contextmanager
+def _forget_on_failure(fresh: list[Path], name: str) -> Iterator[None]:
+    """A migration that fails leaves nothing behind: the directories it created in a
+    new target lab go again, with the files of ``name`` in them."""
+    try:
+        yield
+    except BaseException:
+        for directory in fresh:
+            for path in directory.glob(f"{name}.*"):
+                remove_quietly(path)
+            with contextlib.suppress(OSError):  # not empty: another command uses it now
+                directory.rmdir()
+        raise
+
+
 class Hypervisor:
     """A lab of instances under one state directory, on one backend.
 
     :param state_dir: the state directory; ``$KVMLAB_STATE_DIR`` or
         ``$XDG_STATE_HOME/kvmlab`` when omitted. Created (mode 0700) on first start.
+        Resolved once (relative, ``..``, symlinks), so two spellings are one lab.
     :param backend: ``"auto"`` (real QEMU when installed, else the fake), ``"qemu"``,
         ``"fake"``, or a :class:`~kvmlab.host.backends.Backend`.
     :param start_timeout: seconds the binary may take to daemonize.
     :param stop_timeout: seconds a guest gets to power off before it is killed.
+    :raise InvalidInputError: an empty state directory or a file there; a timeout out of
+        range (:func:`~kvmlab.spec.inputs.check_seconds`: this and every method's).
     """
 
     def __init__(
@@ -110,11 +129,11 @@ class Hypervisor:
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
-        root = Path(state_dir) if state_dir is not None else default_state_dir()
+        root = state_dir_path(state_dir) if state_dir is not None else default_state_dir()
+        self.start_timeout = check_seconds("start_timeout", start_timeout)
+        self.stop_timeout = check_seconds("stop_timeout", stop_timeout)
         self.layout = StateLayout(root.absolute())
         self.backend = resolve_backend(backend)
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
 
     def __repr__(self) -> str:
         return f"Hypervisor({str(self.layout.root)!r}, backend={self.backend.describe()!r})"
@@ -165,22 +184,24 @@ class Hypervisor:
         :raise NotRunningError: it has no live process.
         :raise UnknownInstanceError: no such instance.
         """
+        timeout = self.stop_timeout if timeout is None else check_seconds("timeout", timeout)
         self._check_name(name)
         self._require_known(name)
         with self._locked(name):
             runtime = self._load_if_known(name)
-            self._stop(name, runtime, force, self.stop_timeout if timeout is None else timeout)
+            self._stop(name, runtime, force, timeout)
 
     def reboot(self, name: str, timeout: float | None = None) -> InstanceInfo:
         """Soft reboot: stop the process and execute the *saved* runtime again.
 
         :raise NotRunningError: it is not running (start it instead).
         """
+        timeout = self.stop_timeout if timeout is None else check_seconds("timeout", timeout)
         self._check_name(name)
         self._require_known(name)
         with self._locked(name):
             runtime = self._load(name)
-            self._stop(name, runtime, False, self.stop_timeout if timeout is None else timeout)
+            self._stop(name, runtime, False, timeout)
             self._execute(runtime)
         return self.info(name, query_guest=False)
 
@@ -317,6 +338,7 @@ class Hypervisor:
         from kvmlab.lifecycle.migration import transfer  # noqa: PLC0415 - only for migrations
         from kvmlab.lifecycle.migration.prepare import prepare  # noqa: PLC0415
 
+        timeout = transfer.DEFAULT_TIMEOUT if timeout is None else check_seconds("timeout", timeout)
         self._check_name(name)
         self._require_known(name)
         runtime = self._load(name)
@@ -336,7 +358,7 @@ class Hypervisor:
             return planned, source_caps, target_caps
 
         plan(runtime)  # every refusal the files allow, before a state dir is touched
-        with self._locked(name), target_lab._locked(name):
+        with self._locked(name), target_lab._locked(name, undo=True):
             runtime = self._load(name)  # what the lock now guarantees
             planned, source_caps, target_caps = plan(runtime)
             return transfer.migrate(
@@ -348,7 +370,7 @@ class Hypervisor:
                 source_caps=source_caps,
                 target_caps=target_caps,
                 live=live,
-                timeout=transfer.DEFAULT_TIMEOUT if timeout is None else timeout,
+                timeout=timeout,
                 start_timeout=target_lab.start_timeout,
                 progress=progress,
             )
@@ -359,11 +381,13 @@ class Hypervisor:
 
         :return: ``"completed"`` (the target has it), ``"rolled back"`` (the source
             has it), or ``None`` when nothing was pending.
+        :raise UnknownInstanceError: no such instance (and no migration of it pending).
         """
         from kvmlab.lifecycle.migration.recovery import recover  # noqa: PLC0415
 
         self._check_name(name)
         if not self.layout.migration_journal(name).exists():
+            self._require_known(name)
             return None
         with self._locked(name, recover=False):
             return recover(self.layout, name, held=_HELD_LOCKS)
@@ -471,9 +495,12 @@ class Hypervisor:
         if not is_instance_name(name):
             raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
 
-    def _prepare_dirs(self) -> None:
+    def _prepare_dirs(self) -> list[Path]:
+        """Create the lab's directories; the ones this call created, deepest first."""
+        fresh = [path for path in self.layout.directories() if not path.exists()]
         for directory in self.layout.directories():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return fresh[::-1]
 
     def _require_known(self, name: str) -> None:
         """Refuse an unknown instance before anything is created (no state dir, no lock)."""
@@ -481,13 +508,15 @@ class Hypervisor:
             raise UnknownInstanceError(f"no instance named {name!r} in {self.layout.root}")
 
     @contextlib.contextmanager
-    def _locked(self, name: str, recover: bool = True) -> Iterator[None]:
+    def _locked(self, name: str, recover: bool = True, undo: bool = False) -> Iterator[None]:
+        """Hold ``name``'s lock; ``undo``: a failure removes the directories created."""
         try:
-            self._prepare_dirs()
+            fresh = self._prepare_dirs()
         except OSError as err:
             raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
         lock = self.layout.lock_file(name)
-        with _host_errors(name), instance_lock(lock, name):
+        fresh = fresh if undo else []
+        with _forget_on_failure(fresh, name), _host_errors(name), instance_lock(lock, name):
             _HELD_LOCKS.add(lock)
             try:
                 # Whatever a kvmlab killed mid-operation left behind, now that no other

@@ -86,6 +86,8 @@ _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _is_unicast_mac = re.compile(
     r"[0-9a-f][02468ace]:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}"
 ).fullmatch
+#: The MAC QEMU reads as unset (``qemu_macaddr_default_if_unset``) and replaces.
+_UNSET_MAC = "00:00:00:00:00:00"
 _FORBIDDEN_IN_TEXT = ("\n", "\r", "\x00")
 
 
@@ -218,6 +220,10 @@ class Nic(BaseModel):
             if not _MAC.fullmatch(mac):
                 raise ValueError(f"MAC {value!r} is not of the form xx:xx:xx:xx:xx:xx")
             raise ValueError(f"MAC {value!r} is a multicast address (first octet is odd)")
+        if mac == _UNSET_MAC:
+            # QEMU takes it for "no MAC given" and picks 52:54:00:12:34:56 (and up) instead:
+            # the saved runtime would no longer say what the guest has.
+            raise ValueError(f"MAC {value!r} is all zero, which QEMU replaces with its own")
         return mac
 
     @model_validator(mode="after")

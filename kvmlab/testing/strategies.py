@@ -52,9 +52,10 @@ def instance_names() -> st.SearchStrategy[str]:
 
 
 def macs() -> st.SearchStrategy[str]:
-    """Unicast MAC addresses, lowercase."""
+    """Unicast MAC addresses, lowercase, never the all-zero one (which QEMU replaces)."""
     octets = st.lists(st.integers(0, 255), min_size=6, max_size=6)
-    return octets.map(lambda o: ":".join(f"{b:02x}" for b in [o[0] & 0xFE, *o[1:]]))
+    unicast = octets.map(lambda o: ":".join(f"{b:02x}" for b in [o[0] & 0xFE, *o[1:]]))
+    return unicast.filter(lambda mac: mac != "00:00:00:00:00:00")
 
 
 _links = st.text("abcdefghijklmnopqrstuvwxyz0123456789_.-", min_size=1, max_size=15).filter(

@@ -54,6 +54,7 @@ def run_kvmlab(
     backend: str = "fake",
     timeout: float = 60,
     umask: int = -1,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``kvmlab --state-dir STATE --backend BACKEND ARGS...`` in a subprocess."""
     full_env = {**os.environ, **(env or {})}
@@ -67,6 +68,7 @@ def run_kvmlab(
         env=full_env,
         check=False,
         umask=umask,
+        cwd=cwd,
     )
 
 
