@@ -200,9 +200,14 @@ class Machine:
         try:
             os.write(ready_fd, b"\0")
         except OSError:
-            raise Shutdown(1, "parent gone before ready") from None
-        finally:
             os.close(ready_fd)
+            raise Shutdown(1, "parent gone before ready") from None
+        if self.faults.crash_after == 0:
+            # "Dies at once": the pipe stays open until the crash closes it, and the
+            # parent returns only at its end, so the caller always finds the daemon dead
+            # (else whether it looked before or after the crash was up to the scheduler).
+            return
+        os.close(ready_fd)
 
     def _cleanup(self, code: int, reason: str) -> None:
         """Close and remove what this process created, like QEMU at exit."""

@@ -70,6 +70,15 @@ def _daemonize(make_machine: Callable[[], Machine]) -> int:
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
+        # The daemon closes its end right after the byte; a KVMLAB_FAKE_CRASH_AFTER=0
+        # daemon only when it dies (machine._detach), so a "dies at once" start is over,
+        # deterministically, by the time the caller looks for the process.
+        while status == b"\0":
+            try:
+                if not os.read(read_fd, 1):
+                    break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
         os.close(read_fd)
         return 0 if status == b"\0" else 1
     code = 1
