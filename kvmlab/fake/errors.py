@@ -59,4 +59,12 @@ class Shutdown(Exception):  # noqa: N818 - control flow, not an error
 
 
 class QmpCommandError(Exception):
-    """A QMP command refused: the monitor answers ``GenericError`` with this text."""
+    """A QMP command refused: the monitor answers with this text and QEMU's error class.
+
+    :param desc: what QEMU would say.
+    :param klass: QEMU's error class (``DeviceNotFound`` for an unknown device id).
+    """
+
+    def __init__(self, desc: str, klass: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.klass = klass

@@ -21,6 +21,60 @@ if TYPE_CHECKING:
 __all__ = ["blockdev_add", "blockdev_del", "new_disk", "query_named_block_nodes", "unplugged"]
 
 
+#: QEMU's block drivers (its schema's ``BlockdevDriver``): any other is refused by name.
+_BLOCK_DRIVERS = frozenset(
+    {
+        "blkdebug",
+        "blklogwrites",
+        "blkreplay",
+        "blkverify",
+        "bochs",
+        "cloop",
+        "compress",
+        "copy-before-write",
+        "copy-on-read",
+        "dmg",
+        "file",
+        "snapshot-access",
+        "ftp",
+        "ftps",
+        "gluster",
+        "host_cdrom",
+        "host_device",
+        "http",
+        "https",
+        "io_uring",
+        "iscsi",
+        "luks",
+        "nbd",
+        "nfs",
+        "null-aio",
+        "null-co",
+        "nvme",
+        "nvme-io_uring",
+        "parallels",
+        "preallocate",
+        "qcow",
+        "qcow2",
+        "qed",
+        "quorum",
+        "raw",
+        "rbd",
+        "replication",
+        "ssh",
+        "throttle",
+        "vdi",
+        "vhdx",
+        "virtio-blk-vfio-pci",
+        "virtio-blk-vhost-user",
+        "virtio-blk-vhost-vdpa",
+        "vmdk",
+        "vpc",
+        "vvfat",
+    }
+)
+
+
 def _in_use(m: MachineView, name: str) -> BlockDevice | None:
     return next((disk for disk in m.disks if disk.drive == name), None)
 
@@ -29,6 +83,8 @@ def blockdev_add(m: MachineView, arguments: dict[str, object]) -> object:
     driver = str(arguments["driver"])
     name = str(arguments.get("node-name", ""))
     child = arguments.get("file")
+    if driver not in _BLOCK_DRIVERS:
+        raise QmpCommandError(f"Parameter 'driver' does not accept value '{driver}'")
     if driver != "raw" or not isinstance(child, dict) or child.get("driver") != "file":
         raise QmpCommandError(
             "blockdev-add other than a raw node over a file is not simulated by kvmlab-fake"
@@ -54,7 +110,7 @@ def blockdev_del(m: MachineView, arguments: dict[str, object]) -> object:
         raise QmpCommandError(f"Failed to find node with node-name='{name}'")
     user = _in_use(m, name)
     if user is not None:
-        raise QmpCommandError(f"Node '{name}' is busy: block device is in use by {user.ident}")
+        raise QmpCommandError(f"Node {name} is in use")
     del m.block_nodes[name]
     m.log("hotplug", action="blockdev-del", node=name)
     return {}
@@ -77,7 +133,7 @@ def new_disk(m: MachineView, driver: str, arguments: dict[str, object]) -> Block
     """The disk a ``device_add`` of ``driver`` plugs in (its id and slot checked by the caller)."""
     drive = arguments.get("drive")
     if drive is None:
-        raise QmpCommandError(f"{driver}: drive property not set")
+        raise QmpCommandError("drive property not set")
     name = str(drive)
     if name in m.block_nodes:
         path, writable = m.block_nodes[name]
@@ -87,10 +143,16 @@ def new_disk(m: MachineView, driver: str, arguments: dict[str, object]) -> Block
         legacy = True
     else:
         raise QmpCommandError(f"Property '{driver}.drive' can't find value '{name}'")
-    if _in_use(m, name) is not None:
+    user = _in_use(m, name)
+    if user is not None and legacy:
+        raise QmpCommandError(f"Drive '{name}' is already in use by another device")
+    if user is not None:  # a node's write permission is taken by its first device
+        new = str(arguments.get("id", ""))
         raise QmpCommandError(
-            f"Property '{driver}.drive' can't take value '{name}': Drive '{name}' is already"
-            " in use by another device"
+            f"Permission conflict on node '{name}': permissions 'write' are both required by"
+            f" block device '/machine/peripheral/{user.ident}/virtio-backend' (uses node"
+            f" '{name}' as 'root' child) and unshared by block device"
+            f" '/machine/peripheral/{new}/virtio-backend' (uses node '{name}' as 'root' child)."
         )
     disk = BlockDevice(path, writable, name, "device_add")
     disk.legacy = legacy

@@ -3,13 +3,15 @@
 A client sends a descriptor with ``SCM_RIGHTS`` on the QMP socket (the chardev's
 ``recvmsg`` keeps the last ones received, as QEMU's socket chardev does), then
 ``getfd {"fdname": N}`` names it; ``netdev_add`` of a tap with ``fd=N`` takes it out
-of the table (QEMU's ``monitor_fd_param``), so a later ``closefd`` of ``N`` fails.
+of the table (QEMU's ``monitor_fd_param``), so a later ``closefd`` of ``N`` fails, and
+refuses a descriptor that is no tap device (``TUNGETIFF``), as QEMU does.
 The names live in :class:`~kvmlab.fake.host.Taps`, which closes what is left at exit.
 Errors use QEMU's wording. Imported by the first of these commands only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from kvmlab.fake.errors import QmpCommandError
@@ -18,7 +20,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["closefd", "getfd", "take_fd"]
+__all__ = ["check_tap", "closefd", "getfd", "take_fd"]
+
+#: ``TUNGETIFF``: what QEMU asks a tap descriptor before it uses it.
+_TUNGETIFF = 0x800454D2
 
 
 def getfd(m: MachineView, arguments: dict[str, object]) -> object:
@@ -61,3 +66,12 @@ def take_fd(m: MachineView, name: str) -> int:
     if fd_or_none is None:
         raise QmpCommandError(f"File descriptor named '{name}' has not been found")
     return fd_or_none
+
+
+def check_tap(fd: int) -> None:
+    """Refuse (and close) a descriptor that is no tap device, as QEMU's tap backend does."""
+    try:
+        fcntl.ioctl(fd, _TUNGETIFF, bytes(40))
+    except OSError as err:
+        os.close(fd)
+        raise QmpCommandError(f"Unable to query TUNGETIFF on FD {fd}: {err.strerror}") from None

@@ -96,6 +96,10 @@ def _stop(m: MachineView, args: list[str]) -> str | None:
 
 def _cont(m: MachineView, args: list[str]) -> str | None:
     m.resume()
+    if m.pending_unplug:  # the guest runs again and ejects what device_del asked for
+        from kvmlab.fake.hotplug import devices  # noqa: PLC0415 - only after a device_del
+
+        devices.device_deleted(m)
     return ""
 
 

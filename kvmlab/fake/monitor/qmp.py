@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 __all__ = ["JsonSplitter", "QmpMonitor"]
 
+#: The Python types of QMP's JSON types (a bool is no integer to QEMU's visitor).
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+
 #: Members a QMP request may have.
 _QMP_MEMBERS = frozenset({"execute", "exec-oob", "arguments", "id", "control"})
 
@@ -165,13 +173,18 @@ class QmpMonitor(Frontend):
             if key not in arguments:
                 self._error(ident, "GenericError", f"Parameter '{key}' is missing")
                 return
+        for key, kind in entry.types.items():
+            if key in arguments and not isinstance(arguments[key], _JSON_TYPES[kind]):
+                desc = f"Invalid parameter type for '{key}', expected: {kind}"
+                self._error(ident, "GenericError", desc)
+                return
         if command == "qmp_capabilities":
             self.negotiated = True
         self.machine.scm_fds = self.dev.received_fds  # what getfd takes (QEMU: per monitor)
         try:
             reply = entry.run(self.machine, arguments)
         except QmpCommandError as err:
-            self._error(ident, "GenericError", str(err))
+            self._error(ident, err.klass, str(err))
             return
         response: dict[str, object] = {"return": reply}
         if ident is not None:

@@ -32,9 +32,11 @@ class QmpCommand:
     :param allowed: argument names the command takes.
     :param required: argument names it cannot do without.
     :param after: ``after(machine)``, called once the reply has been sent.
+    :param types: argument name -> the JSON type QEMU's schema gives it (``string``,
+        ``boolean``), checked as QEMU's input visitor does before the command runs.
     """
 
-    __slots__ = ("after", "allowed", "required", "run")
+    __slots__ = ("after", "allowed", "required", "run", "types")
 
     def __init__(
         self,
@@ -42,11 +44,13 @@ class QmpCommand:
         allowed: Container[str] = frozenset(),
         required: tuple[str, ...] = (),
         after: Callable[[MachineView], None] | None = None,
+        types: dict[str, str] | None = None,
     ) -> None:
         self.run = run
         self.allowed = allowed
         self.required = required
         self.after = after
+        self.types = types or {}
 
 
 def version_info(profile: Profile) -> dict[str, object]:
@@ -182,6 +186,57 @@ class _AnyName:
 
 def _resume(m: MachineView) -> None:
     m.resume()
+    if m.pending_unplug:  # the guest runs again and ejects what device_del asked for
+        _hotplug().device_deleted(m)
+
+
+#: What sits on the root bus before any ``-device``: (slot, function, class, vendor, device).
+_BUILTIN_PCI = {
+    "pc": (
+        (0, 0, 0x0600, 0x8086, 0x1237),
+        (1, 0, 0x0601, 0x8086, 0x7000),
+        (1, 1, 0x0101, 0x8086, 0x7010),
+        (1, 3, 0x0680, 0x8086, 0x7113),
+    ),
+    "q35": (
+        (0, 0, 0x0600, 0x8086, 0x29C0),
+        (31, 0, 0x0601, 0x8086, 0x2918),
+        (31, 2, 0x0106, 0x8086, 0x2922),
+        (31, 3, 0x0C05, 0x8086, 0x2930),
+    ),
+}
+#: The fake's PCI devices: (class, vendor, device) of each model.
+_PCI_IDS = {
+    "virtio-net-pci": (0x0200, 0x1AF4, 0x1000),
+    "e1000": (0x0200, 0x8086, 0x100E),
+    "rtl8139": (0x0200, 0x10EC, 0x8139),
+    "virtio-blk-pci": (0x0100, 0x1AF4, 0x1001),
+}
+
+
+def _query_pci(m: MachineView, arguments: dict[str, object]) -> object:
+    """``query-pci``: the root bus, with each NIC and virtio disk at its slot (by ``qdev_id``).
+
+    The built-in functions are the chipset's; only the ids and slots are what kvmlab reads.
+    """
+    machine = "q35" if "q35" in m.profile.machine_alias(m.cfg.machine or "") else "pc"
+    rows = [(*row, "") for row in _BUILTIN_PCI[machine]]
+    for device in _hotplug().placed_devices(m):
+        klass, vendor, ident = _PCI_IDS.get(device.model, (0x0200, 0x1AF4, 0x1000))
+        rows.append((device.slot or 0, 0, klass, vendor, ident, device.ident or ""))
+    devices = [
+        {
+            "bus": 0,
+            "slot": slot,
+            "function": function,
+            "class_info": {"class": klass},
+            "id": {"vendor": vendor, "device": ident},
+            "regions": [],
+            "qdev_id": qdev_id,
+        }
+        for slot, function, klass, vendor, ident, qdev_id in sorted(rows)
+    ]
+    return [{"bus": 0, "devices": devices}]
 
 
 def _reset(m: MachineView) -> None:
@@ -201,6 +256,7 @@ COMMANDS: dict[str, QmpCommand] = {
     "query-cpus-fast": QmpCommand(_query_cpus_fast),
     "query-memory-size-summary": QmpCommand(_query_memory_size_summary),
     "query-commands": QmpCommand(_query_commands),
+    "query-pci": QmpCommand(_query_pci),
     "stop": QmpCommand(_stop),
     "cont": QmpCommand(_empty, after=_resume),
     "system_powerdown": QmpCommand(_system_powerdown),
@@ -210,10 +266,17 @@ COMMANDS: dict[str, QmpCommand] = {
         _lazy(_hotplug, "netdev_add"),
         frozenset({"type", "id", "hostfwd", "net", "ipv6", "fd", "vhost"}),
         ("type", "id"),
+        types={"type": "string", "id": "string", "fd": "string"},
     ),
-    "getfd": QmpCommand(_lazy(_fds, "getfd"), frozenset({"fdname"}), ("fdname",)),
-    "closefd": QmpCommand(_lazy(_fds, "closefd"), frozenset({"fdname"}), ("fdname",)),
-    "netdev_del": QmpCommand(_lazy(_hotplug, "netdev_del"), frozenset({"id"}), ("id",)),
+    "getfd": QmpCommand(
+        _lazy(_fds, "getfd"), frozenset({"fdname"}), ("fdname",), types={"fdname": "string"}
+    ),
+    "closefd": QmpCommand(
+        _lazy(_fds, "closefd"), frozenset({"fdname"}), ("fdname",), types={"fdname": "string"}
+    ),
+    "netdev_del": QmpCommand(
+        _lazy(_hotplug, "netdev_del"), frozenset({"id"}), ("id",), types={"id": "string"}
+    ),
     "device_add": QmpCommand(
         _lazy(_hotplug, "device_add"),
         frozenset({"driver", "id", "bus", "addr", "netdev", "mac", "romfile", "drive"})
@@ -225,15 +288,20 @@ COMMANDS: dict[str, QmpCommand] = {
         frozenset({"id"}),
         ("id",),
         after=_lazy(_hotplug, "device_deleted"),
+        types={"id": "string"},
     ),
     "blockdev-add": QmpCommand(
         _lazy(_hotplug_disk, "blockdev_add"),
         frozenset({"driver", "node-name", "file", "read-only", "cache", "discard"})
         | frozenset({"auto-read-only", "detect-zeroes", "force-share"}),
         ("driver",),
+        types={"driver": "string", "node-name": "string", "file": "object", "read-only": "boolean"},
     ),
     "blockdev-del": QmpCommand(
-        _lazy(_hotplug_disk, "blockdev_del"), frozenset({"node-name"}), ("node-name",)
+        _lazy(_hotplug_disk, "blockdev_del"),
+        frozenset({"node-name"}),
+        ("node-name",),
+        types={"node-name": "string"},
     ),
     "query-named-block-nodes": QmpCommand(
         _lazy(_hotplug_disk, "query_named_block_nodes"), frozenset({"flat"})
