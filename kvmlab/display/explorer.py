@@ -256,6 +256,12 @@ def _controls(widgets: Any, values: Mapping[str, object]) -> dict[str, Any]:
     return controls
 
 
+def _readable(html: str) -> str:
+    """A table inside an HTML widget: the widget's own line height (one form row, 28 px)
+    would double-space every wrapped value."""
+    return f"<div style='line-height:1.4'>{html}</div>"
+
+
 def _error_html(view: ExplorerView) -> str:
     return (
         f"<div style='{_BAD};padding:4px 0'>&#9888; {_e(view.error)}</div>"
@@ -297,7 +303,7 @@ def explore(instance: Instance | None = None, profile: str = DEFAULT_PROFILE) ->
         )
         error.value = "" if view.ok else _error_html(view)
         if view.ok:
-            diff.value, runtime.value = view.diff_html, view.runtime_html
+            diff.value, runtime.value = _readable(view.diff_html), _readable(view.runtime_html)
 
     def reset(_button: object = None) -> None:
         for name, control in controls.items():
