@@ -50,9 +50,11 @@ def qemu10(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def notebooks(session: nox.Session) -> None:
     """Execute every notebook on a fresh kernel, from a copy outside the repository; then
-    look at them in headless Chromium at 1280 px (screenshots in build/notebook-screenshots)."""
+    look at them in headless Chromium at 1280 px (screenshots in build/notebook-screenshots),
+    and drive the explorer's widgets in a running JupyterLab."""
     session.install("-e", ".[test,notebooks]")
-    # The display tests again, now with matplotlib and pandas: the charts and DataFrames.
+    # The display tests again, now with matplotlib, pandas and ipywidgets: the charts, the
+    # DataFrames and the explorer's widget.
     session.run("pytest", "-q", "-n", "auto", "tests/notebooks")
     executed = Path(session.create_tmp()) / "executed-notebooks"
     shutil.rmtree(executed, ignore_errors=True)
@@ -63,6 +65,13 @@ def notebooks(session: nox.Session) -> None:
             "python",
             "tools/check_notebooks_browser.py",
             str(executed),
+            "--screenshots",
+            "build/notebook-screenshots",
+        )
+        # The explorer answers in a real JupyterLab: change memory, see -m change.
+        session.run(
+            "python",
+            "tools/check_explorer_jupyterlab.py",
             "--screenshots",
             "build/notebook-screenshots",
         )

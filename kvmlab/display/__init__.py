@@ -27,8 +27,9 @@ options each QEMU version gets for a set of instances, as a table.
 Charts (:func:`migration_chart`, :func:`durations_chart`, :func:`matrix_chart`) are drawn
 with matplotlib and DataFrames made with pandas, both from the ``notebooks`` extra and
 imported only when a chart or a frame is asked for: ``import kvmlab.display`` needs
-neither. The helpers (:func:`wait_for_facts`, :func:`live_argv`, :func:`example_file`...)
-keep polling loops and ``/proc`` parsing out of the notebooks.
+neither. :func:`explore` (ipywidgets, the same extra) changes an instance with widgets and
+shows its runtime and diff live. The helpers (:func:`wait_for_facts`, :func:`live_argv`,
+:func:`example_file`...) keep polling loops and ``/proc`` parsing out of the notebooks.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Final
 from kvmlab.display.argv_view import OPTION_WHY, ArgvRow, argv_html, argv_rows, argv_text
 from kvmlab.display.charts import Chart, durations_chart, matrix_chart, migration_chart
 from kvmlab.display.diff_view import diff_html, diff_text
+from kvmlab.display.explorer import ExplorerView, explore, explorer_view
 from kvmlab.display.frames import lab_dataframe, migrations_dataframe
 from kvmlab.display.helpers import (
     console_tail,
@@ -112,6 +114,10 @@ __all__ = [
     "matrix_chart",
     "migrations_dataframe",
     "lab_dataframe",
+    # the interactive explorer (ipywidgets), imported when used
+    "explore",
+    "explorer_view",
+    "ExplorerView",
     # notebook helpers
     "wait_for_facts",
     "console_tail",

@@ -1,8 +1,9 @@
 """Charts (matplotlib) and DataFrames (pandas): optional, described, and lazily imported.
 
-The core package must not need either: ``import kvmlab.display`` is checked in a fresh
-interpreter. The charts themselves need matplotlib (the ``notebooks`` extra, which the
-``notebooks`` nox session installs); without it those tests skip.
+The core package must not need either (nor the explorer's ipywidgets): ``import
+kvmlab.display`` is checked in a fresh interpreter. The charts themselves need matplotlib
+(the ``notebooks`` extra, which the ``notebooks`` nox session installs); without it those
+tests skip.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from kvmlab.spec.capabilities import load_profile
 from kvmlab.spec.instance import HvParams, Instance
 
 
-def test_importing_display_imports_neither_matplotlib_nor_pandas() -> None:
+def test_importing_display_imports_no_matplotlib_pandas_or_ipywidgets() -> None:
     code = (
-        "import sys, kvmlab, kvmlab.display\n"
-        "print(sorted(m for m in ('matplotlib', 'pandas') if m in sys.modules))"
+        "import sys, kvmlab, kvmlab.display, kvmlab.display.explorer\n"
+        "print(sorted(m for m in ('matplotlib', 'pandas', 'ipywidgets') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

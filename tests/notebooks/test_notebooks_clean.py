@@ -23,6 +23,7 @@ EXPECTED = (
     "03-real-guest.ipynb",
     "04-capability-matrix.ipynb",
     "05-migration.ipynb",
+    "06-explorer.ipynb",
 )
 
 
