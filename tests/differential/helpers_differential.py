@@ -142,18 +142,32 @@ class Verdict:
         )
 
 
-class Runner:
-    """Runs command lines under one QEMU and the fake imitating its version."""
+class PairedRunner:
+    """One QEMU binary and the fake imitating its version, in one work folder with a
+    1 MiB raw image; the command-line and the QMP runners build on it."""
 
     def __init__(self, binary: str, workdir: Path, fake_python: str = sys.executable) -> None:
         self.binary = binary
         self.profile = profile_of(binary)
         self.workdir = workdir
         self.fake = [fake_python, "-m", "kvmlab.fake", "--fake-profile", self.profile]
+        # The fault knobs of the fake must not leak in from the caller's environment.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KVMLAB_FAKE_")}
         self.image = workdir / "disk.raw"
-        with open(self.image, "wb") as f:
-            f.truncate(1 << 20)
+        raw_image(self.image)
+
+
+def raw_image(path: Path) -> None:
+    """A sparse 1 MiB raw image at ``path``."""
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+
+
+class Runner(PairedRunner):
+    """Runs command lines under one QEMU and the fake imitating its version."""
+
+    def __init__(self, binary: str, workdir: Path, fake_python: str = sys.executable) -> None:
+        super().__init__(binary, workdir, fake_python)
         self.qcow2 = workdir / "disk.qcow2"
         with open(self.qcow2, "wb") as f:  # a qcow2 header QEMU's probe recognises
             f.write(_QCOW2_HEADER)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers_differential import profile_of
+from helpers_differential import PairedRunner, raw_image
 
 MAC = "52:54:00:12:34:57"
 #: The machine both programs start: kvmlab's default machine type, paused, no display.
@@ -162,20 +162,13 @@ class Run:
     crash: str = ""
 
 
-class Runner:
+class Runner(PairedRunner):
     """Runs QMP sequences under one QEMU and under the fake imitating its version."""
 
     def __init__(self, binary: str, workdir: Path, fake_python: str = sys.executable) -> None:
-        self.binary = binary
-        self.profile = profile_of(binary)
-        self.workdir = workdir
-        self.fake = [fake_python, "-m", "kvmlab.fake", "--fake-profile", self.profile]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KVMLAB_FAKE_")}
-        self.image = workdir / "disk.raw"
-        self.spare = workdir / "spare.raw"
-        for path in (self.image, self.spare):
-            with open(path, "wb") as f:
-                f.truncate(1 << 20)
+        super().__init__(binary, workdir, fake_python)
+        self.spare = workdir / "spare.raw"  # a second image, for blockdev-add
+        raw_image(self.spare)
 
     def fill(self, value: Any) -> Any:
         """``value`` with ``@IMG``/``@SPARE``/``@DIR`` put in, recursively."""

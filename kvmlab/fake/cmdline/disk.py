@@ -8,7 +8,7 @@ the same :class:`~kvmlab.fake.cmdline.config.BlockDevice` rows.
 
 from __future__ import annotations
 
-from kvmlab.fake.cmdline.config import BlockDevice
+from kvmlab.fake.cmdline.config import BlockDevice, Config
 from kvmlab.fake.cmdline.pci import PciError, place
 from kvmlab.fake.errors import FakeError
 
@@ -39,8 +39,17 @@ def add_disk_device(p: ParseState, driver: str, opts: dict[str, str], where: str
     path, writable = cfg.named_drives[drive]
     disk = BlockDevice(path, writable, drive, where)
     disk.ident = opts.get("id")
+    disk.bus, disk.slot = place_at_start(cfg, driver, opts, where)
+    cfg.disks.append(disk)
+
+
+def place_at_start(
+    cfg: Config, driver: str, opts: dict[str, str], where: str
+) -> tuple[str | None, int | None]:
+    """``(bus, slot)`` of a command-line NIC or disk (``-device``), QEMU's refusal as a
+    command-line error naming ``where``."""
     try:
-        disk.bus, disk.slot = place(
+        return place(
             driver,
             opts,
             [*cfg.nics, *cfg.disks],
@@ -50,4 +59,3 @@ def add_disk_device(p: ParseState, driver: str, opts: dict[str, str], where: str
         )
     except PciError as err:
         raise FakeError(str(err), where) from None
-    cfg.disks.append(disk)

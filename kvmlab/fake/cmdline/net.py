@@ -14,8 +14,8 @@ against too.
 from __future__ import annotations
 
 from kvmlab.fake.cmdline.config import NetBackend, Nic
-from kvmlab.fake.cmdline.disk import DISK_DRIVERS, add_disk_device
-from kvmlab.fake.cmdline.pci import ROOT_PORT, PciError, add_root_port, device_model, place
+from kvmlab.fake.cmdline.disk import DISK_DRIVERS, add_disk_device, place_at_start
+from kvmlab.fake.cmdline.pci import ROOT_PORT, PciError, add_root_port, device_model
 from kvmlab.fake.cmdline.qemuopts import normal_mac, parse_bool, parse_int, parse_opts
 from kvmlab.fake.errors import FakeError
 
@@ -189,17 +189,7 @@ def _device(p: ParseState, value: str, where: str) -> None:
     if driver in DISK_DRIVERS:
         add_disk_device(p, driver, opts, where)
     elif driver in NIC_DRIVERS:
-        try:
-            bus, slot = place(
-                driver,
-                opts,
-                [*cfg.nics, *cfg.disks],
-                machine=cfg.machine,
-                ports=cfg.root_ports,
-                hotplug=False,
-            )
-        except PciError as err:
-            raise FakeError(str(err), where) from None
+        bus, slot = place_at_start(cfg, driver, opts, where)
         _add_nic(p, driver, opts.get("mac"), opts.get("netdev"), where, key="mac")
         nic = cfg.nics[-1]
         nic.ident = opts.get("id")
