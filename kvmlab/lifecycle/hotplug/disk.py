@@ -29,7 +29,7 @@ import os
 import stat
 from typing import Any
 
-from kvmlab.errors import HotplugRefusedError
+from kvmlab.errors import HotplugRefusedError, QmpError
 from kvmlab.host.store import save_runtime
 from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.lifecycle.hotplug.nic import (
@@ -194,7 +194,6 @@ def attach_disk(
     at = max((start + len(args) for start, args in blocks), default=len(runtime.argv))
     argv = (*runtime.argv[:at], *words, *runtime.argv[at:])
     node, device = disk_ids(slot)
-    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     with session(layout, name) as qmp:
         check_commands(qmp, name, DISK_COMMANDS, "disk hotplug")

@@ -34,7 +34,7 @@ import logging
 import os
 from typing import Any
 
-from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError, TapError
+from kvmlab.errors import HotplugNotRunningError, HotplugRefusedError, QmpError, TapError
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.store import save_runtime
 from kvmlab.host.tap import configure_tap, delete_tap, open_tap, tap_record
@@ -153,8 +153,6 @@ def _plug_tap(
     On any failure nothing is left: the netdev is not there, the descriptor name is
     closed, the tap and its record are deleted.
     """
-    from kvmlab.errors import QmpError  # noqa: PLC0415
-
     hv = runtime.hvparams
     netdev_id, _ = nic_ids(slot)
     nic_dir = layout.nic_dir(runtime.name)
@@ -210,7 +208,6 @@ def attach_nic(
     slot = free_nic_slot(runtime.nic_slots)
     if slot is None:
         raise HotplugRefusedError(f"{name} has no free NIC slot (all 16 are used)")
-    from kvmlab.errors import QmpError  # noqa: PLC0415
 
     with session(layout, name) as qmp:
         check_commands(qmp, name, (*NIC_COMMANDS, *TAP_COMMANDS) if nic.mode.needs_tap else None)
