@@ -10,21 +10,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from kvmlab import files
 from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
 from kvmlab.runtime.saved import KVMRuntime
 
+R = TypeVar("R")
+
 __all__ = [
+    "RAW_LIMIT",
     "atomic_write",
     "instance_lock",
+    "load_record",
     "load_runtime",
-    "read_record",
     "remove_stale_writes",
     "save_runtime",
 ]
@@ -77,22 +79,29 @@ def load_runtime(path: Path) -> KVMRuntime:
         raise RuntimeFormatError(f"{path}: {err}") from None
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A JSON object a crashed operation left (hotplug intent, migration journal).
+#: How much of a damaged record ``info`` shows: enough to recognise it, one table line.
+RAW_LIMIT = 200
 
-    ``None`` when there is none. A damaged one is still reported, as
-    ``{"op": "unknown", "raw": ...}``: it says an operation died, which ``info``
-    must tell even when the file is half written.
+
+def load_record(path: Path, parse: Callable[[bytes], R], damaged: Callable[[str], R]) -> R | None:
+    """The record a crashed operation left (a hotplug intent, a migration journal).
+
+    ``None`` when there is none. A file ``parse`` refuses (half written, edited, not
+    UTF-8) is still an operation that died, which ``info`` must tell: it comes back as
+    ``damaged(the start of its text)``.
+
+    :param parse: the record from the file's bytes; raises ``ValueError`` (pydantic's
+        ``ValidationError`` is one) for a file that is not a record.
+    :raise OSError: the file exists but cannot be read.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        data = json.loads(text)
+        return parse(data)
     except ValueError:
-        return {"op": "unknown", "raw": text[:200]}
-    return data if isinstance(data, dict) else {"op": "unknown", "raw": text[:200]}
+        return damaged(data.decode("utf-8", errors="replace")[:RAW_LIMIT])
 
 
 @contextlib.contextmanager

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmlab.lifecycle.hotplug.intent import RAW_LIMIT, HotplugIntent, HotplugOp
+from kvmlab.host.store import RAW_LIMIT
+from kvmlab.lifecycle.hotplug.intent import HotplugIntent, HotplugOp
 from kvmlab.testing import strategies as kst
 
 intent_settings = settings(max_examples=200, deadline=None)

@@ -19,15 +19,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from kvmlab.host.store import atomic_write
+from kvmlab.host.store import RAW_LIMIT, atomic_write, load_record
 from kvmlab.spec.layout import StateLayout
 
 __all__ = ["HotplugIntent", "HotplugOp", "pending_hotplug"]
-
-#: How much of a damaged file ``info`` shows.
-RAW_LIMIT = 200
 
 
 class HotplugOp(StrEnum):
@@ -114,14 +111,7 @@ class HotplugIntent(BaseModel):
         A file that cannot be read as an intent (half written, edited, not JSON) is
         still an operation that died: it loads as :meth:`damaged`.
         """
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError:  # not JSON, not UTF-8, not an intent
-            return cls.damaged(data.decode("utf-8", errors="replace"))
+        return load_record(path, cls.model_validate_json, cls.damaged)
 
 
 def pending_hotplug(layout: StateLayout, name: str) -> dict[str, Any] | None:

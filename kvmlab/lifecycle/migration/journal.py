@@ -19,10 +19,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from kvmlab.errors import RuntimeFormatError
-from kvmlab.host.store import atomic_write
+from kvmlab.host.store import atomic_write, load_record
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.layout import StateLayout
 
@@ -34,9 +34,6 @@ __all__ = [
     "incoming_runtime",
     "pending_migration",
 ]
-
-#: How much of a damaged file ``info`` shows.
-RAW_LIMIT = 200
 
 
 class MigrationStep(StrEnum):
@@ -95,15 +92,15 @@ class MigrationJournal(BaseModel):
 
         :raise OSError: the file exists but cannot be read.
         """
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        text = data.decode("utf-8", errors="replace")
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError:
-            return DamagedJournal(raw=text[:RAW_LIMIT])
+
+        def parse(data: bytes) -> MigrationJournal | DamagedJournal:
+            # Decoded first, with replacement: a journal is read whatever bytes a crash left.
+            return cls.model_validate_json(data.decode("utf-8", errors="replace"))
+
+        def damaged(raw: str) -> MigrationJournal | DamagedJournal:
+            return DamagedJournal(raw=raw)
+
+        return load_record(path, parse, damaged)
 
     def save(self, path: Path) -> None:
         """Write it atomically (a crash leaves the old journal or the new one, whole).
