@@ -49,6 +49,7 @@ class Faults:
         "migrate_die",
         "migrate_stall",
         "migrate_time",
+        "panic_after",
         "powerdown_delay",
         "slow_start",
         "tap_run",
@@ -68,6 +69,8 @@ class Faults:
         self.migrate_stall = False
         self.migrate_die = False
         self.migrate_time: float | None = None
+        #: The guest's first boot panics this long after it began (0: before its facts).
+        self.panic_after: float | None = None
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -87,6 +90,7 @@ class Faults:
         faults.migrate_stall = _env_flag("KVMLAB_FAKE_MIGRATE_STALL")
         faults.migrate_die = _env_flag("KVMLAB_FAKE_MIGRATE_DIE")
         faults.migrate_time = _env_float("KVMLAB_FAKE_MIGRATE_TIME", None)
+        faults.panic_after = _env_float("KVMLAB_FAKE_PANIC_AFTER", None)
         return faults
 
     def to_dict(self) -> dict[str, object]:
