@@ -30,6 +30,7 @@ apart by type::
           +-- ExpectTimeoutError      a console pattern did not appear in time
           +-- GuestChannelError       the guest command channel failed
           |    +-- GuestTimeoutError  the guest did not answer in time
+          |         +-- GuestDownError  (also an ExpectTimeoutError) it panicked or its VM exited
           +-- GuestBuildError         the test guest could not be built
           +-- TapError                a tap device could not be opened or configured
           +-- MigrationError          a migration failed (the source still runs)
@@ -57,6 +58,7 @@ __all__ = [
     "GoldenError",
     "GuestBuildError",
     "GuestChannelError",
+    "GuestDownError",
     "GuestTimeoutError",
     "HotplugNotRunningError",
     "HotplugRefusedError",
@@ -266,6 +268,26 @@ class GuestTimeoutError(GuestChannelError):
     def __init__(self, message: str, *, output: str = "") -> None:
         super().__init__(message)
         self.output = output
+
+
+class GuestDownError(GuestTimeoutError, ExpectTimeoutError):
+    """A wait on the guest was cut short: the guest panicked, or its VM process exited.
+
+    Raised by :meth:`~kvmlab.channels.console.Console.expect` and
+    :meth:`~kvmlab.channels.guest_channel.GuestChannel.run` as soon as the console shows
+    a kernel panic or the QEMU process is gone, instead of waiting out a timeout that can
+    only expire. It is both timeout errors, so a caller that handles the timeout handles it.
+
+    :ivar reason: ``"panic"`` or ``"exited"``.
+    :ivar output: the console's last lines (the panic report, for a panic).
+    :ivar pattern: the console pattern waited for (``""`` for the command channel).
+    """
+
+    def __init__(self, message: str, *, reason: str, output: str, pattern: str = "") -> None:
+        OperationError.__init__(self, message)
+        self.reason = reason
+        self.output = output
+        self.pattern = pattern
 
 
 class GuestBuildError(OperationError):

@@ -9,6 +9,12 @@ to the guest through the serial socket::
     console = lab.console("vm1")
     console.expect(r"KVMLAB-BOOT-OK", timeout=30)
     facts = console.expect(r"KVMLAB-FACTS-END", timeout=5)
+
+A wait on a guest that cannot print any more ends at once: a kernel panic on the
+console, or the VM's process gone, raise :class:`~kvmlab.errors.GuestDownError` (an
+:class:`ExpectTimeoutError` too) with the console's last lines
+(:mod:`~kvmlab.channels.guest_watch`). The pattern is looked for first, so a test that
+waits for the panic itself gets it.
 """
 
 from __future__ import annotations
@@ -19,10 +25,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmlab.errors import ExpectTimeoutError, InvalidInputError, OperationError
+from kvmlab.channels.guest_watch import GuestWatch
+from kvmlab.errors import (
+    ExpectTimeoutError,
+    GuestDownError,
+    InvalidInputError,
+    OperationError,
+)
 from kvmlab.spec.inputs import check_seconds
 
-__all__ = ["Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
+__all__ = ["MAX_INTERVAL", "Console", "ExpectTimeoutError", "GuestFacts", "parse_guest_facts"]
+
+#: The longest pause between two reads of the log in :meth:`Console.expect`: the line is
+#: seen at most this late (a read of a small file costs microseconds; at 0.2 s the wait
+#: for a guest's boot line was a tenth of a second longer, on average, than the boot).
+MAX_INTERVAL = 0.05
 
 
 class Console:
@@ -48,6 +65,8 @@ class Console:
         """Wait until ``pattern`` (a regex, multiline) appears; return the output up to its end.
 
         :raise ExpectTimeoutError: not seen within ``timeout`` seconds.
+        :raise GuestDownError: not seen, and the guest panicked or its VM process is gone
+            (only for a console in a state directory, where the pidfile is known).
         :raise InvalidInputError: a bad pattern, or a duration out of range
             (:func:`~kvmlab.spec.inputs.check_seconds`).
         """
@@ -58,19 +77,34 @@ class Console:
         except re.error as err:
             raise InvalidInputError(f"invalid pattern {pattern!r}: {err}") from None
         deadline = time.monotonic() + timeout
-        while True:
-            text = self.read()
-            match = regex.search(text)
-            if match:
-                return text[: match.end()]
-            if time.monotonic() >= deadline:
-                raise ExpectTimeoutError(
-                    f"{pattern!r} not seen on the console of {self.name} within {timeout:g} s",
-                    pattern=pattern,
-                    output=text,
-                )
-            time.sleep(interval)
-            interval = min(interval * 1.5, 0.2)
+        watch = GuestWatch.for_path(self.name, self.log_path, "serial_log")
+        try:
+            while True:
+                text = self.read()
+                match = regex.search(text)
+                if match:
+                    return text[: match.end()]
+                if watch is not None:
+                    self._check(watch, regex, pattern)
+                if time.monotonic() >= deadline:
+                    raise ExpectTimeoutError(
+                        f"{pattern!r} not seen on the console of {self.name} within {timeout:g} s",
+                        pattern=pattern,
+                        output=text,
+                    )
+                time.sleep(interval)
+                interval = min(interval * 1.5, MAX_INTERVAL)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _check(self, watch: GuestWatch, regex: re.Pattern[str], pattern: str) -> None:
+        """Raise when the guest is down, unless its last words were what is awaited."""
+        try:
+            watch.check(pattern=pattern)
+        except GuestDownError:
+            if regex.search(self.read()) is None:
+                raise
 
     def send(self, text: str, timeout: float = 5.0) -> None:
         """Type ``text`` on the serial console.

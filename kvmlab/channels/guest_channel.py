@@ -21,6 +21,11 @@ on one VM take turns::
     result = shell.run(["cat", "/proc/meminfo"], timeout=10)     # argv: each word quoted
     result = shell.run("cat /sys/class/net/*/address")           # str: a shell command line
     assert result.exit_code == 0
+
+While it waits for the guest, a call looks at the instance's console and process a few
+times a second (:mod:`~kvmlab.channels.guest_watch`): a guest that panicked, or whose
+VM process exited, ends the call at once with :class:`~kvmlab.errors.GuestDownError`
+(a :class:`GuestTimeoutError` too) and the console's last lines.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmlab.channels.guest_watch import GuestWatch
 from kvmlab.errors import GuestChannelError, GuestTimeoutError, InvalidInputError
 from kvmlab.spec.inputs import check_seconds
 
@@ -57,6 +63,8 @@ DEFAULT_READY_TIMEOUT = 60.0
 #: A request line's longest length: far below anything a tty or busybox ``read`` minds.
 MAX_LINE = 3000
 _PING_INTERVALS = (0.1, 0.2, 0.5, 1.0)
+#: Seconds between two looks at the guest's console and process while a call waits.
+WATCH_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +195,7 @@ class GuestChannel:
         :raise InvalidInputError: a command that cannot be sent, or a timeout out of
             range (:func:`~kvmlab.spec.inputs.check_seconds`).
         :raise GuestTimeoutError: no answer or no end of output in time.
+        :raise GuestDownError: the guest panicked, or its VM process exited, meanwhile.
         :raise GuestChannelError: the socket is missing or closed mid-reply.
         """
         line = command_line(cmd)
@@ -194,19 +203,26 @@ class GuestChannel:
         ready_timeout = check_seconds("ready_timeout", ready_timeout)
         if self._check is not None:
             self._check()
-        with self._connect(time.monotonic() + ready_timeout) as sock:
-            leftover = self._wait_ready(sock, time.monotonic() + ready_timeout, ready_timeout)
-            nonce = secrets.token_hex(8)
-            reader = ReplyReader(nonce)
-            reader.feed(leftover)
-            sock.sendall(encode_request(nonce, math.ceil(timeout) + 1, line))
-            result = self._read_reply(sock, reader, time.monotonic() + timeout)
-            if result is None:
-                raise GuestTimeoutError(
-                    f"command in {self.name} did not finish within {timeout:g} s: {line}",
-                    output=reader.output,
+        watch = GuestWatch.for_path(self.name, self.socket_path, "cmd_socket")
+        try:
+            with self._connect(time.monotonic() + ready_timeout) as sock:
+                leftover = self._wait_ready(
+                    sock, time.monotonic() + ready_timeout, ready_timeout, watch
                 )
-            return result
+                nonce = secrets.token_hex(8)
+                reader = ReplyReader(nonce)
+                reader.feed(leftover)
+                sock.sendall(encode_request(nonce, math.ceil(timeout) + 1, line))
+                result = self._read_reply(sock, reader, time.monotonic() + timeout, watch)
+                if result is None:
+                    raise GuestTimeoutError(
+                        f"command in {self.name} did not finish within {timeout:g} s: {line}",
+                        output=reader.output,
+                    )
+                return result
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _connect(self, deadline: float) -> socket.socket:
         """Connect, waiting for a turn until ``deadline``.
@@ -238,7 +254,9 @@ class GuestChannel:
                 ) from err
             return sock
 
-    def _wait_ready(self, sock: socket.socket, deadline: float, ready_timeout: float) -> bytes:
+    def _wait_ready(
+        self, sock: socket.socket, deadline: float, ready_timeout: float, watch: GuestWatch | None
+    ) -> bytes:
         """Ping until the latest ping is answered; return bytes after its marker."""
         attempt = 0
         while True:
@@ -250,7 +268,7 @@ class GuestChannel:
             interval = _PING_INTERVALS[min(attempt, len(_PING_INTERVALS) - 1)]
             attempt += 1
             if (
-                self._read_reply(sock, reader, min(deadline, time.monotonic() + interval))
+                self._read_reply(sock, reader, min(deadline, time.monotonic() + interval), watch)
                 is not None
             ):
                 return reader.rest
@@ -261,33 +279,45 @@ class GuestChannel:
                 )
 
     def _read_reply(
-        self, sock: socket.socket, reader: ReplyReader, deadline: float
+        self,
+        sock: socket.socket,
+        reader: ReplyReader,
+        deadline: float,
+        watch: GuestWatch | None,
     ) -> GuestResult | None:
         """Feed ``reader`` until its marker arrives (the result) or the deadline (``None``)."""
         while reader.result is None:
-            data = self._recv(sock, deadline)
+            data = self._recv(sock, deadline, watch)
             if data is None:
                 return None
             reader.feed(data)
         return reader.result
 
-    def _recv(self, sock: socket.socket, deadline: float) -> bytes | None:
+    def _recv(self, sock: socket.socket, deadline: float, watch: GuestWatch | None) -> bytes | None:
         """Bytes from the guest, or ``None`` at the deadline.
 
+        Waits in slices of :data:`WATCH_INTERVAL`, looking at the guest between them.
+
+        :raise GuestDownError: the guest panicked or its VM process exited.
         :raise GuestChannelError: the connection closed (the VM went away).
         """
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            return None
-        except OSError as err:
-            raise GuestChannelError(
-                f"the command channel of {self.name} failed: {err.strerror or err}"
-            ) from err
-        if not data:
-            raise GuestChannelError(f"the command channel of {self.name} closed (VM stopped?)")
-        return data
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            sock.settimeout(min(remaining, WATCH_INTERVAL) if watch is not None else remaining)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                if watch is not None:
+                    watch.check()
+                continue
+            except OSError as err:
+                raise GuestChannelError(
+                    f"the command channel of {self.name} failed: {err.strerror or err}"
+                ) from err
+            if not data:
+                if watch is not None:
+                    watch.check()
+                raise GuestChannelError(f"the command channel of {self.name} closed (VM stopped?)")
+            return data

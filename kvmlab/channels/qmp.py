@@ -16,6 +16,11 @@ here those records are details (DEBUG, shown only when kvmlab's own logger shows
 debug), as the caller already gets the error once, as an exception.
 ``qemu.qmp`` is imported on first use: it costs ~50 ms and most CLI commands do
 not need it.
+
+A session on an instance's socket in a state directory records the commands it sends,
+their error replies and the events it receives in ``log/<name>.qmp.log``
+(:mod:`~kvmlab.channels.qmp_log`): the QMP traffic kvmlab saw, which a failing test's
+report shows.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kvmlab.channels.qmp_log import QmpTrafficLog, qmp_log_for_socket
 from kvmlab.errors import QmpError
 
 if TYPE_CHECKING:
-    from qemu.qmp import QMPClient
+    from qemu.qmp import EventListener, QMPClient
 
 __all__ = ["QmpError", "QmpSession", "qmp_execute"]
 
@@ -91,6 +97,7 @@ class QmpSession:
         self.path = str(path)
         self.timeout = timeout
         self._client: QMPClient | None = None
+        self._log: QmpTrafficLog | None = None
 
     def __enter__(self) -> QmpSession:
         self.connect()
@@ -113,11 +120,19 @@ class QmpSession:
 
         client = QMPClient("kvmlab")
         client.logger.addFilter(_LIBRARY_RECORDS)  # once: addFilter keeps no duplicates
+        log_path = qmp_log_for_socket(Path(self.path))
+        log = QmpTrafficLog(log_path) if log_path is not None else None
+        if log is not None:
+            # Before connecting: an event that follows the greeting at once is recorded.
+            client.register_listener(_recorder(log))
         try:
             _LoopThread.run(client.connect(self.path), self.timeout)
         except (QMPError, OSError, FutureTimeout) as err:
+            if log is not None:
+                log.close()
             raise QmpError(f"cannot connect to QMP at {self.path}: {_describe(err)}") from err
         self._client = client
+        self._log = log
 
     def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
         """Run one command and return its ``return`` value.
@@ -128,9 +143,14 @@ class QmpSession:
 
         if self._client is None:
             raise QmpError(f"QMP session to {self.path} is not connected")
+        log = self._log
+        if log is not None:
+            log.command(command, arguments)
         try:
             return _LoopThread.run(self._client.execute(command, arguments), self.timeout)
         except (QMPError, OSError, FutureTimeout) as err:
+            if log is not None:
+                log.error(command, _describe(err))
             raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
 
     def send_fd(self, fd: int) -> None:
@@ -176,6 +196,10 @@ class QmpSession:
         if client is None:
             raise QmpError(f"QMP session to {self.path} is not connected")
 
+        log = self._log
+        if log is not None:
+            log.command(command, arguments)
+
         async def run() -> dict[str, Any]:
             listener = EventListener(names=(event,))
             with client.listen(listener):
@@ -193,18 +217,36 @@ class QmpSession:
         try:
             return _LoopThread.run(run(), self.timeout + timeout + 1.0)
         except (TimeoutError, FutureTimeout) as err:
+            if log is not None:
+                log.error(command, f"no {event} within {timeout:g}s")
             raise QmpError(f"QMP {command}: no {event} within {timeout:g}s") from err
         except (QMPError, OSError) as err:
+            if log is not None:
+                log.error(command, _describe(err))
             raise QmpError(f"QMP {command} failed: {_describe(err)}") from err
 
     def close(self) -> None:
         """Disconnect; never raises (the peer may already be gone)."""
         client, self._client = self._client, None
+        log, self._log = self._log, None
         if client is None:
             return
         # Best effort: QEMU may have exited already (after quit or powerdown).
         with contextlib.suppress(Exception):
             _LoopThread.run(client.disconnect(), self.timeout)
+        if log is not None:
+            log.close()
+
+
+def _recorder(log: QmpTrafficLog) -> EventListener:
+    """A listener of the library whose filter writes each event to ``log`` and keeps none."""
+    from qemu.qmp import EventListener  # noqa: PLC0415
+
+    def record(event: Mapping[str, Any]) -> bool:
+        log.event(event)
+        return False
+
+    return EventListener(event_filter=record)
 
 
 def _describe(err: BaseException) -> str:

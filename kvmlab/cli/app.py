@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     text = "build the test guest (kernel + initramfs), or find it already built"
     p = guest_sub.add_parser("build", help=text, description=text)
     p.set_defaults(handler=cmd_guest_build)
-    p.add_argument("--json", action="store_true", help='print {"kernel": ..., "initrd": ...}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"kernel": ..., "initrd": ..., "hvparams": {...}} (the hvparams boot it fast)',
+    )
     p.add_argument(
         "--cache", metavar="DIR", help="cache directory (default: ~/.cache/kvmlab/guest)"
     )
@@ -529,7 +533,9 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     except OSError as err:  # an unwritable cache directory, a full disk
         raise GuestBuildError(f"cannot build the test guest: {err}") from err
     if args.json:
-        print(image.to_json())
+        # The instance hvparams that boot it fast, for an instance file built from this.
+        data = {**json.loads(image.to_json()), "hvparams": image.hvparams()}
+        print(json.dumps(data))
     else:
         print(f"kernel: {image.kernel}")
         print(f"initrd: {image.initrd}")

@@ -52,6 +52,10 @@ Environment (read once at start; a fault sticks to the process it was given to):
     TAPNAME`` is logged.
 ``KVMLAB_FAKE_BOOT_DELAY=SECONDS``
     delay between start (or ``cont``) and the guest's boot output (default 0).
+``KVMLAB_FAKE_PANIC_AFTER=SECONDS``
+    the guest's first boot panics that long after it began (``0``: before its
+    facts), printing Linux's ``Kernel panic - not syncing`` report; the kernel's
+    ``panic=`` argument decides whether it then hangs or resets.
 ``KVMLAB_FAKE_POWERDOWN_DELAY=SECONDS``
     how long an ACPI guest takes to power off after ``system_powerdown``
     (default 0.1).

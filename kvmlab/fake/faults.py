@@ -58,6 +58,7 @@ class Faults:
         "migrate_die",
         "migrate_stall",
         "migrate_time",
+        "panic_after",
         "powerdown_delay",
         "slow_start",
         "state_truncate",
@@ -80,6 +81,8 @@ class Faults:
         self.migrate_time: float | None = None
         #: A migration into a descriptor or file (a state) fails after this many bytes.
         self.state_truncate: int | None = None
+        #: The guest's first boot panics this long after it began (0: before its facts).
+        self.panic_after: float | None = None
 
     @classmethod
     def from_env(cls) -> Faults:
@@ -100,6 +103,7 @@ class Faults:
         faults.migrate_die = _env_flag("KVMLAB_FAKE_MIGRATE_DIE")
         faults.migrate_time = _env_float("KVMLAB_FAKE_MIGRATE_TIME", None)
         faults.state_truncate = _env_bytes("KVMLAB_FAKE_STATE_TRUNCATE")
+        faults.panic_after = _env_float("KVMLAB_FAKE_PANIC_AFTER", None)
         return faults
 
     def to_dict(self) -> dict[str, object]:

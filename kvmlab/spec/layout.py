@@ -114,6 +114,10 @@ class StateLayout:
     def serial_log(self, name: str) -> Path:
         return self.root / "log" / f"{name}.serial.log"
 
+    def qmp_log(self, name: str) -> Path:
+        """The QMP traffic kvmlab's own sessions saw (:mod:`kvmlab.channels.qmp_log`)."""
+        return self.root / "log" / f"{name}.qmp.log"
+
     def lock_file(self, name: str) -> Path:
         return self.root / "lock" / f"{name}.lock"
 

@@ -36,6 +36,23 @@ fixtures stay correct without help:
   (it makes itself a child subreaper), so a worker does not collect zombies;
 - what is shared by the whole machine stays the test's to keep apart: a bridge or tap
   name, a TCP port (use a random suffix, or ``PYTEST_XDIST_WORKER``, ``gw0``...).
+
+When a test that uses ``lab`` or ``fake_lab`` fails, its report shows what each instance
+of that lab went through, one section each (the last :data:`REPORT_LINES` lines, read
+while the VMs still run), beside the path of the copied logs::
+
+    ---- kvmlab vm1: serial console (last 30 lines) ----
+    ---- kvmlab vm1: QEMU log (last 30 lines) ----          (log/vm1.log: QEMU's stderr)
+    ---- kvmlab vm1: QMP traffic kvmlab saw (last 30 lines) ----
+
+The QMP section is ``log/vm1.qmp.log``: the commands kvmlab sent, their error replies
+and the events QEMU sent while a kvmlab session was connected. QEMU sends events only
+to a connected client, and kvmlab connects only for its own commands, so it is not
+every event of the VM (an event with no session connected is seen by no one).
+
+A test waiting on ``lab.console(name).expect(...)`` or ``lab.guest(name).run(...)`` does
+not wait out its timeout for a guest that panicked or whose QEMU exited: the wait
+raises :class:`~kvmlab.errors.GuestDownError` at once, with the console's last lines.
 """
 
 from __future__ import annotations
@@ -54,9 +71,15 @@ if TYPE_CHECKING:
     from kvmlab.guest.build import GuestImage
     from kvmlab.lifecycle.hypervisor import Hypervisor
 
-__all__ = ["in_ci", "require_qemu", "stop_all"]
+__all__ = ["REPORT_LINES", "in_ci", "require_qemu", "stop_all"]
 
 _FAILED = pytest.StashKey[bool]()
+#: The labs a test's fixtures made, for its failure report.
+_LABS = pytest.StashKey["list[Hypervisor]"]()
+#: Lines of each log a failure report shows.
+REPORT_LINES = 30
+#: Bytes read from the end of a log for its last lines (a long line is cut, not a report).
+_TAIL_BYTES = 64 * 1024
 
 
 def in_ci() -> bool:
@@ -93,7 +116,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.when == "call" and report.failed:
         item.stash[_FAILED] = True
+    if report.failed and report.when in ("setup", "call"):
+        for lab in item.stash.get(_LABS, []):
+            report.sections.extend(guest_sections(lab))
     return report
+
+
+def _tail(path: Path, lines: int = REPORT_LINES) -> str | None:
+    """The last ``lines`` lines of ``path``; ``None`` when there is no such file."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - _TAIL_BYTES))
+            data = file.read()
+    except OSError:
+        return None
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def guest_sections(lab: Hypervisor) -> list[tuple[str, str]]:
+    """Report sections for each instance of ``lab``: the last lines of its serial console,
+    its QEMU log and the QMP traffic kvmlab saw (``(title, text)``, as ``rep.sections``)."""
+    layout = lab.layout
+    names = sorted(
+        path.name.removesuffix(".runtime") for path in layout.root.glob("conf/*.runtime")
+    )
+    sections = []
+    for name in names:
+        qmp = _tail(layout.qmp_log(name))
+        if qmp is not None and qmp.count("\n") + 1 < REPORT_LINES:
+            older = _tail(layout.qmp_log(name).with_name(f"{name}.qmp.log.1"))
+            if older is not None:  # the log started over lately: its previous part first
+                qmp = _tail_text(f"{older}\n{qmp}")
+        for what, text in (
+            ("serial console", _tail(layout.serial_log(name))),
+            ("QEMU log", _tail(layout.log_file(name))),
+            ("QMP traffic kvmlab saw", qmp),
+        ):
+            body = "(no such file)" if text is None else text or "(empty)"
+            sections.append((f"kvmlab {name}: {what} (last {REPORT_LINES} lines)", body))
+    return sections
+
+
+def _tail_text(text: str) -> str:
+    return "\n".join(text.split("\n")[-REPORT_LINES:])
 
 
 @pytest.fixture
@@ -122,6 +189,8 @@ def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervis
     # A short root: unix socket paths must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="kl-"))
     lab = Hypervisor(root, backend=backend, stop_timeout=20.0)
+    labs = request.node.stash.setdefault(_LABS, [])
+    labs.append(lab)
     try:
         yield lab
     finally:
@@ -133,6 +202,7 @@ def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervis
                 shutil.copytree(root / "log", kept, dirs_exist_ok=True)
                 request.node.add_report_section("teardown", "kvmlab", f"logs kept in {kept}")
         finally:
+            labs.remove(lab)
             shutil.rmtree(root, ignore_errors=True)
 
 

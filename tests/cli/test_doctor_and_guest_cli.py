@@ -20,8 +20,9 @@ import pytest
 from kvmlab.cli import app as cli
 from kvmlab.cli import doctor
 from kvmlab.errors import KvmlabError, ProbeError
-from kvmlab.guest.build import GuestImage
+from kvmlab.guest.build import GuestImage, boot_hvparams
 from kvmlab.host import backends
+from kvmlab.spec.instance import HvParams
 
 KVMLAB = [sys.executable, "-m", "kvmlab.cli"]
 # The accelerator probe boots the test guest under KVM once per binary and host boot
@@ -139,9 +140,12 @@ def test_guest_build_json_prints_one_object_of_existing_files(test_guest: GuestI
     result = run("guest", "build", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # stdout holds the object and nothing else
-    assert set(data) == {"kernel", "initrd"}
+    assert set(data) == {"kernel", "initrd", "hvparams"}
     assert Path(data["kernel"]).is_file() and Path(data["initrd"]).is_file()
     assert (data["kernel"], data["initrd"]) == (str(test_guest.kernel), str(test_guest.initrd))
+    # The hvparams that boot it fast, ready for an instance file.
+    assert data["hvparams"] == boot_hvparams(test_guest)
+    HvParams.model_validate(data["hvparams"])
     assert "reusing guest" in result.stderr  # progress goes to stderr
 
 

@@ -296,3 +296,68 @@ def test_fixtures_under_xdist_workers(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     result.assert_outcomes(passed=6)
     assert re.search(r"2 workers", result.stdout.str()), result.stdout.str()
+
+
+def test_a_failing_user_test_shows_what_the_guest_saw(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_user=user_file(
+            """
+            from kvmlab.channels.qmp import qmp_execute
+
+            def test_kvmlab_plugin_fails_on_purpose(fake_lab):
+                fake_lab.start(make())
+                fake_lab.console("u1").expect("KVMLAB-FACTS-END", timeout=10)
+                qmp_execute(fake_lab.layout.qmp_socket("u1"), "stop")
+                assert False, "the user's check failed"
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    (report,) = [
+        r
+        for r in result.reprec.getreports("pytest_runtest_logreport")  # type: ignore[attr-defined]
+        if r.when == "call"
+    ]
+    sections = dict(report.sections)
+    console = sections["kvmlab u1: serial console (last 30 lines)"]
+    assert console.splitlines()[-1] == "KVMLAB-FACTS-END"
+    assert "kvmlab start:" in sections["kvmlab u1: QEMU log (last 30 lines)"]
+    qmp = [
+        json.loads(line)
+        for line in sections["kvmlab u1: QMP traffic kvmlab saw (last 30 lines)"].splitlines()
+    ]
+    assert [r.get("command") or r.get("event") for r in qmp] == ["stop", "STOP"]
+    # In the failure output the user reads, under the assertion.
+    result.stdout.fnmatch_lines(
+        [
+            "*the user's check failed*",
+            "*kvmlab u1: serial console (last 30 lines)*",
+            "KVMLAB-BOOT-OK",
+            "*kvmlab u1: QMP traffic kvmlab saw*",
+            '*"event":"STOP"*',
+        ]
+    )
+
+
+def test_a_guest_that_panics_fails_the_users_wait_with_the_panic(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVMLAB_FAKE_PANIC_AFTER", "0")
+    pytester.makepyfile(
+        test_user=user_file(
+            """
+            def test_waits_for_a_boot_that_never_comes(lab):
+                lab.start(make())
+                lab.console("u1").expect("KVMLAB-BOOT-OK", timeout=600)
+            """
+        )
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*GuestDownError: the guest of u1 panicked:",
+            "*Kernel panic - not syncing: VFS: Unable to mount root fs*",
+        ]
+    )

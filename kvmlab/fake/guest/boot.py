@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 __all__ = ["Guest", "facts"]
 
 
+def _panic_timeout(append: str) -> int:
+    """The kernel's ``panic=`` argument (the last one wins; 0 when absent or not a number)."""
+    timeout = 0
+    for word in append.split():
+        if word.startswith("panic="):
+            value = word.removeprefix("panic=")
+            timeout = int(value) if value.lstrip("-").isdigit() else 0
+    return timeout
+
+
 def facts(mem_kb: int, cpus: int, macs: list[str]) -> list[str]:
     """The guest facts lines, as kvmlab's test guest prints them."""
     lines = ["KVMLAB-BOOT-OK", f"MEM {mem_kb}", f"CPUS {cpus}"]
@@ -93,9 +103,59 @@ class Guest:
             f"[    0.100000] smp: Brought up 1 node, {cfg.cpus} CPUs",
             "[    0.500000] Run /init as init process",
         ]
+        panic_after = m.faults.panic_after if self.boots == 0 else None
+        if panic_after == 0:
+            # The kernel panics before /init prints anything: no facts, no command loop.
+            m.console("".join(line + "\r\n" for line in lines))
+            self.panic("VFS: Unable to mount root fs on unknown-block(0,0)")
+            return
         lines += facts(cfg.guest_mem_kb, cfg.cpus, [nic.mac for nic in nics])
         m.console("".join(line + "\r\n" for line in lines))
         m.log("boot", nics=[nic.mac for nic in nics], cpus=cfg.cpus, mem_kb=cfg.guest_mem_kb)
+        if panic_after is not None:
+            boots = self.boots
+            m.loop.after(panic_after, lambda: self._panic_in(boots))
+
+    def _panic_in(self, boots: int) -> None:
+        if boots == self.boots:
+            self.panic("Attempted to kill init! exitcode=0x0000000b")
+
+    def panic(self, reason: str) -> None:
+        """``KVMLAB_FAKE_PANIC_AFTER``: Linux's ``panic()``, as it prints it on the console.
+
+        The guest stops answering (its command loop is gone). The kernel's ``panic=N``
+        argument decides what follows, as in Linux: ``0`` (the default) hangs, ``N > 0``
+        announces ``Rebooting in N seconds..`` and resets then, ``N < 0`` resets at once;
+        a guest reset under ``-no-reboot`` ends QEMU (``SHUTDOWN``, ``guest-reset``).
+        """
+        m = self.machine
+        self.booted = -2  # not this boot: the command channel answers nothing more
+        timeout = _panic_timeout(m.cfg.append or "")
+        stamp = self._uptime()
+        lines = [
+            f"{stamp} Kernel panic - not syncing: {reason}",
+            f"{stamp} CPU: 0 PID: 1 Comm: init Not tainted 6.1.0-kvmlab-fake #1",
+            f"{stamp} Kernel Offset: disabled",
+        ]
+        if timeout > 0:
+            lines.append(f"{stamp} Rebooting in {timeout} seconds..")
+        lines.append(f"{stamp} ---[ end Kernel panic - not syncing: {reason} ]---")
+        m.console("".join(line + "\r\n" for line in lines))
+        m.log("panic", reason=reason, timeout=timeout)
+        if timeout != 0:
+            boots = self.boots
+            m.loop.after(max(timeout, 0), lambda: self._guest_reset(boots))
+
+    def _guest_reset(self, boots: int) -> None:
+        """The guest resets the machine (after a panic): QEMU reboots it, or ends."""
+        if boots != self.boots:
+            return
+        m = self.machine
+        if m.cfg.no_reboot:
+            m.shutdown(guest=True, reason="guest-reset")
+            return
+        m.event("RESET", {"guest": True, "reason": "guest-reset"})
+        self.reset()
 
     def power_button(self) -> None:
         """The ACPI power button: a guest with ACPI powers off soon after."""
