@@ -23,8 +23,8 @@ from kvmlab.host.process import remove_quietly
 from kvmlab.host.stopping import stop as stop_process
 from kvmlab.host.store import load_runtime, remove_stale_writes, save_runtime
 from kvmlab.lifecycle.migration.endpoints import run_state
+from kvmlab.lifecycle.snapshots import load, write
 from kvmlab.lifecycle.snapshots.journal import SnapshotJournal, SnapshotOp, SnapshotStep, now
-from kvmlab.lifecycle.snapshots.load import finish_load, load_state, start_incoming
 from kvmlab.lifecycle.snapshots.plan import (
     check_tag,
     find_snapshot,
@@ -41,14 +41,7 @@ from kvmlab.lifecycle.snapshots.record import (
     saved_record,
 )
 from kvmlab.lifecycle.snapshots.recovery import SnapshotOutcome, recover, resolve
-from kvmlab.lifecycle.snapshots.write import (
-    DEFAULT_TIMEOUT,
-    commit_state,
-    open_temp,
-    quit_vm,
-    resume_vm,
-    write_state,
-)
+from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, open_temp
 from kvmlab.runtime.rebase import concrete_machine, machine_of
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.inputs import check_seconds
@@ -203,7 +196,7 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
 
     with _journaled(lab, journal, failed):
         try:
-            info = write_state(layout, name, fd, timeout)
+            info = write.write_state(layout, name, fd, timeout)
         finally:
             os.close(fd)
         final_status = str(info.get("status", MigrationStatus.NONE))
@@ -216,13 +209,13 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
             )
             raise SnapshotError(f"writing the state of {name} {why}", status=final_status)
         journal = journal.at(SnapshotStep.COMMITTING, layout.snapshot_journal(name))
-        record = commit_state(temp, final, record_path, fields=fields)
+        record = write.commit_state(temp, final, record_path, fields=fields)
         if tag is None:
             journal = journal.at(SnapshotStep.QUITTING, layout.snapshot_journal(name))
-            quit_vm(layout, name, lab.stop_timeout)
+            write.quit_vm(layout, name, lab.stop_timeout)
         else:
             journal = journal.at(SnapshotStep.RESUMING, layout.snapshot_journal(name))
-            resume_vm(layout, name, running)
+            write.resume_vm(layout, name, running)
     elapsed = round((time.monotonic() - began) * 1000)
     record = load_record(record_path, snapshot_label(name, tag))
     return record.info(final, elapsed)
@@ -239,12 +232,12 @@ def _load(
 ) -> None:
     """Start ``runtime`` with ``-incoming defer``, load ``state``, resume if it ran."""
     layout = lab.layout
-    start_incoming(
+    load.start_incoming(
         layout, lab.backend, runtime, lab.backend.capabilities(runtime.binary), lab.start_timeout
     )
     journal.at(SnapshotStep.LOADING, layout.snapshot_journal(runtime.name))
-    load_state(layout, runtime.name, state, timeout)
-    finish_load(layout, runtime, running)
+    load.load_state(layout, runtime.name, state, timeout)
+    load.finish_load(layout, runtime, running)
 
 
 def revert(lab: Lab, tag: str, timeout: float) -> None:

@@ -38,13 +38,13 @@ from kvmlab.lifecycle.migration.endpoints import (
     resume,
     run_state,
 )
+from kvmlab.lifecycle.snapshots import load
 from kvmlab.lifecycle.snapshots.journal import (
     DamagedSnapshotJournal,
     SnapshotJournal,
     SnapshotOp,
     SnapshotStep,
 )
-from kvmlab.lifecycle.snapshots.load import finish_load, load_state, start_incoming
 from kvmlab.lifecycle.snapshots.plan import find_snapshot, plan_load, snapshot_label
 from kvmlab.lifecycle.snapshots.record import load_record, verify_state
 from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, quit_vm
@@ -137,7 +137,7 @@ def _resolve_restore(
             except SnapshotRefusedError as err:
                 log.warning("%s: the restored VM of %s is killed", err, name)
             else:
-                finish_load(layout, plan.runtime, record.running)
+                load.finish_load(layout, plan.runtime, record.running)
                 remove_quietly(path)
                 remove_quietly(layout.saved_state(name))
                 return SnapshotOutcome.COMPLETED
@@ -167,9 +167,9 @@ def _resolve_revert(
         if status is None or status == QemuRunState.INMIGRATE:
             kill_target(layout, name)
             save_runtime(layout.runtime_file(name), plan.runtime)
-            start_incoming(layout, backend, plan.runtime, plan.caps, start_timeout)
-            load_state(layout, name, state, DEFAULT_TIMEOUT)
-        finish_load(layout, plan.runtime, record.running)
+            load.start_incoming(layout, backend, plan.runtime, plan.caps, start_timeout)
+            load.load_state(layout, name, state, DEFAULT_TIMEOUT)
+        load.finish_load(layout, plan.runtime, record.running)
     except KvmlabError as err:
         log.warning("the revert of %s cannot be finished (%s): it is left stopped", name, err)
         kill_target(layout, name)

@@ -1,0 +1,336 @@
+"""Snapshots and saved states (docs/snapshots.md): the same bodies on the fake kvm and on real
+QEMU with the test guest (``KVMLAB_QEMU`` selects 10.0, as for the other lifecycle tests).
+
+The proof is the guest's own, through its command channel: a file written before a snapshot
+is there after the revert, one written after it is gone, and the boot id is unchanged (the
+guest did not boot again). Every refusal is exit 2 in one line and leaves the state
+directory as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers_lifecycle import BOOT_TIMEOUT
+
+from kvmlab.cli.app import main
+from kvmlab.errors import (
+    SavedError,
+    SnapshotError,
+    SnapshotRefusedError,
+)
+from kvmlab.host.process import read_cmdline
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.lifecycle.snapshots.record import STATE_MAGIC
+from kvmlab.spec.instance import Instance
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def vm_processes(lab: Hypervisor, name: str = "vm1") -> list[int]:
+    """Live processes started with the lab's pidfile for ``name``."""
+    pidfile = str(lab.layout.pidfile(name))
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = read_cmdline(int(entry)) or ()
+            if any(a == "-pidfile" and b == pidfile for a, b in itertools.pairwise(argv)):
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    found.append(int(entry))
+    return found
+
+
+def guest_run(lab: Hypervisor, command: str, name: str = "vm1") -> str:
+    result = lab.guest(name).run(command, ready_timeout=BOOT_TIMEOUT)
+    assert result.exit_code == 0, result
+    return result.stdout
+
+
+def boot_id(lab: Hypervisor) -> str:
+    value = guest_run(lab, f"cat {BOOT_ID}").strip()
+    assert value
+    return value
+
+
+def files_of(lab: Hypervisor) -> dict[str, str]:
+    """Every file of the state directory that a command could change (not the logs, not
+    the sockets), with a digest of its content."""
+    found = {}
+    for path in sorted(lab.layout.root.rglob("*")):
+        relative = path.relative_to(lab.layout.root)
+        if path.is_file() and relative.parts[0] not in ("log", "ctrl"):
+            found[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture
+def cli(lab: Hypervisor, kvmlab_backend: str, capsys: pytest.CaptureFixture[str]):
+    """Run ``kvmlab`` on this lab; ``(exit code, stdout, stderr)``."""
+
+    def run(*words: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--state-dir", str(lab.layout.root), "--backend", kvmlab_backend, *words])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_revert_brings_back_the_guest_as_it_was(lab, make_instance) -> None:
+    lab.start(make_instance())
+    guest_run(lab, "echo before > /tmp/before")
+    booted = boot_id(lab)
+    before = lab.load_runtime("vm1")
+
+    info = lab.snapshot("vm1", "base")
+
+    assert (info.tag, info.kind, info.running) == ("base", "snapshot", True)
+    assert info.size > 0 and info.elapsed_ms is not None
+    assert Path(info.state_file).read_bytes()[: len(STATE_MAGIC)] == STATE_MAGIC
+    assert lab.info("vm1").extra.get("status") == "running", "it runs on after the write"
+    guest_run(lab, "echo after > /tmp/after")
+
+    reverted = lab.revert("vm1", "base")
+
+    assert guest_run(lab, "cat /tmp/before").strip() == "before"
+    assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
+    assert boot_id(lab) == booted, "the guest did not boot again"
+    assert vm_processes(lab) == [reverted.pid]
+    assert lab.load_runtime("vm1") == before
+    assert "-incoming" not in lab.load_runtime("vm1").argv, "a start-time argument, never saved"
+    assert [s.tag for s in lab.snapshots("vm1")] == ["base"], "the snapshot stays"
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    # Reverting again works: the snapshot is not used up.
+    guest_run(lab, "echo again > /tmp/after")
+    lab.revert("vm1", "base")
+    assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
+    listed = lab.info("vm1", query_guest=False).to_dict()["snapshots"]
+    assert [entry["tag"] for entry in listed] == ["base"]
+    assert set(listed[0]) == {"tag", "size", "created", "qemu_version", "machine", "running"}
+
+
+def test_save_then_restore_continues_the_guest(lab, make_instance) -> None:
+    instance = make_instance()
+    lab.start(instance)
+    guest_run(lab, "echo kept > /tmp/token")
+    booted = boot_id(lab)
+
+    saved = lab.save("vm1")
+
+    assert (saved.tag, saved.kind) == (None, "save")
+    info = lab.info("vm1")
+    assert info.state == "stopped" and info.pid is None
+    assert info.to_dict()["saved"]["size"] == saved.size
+    assert "tag" not in info.to_dict()["saved"]
+    assert lab.saved_state("vm1") == saved.__class__(**{**saved.to_dict(), "elapsed_ms": None})
+    assert vm_processes(lab) == []
+    for refused in (
+        lambda: lab.start(instance),
+        lambda: lab.reboot("vm1"),
+        lambda: lab.revert("vm1", "nothing"),
+    ):
+        with pytest.raises(SavedError, match="kvmlab restore vm1") as err:
+            refused()
+        assert err.value.state == "saved" and err.value.exit_code == 1
+    assert lab.saved_state("vm1") is not None, "a refused start loses nothing"
+
+    restored = lab.restore("vm1")
+
+    assert guest_run(lab, "cat /tmp/token").strip() == "kept"
+    assert boot_id(lab) == booted
+    assert vm_processes(lab) == [restored.pid]
+    assert lab.saved_state("vm1") is None
+    assert not lab.layout.saved_state("vm1").exists(), "continued: two copies would be two VMs"
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_cleanup_discards_the_saved_state_and_the_snapshots(lab, make_instance) -> None:
+    lab.start(make_instance())
+    lab.snapshot("vm1", "one")
+    lab.save("vm1")
+    lab.cleanup("vm1")
+    assert not lab.layout.snapshot_dir("vm1").exists()
+    assert not lab.layout.saved_state("vm1").exists()
+    assert not lab.layout.saved_record("vm1").exists()
+
+
+def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    lab.start(make_instance())
+    assert cli("snapshot", "vm1", "base")[0] == 0
+    pid = lab.info("vm1", query_guest=False).pid
+    cases = [
+        *(("snapshot", "vm1", tag) for tag in ("a/b", "..", "a..b", "a b", "x;rm", "$(id)", ".x")),
+        ("snapshot", "vm1", "base"),  # duplicate
+        ("revert", "vm1", "nope"),
+        ("revert", "vm1", "../base"),
+        ("delete-snapshot", "vm1", "nope"),
+        ("restore", "vm1"),  # nothing saved
+    ]
+    before = files_of(lab)
+    for words in cases:
+        code, out, err = cli(*words)
+        assert code == 2, (words, err)
+        assert err.count("\n") == 1 and err.startswith("kvmlab: error: "), (words, err)
+        assert out == ""
+        assert files_of(lab) == before, words
+        assert lab.info("vm1", query_guest=False).pid == pid
+    assert "invalid snapshot tag 'a/b'" in cli("snapshot", "vm1", "a/b")[2]
+    assert "already has a snapshot 'base'" in cli("snapshot", "vm1", "base")[2]
+
+    # A state of a newer QEMU than this one: refused before anything starts.
+    record_path = lab.layout.snapshot_record("vm1", "base")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "qemu_version": "99.0.0"}))
+    before = files_of(lab)
+    code, _out, err = cli("revert", "vm1", "base")
+    assert code == 2 and "written by QEMU 99.0.0" in err
+    assert files_of(lab) == before
+    assert lab.info("vm1", query_guest=False).pid == pid
+
+    lab.stop("vm1", force=True)
+    before = files_of(lab)
+    code, _out, err = cli("snapshot", "vm1", "later")
+    assert code == 2 and "not running" in err
+    code, _out, err = cli("save", "vm1")
+    assert code == 2 and "not running" in err
+    assert files_of(lab) == before
+
+
+def test_a_damaged_state_is_refused_never_loaded(lab, make_instance) -> None:
+    lab.start(make_instance())
+    lab.snapshot("vm1", "base")
+    state = lab.layout.snapshot_state("vm1", "base")
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    pid = lab.info("vm1", query_guest=False).pid
+
+    with pytest.raises(SnapshotRefusedError, match="does not match its record") as err:
+        lab.revert("vm1", "base")
+
+    assert err.value.exit_code == 2
+    assert vm_processes(lab) == [pid], "the VM was not touched"
+
+    lab.save("vm1")
+    saved = lab.layout.saved_state("vm1")
+    saved.write_bytes(saved.read_bytes()[:-1])  # a truncated one
+    with pytest.raises(SnapshotRefusedError, match="bytes, its record says"):
+        lab.restore("vm1")
+    assert vm_processes(lab) == []
+    assert lab.saved_state("vm1") is not None, "it stays saved"
+
+
+def test_cli_commands_print_and_list(
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    lab.start(make_instance())
+    code, out, _err = cli("snapshot", "vm1", "one", "--json")
+    assert code == 0 and json.loads(out)["tag"] == "one"
+    code, out, _err = cli("snapshot", "vm1", "two")
+    assert code == 0 and out.startswith("snapshot 'two' of vm1: ")
+    code, out, _err = cli("snapshots", "vm1", "--json")
+    assert [entry["tag"] for entry in json.loads(out)] == ["one", "two"]
+    code, out, _err = cli("info", "vm1")
+    assert code == 0 and out.count("\nsnapshot: ") == 2
+    assert cli("revert", "vm1", "one")[1].startswith("reverted vm1 to snapshot 'one'")
+    assert cli("delete-snapshot", "vm1", "two")[0] == 0
+    assert [s.tag for s in lab.snapshots("vm1")] == ["one"]
+    code, out, _err = cli("save", "vm1", "--json")
+    assert code == 0 and json.loads(out)["kind"] == "save"
+    code, out, _err = cli("info", "vm1", "--json")
+    assert json.loads(out)["saved"]["size"] > 0 and json.loads(out)["state"] == "stopped"
+    code, out, _err = cli("restore", "vm1")
+    assert code == 0 and out.startswith("restored vm1 (pid ")
+
+
+KILLED_SNAPSHOT = """
+import os, sys
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.lifecycle.snapshots import {module}
+
+def killed(*args, **kwargs):
+    os._exit(9)
+
+setattr({module}, {function!r}, killed)
+Hypervisor(sys.argv[1], backend=sys.argv[2]).{call}
+"""
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("write", "write_state", "snapshot('vm1', 'base')", "rolled back", False),
+        ("write", "resume_vm", "snapshot('vm1', 'base')", "completed", True),
+        ("write", "quit_vm", "save('vm1')", "completed", True),
+    ],
+    ids=lambda case: case[1],
+)
+def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
+    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str, bool]
+) -> None:
+    module, function, call, outcome, recorded = case
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    script = textwrap.dedent(KILLED_SNAPSHOT.format(module=module, function=function, call=call))
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(lab.layout.root), kvmlab_backend],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == 9, killed.stderr
+    pending = lab.info("vm1", query_guest=False)
+    assert "snapshot_pending" in pending.extra and "snapshot_pending" in pending.pending
+
+    code, out, err = cli("recover", "vm1")
+
+    assert code == 0, err
+    assert f"interrupted snapshot operation {outcome}" in out
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    assert not list(lab.layout.root.rglob(".*.tmp")), "no temp state left"
+    states = [*lab.snapshots("vm1"), *filter(None, [lab.saved_state("vm1")])]
+    assert bool(states) == recorded
+    if call.startswith("save"):
+        assert vm_processes(lab) == []
+        lab.restore("vm1")
+    assert len(vm_processes(lab)) == 1
+    assert lab.info("vm1").extra.get("status") == "running"
+    guest_run(lab, "true")
+
+
+def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend, fault_env):
+    if kvmlab_backend != "fake":
+        pytest.skip("a full disk is the fake kvm's fault")
+    fault_env(state_truncate="4096")
+    lab.start(make_instance())
+    pid = lab.info("vm1", query_guest=False).pid
+    before = files_of(lab)
+    with pytest.raises(SnapshotError) as err:
+        lab.snapshot("vm1", "base")
+    assert err.value.exit_code == 1 and "runs as before" in str(err.value)
+    assert files_of(lab) == before
+    assert not list(lab.layout.root.rglob(".*.tmp"))
+    assert vm_processes(lab) == [pid]
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_a_hotplugged_instance_is_refused_while_its_hotplug_is_pending(
+    lab, make_instance: Callable[..., Instance]
+) -> None:
+    lab.start(make_instance())
+    lab.layout.hotplug_intent("vm1").write_text('{"op": "attach-nic"}')
+    with pytest.raises(SnapshotRefusedError, match="hotplug was interrupted"):
+        lab.snapshot("vm1", "base")
+    assert not lab.layout.snapshot_dir("vm1").exists()
