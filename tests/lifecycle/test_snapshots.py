@@ -13,8 +13,10 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +30,13 @@ from kvmlab.errors import (
     SnapshotError,
     SnapshotRefusedError,
 )
+from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
 from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.snapshots.record import STATE_MAGIC
+from kvmlab.runtime.rebase import machine_of
 from kvmlab.spec.instance import Instance
+from kvmlab.testing.plugin import stop_all
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -334,3 +339,79 @@ def test_a_hotplugged_instance_is_refused_while_its_hotplug_is_pending(
     with pytest.raises(SnapshotRefusedError, match="hotplug was interrupted"):
         lab.snapshot("vm1", "base")
     assert not lab.layout.snapshot_dir("vm1").exists()
+
+
+QEMU_7_2 = "/usr/bin/qemu-system-x86_64"
+QEMU_10_0 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
+
+
+def backend_for(kind: str, version: str) -> Backend:
+    """A backend of ``kind`` imitating (fake) or being (qemu) QEMU ``version``."""
+    if kind == "fake":
+        return FakeBackend(profile=f"qemu-{version}")
+    binary = {"7.2": QEMU_7_2, "10.0": QEMU_10_0}[version]
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"QEMU {version} is not installed at {binary}")
+    return QemuBackend(binary)
+
+
+def test_a_7_2_state_restores_on_10_0_with_its_machine_pinned(
+    make_instance, kvmlab_backend
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="kl-"))
+    old = Hypervisor(root, backend=backend_for(kvmlab_backend, "7.2"), stop_timeout=20.0)
+    new = Hypervisor(root, backend=backend_for(kvmlab_backend, "10.0"), stop_timeout=20.0)
+    try:
+        old.start(make_instance())
+        guest_run(old, "echo kept > /tmp/token")
+        booted = boot_id(old)
+        saved = old.save("vm1")
+        assert saved.qemu_version.startswith("7.2") and saved.machine == "pc-q35-7.2"
+
+        new.restore("vm1")
+
+        assert guest_run(new, "cat /tmp/token").strip() == "kept"
+        assert boot_id(new) == booted
+        runtime = new.load_runtime("vm1")
+        assert machine_of(runtime) == "pc-q35-7.2" and runtime.argv[0] != QEMU_7_2
+
+        # ... and a state 10.0 wrote does not go back to 7.2: refused before anything starts.
+        new.save("vm1")
+        before = files_of(new)
+        with pytest.raises(SnapshotRefusedError, match="is older") as err:
+            old.restore("vm1")
+        assert err.value.exit_code == 2
+        assert files_of(new) == before and vm_processes(new) == []
+    finally:
+        stop_all(old)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_guest_visible_difference_is_refused(make_instance, kvmlab_backend) -> None:
+    """A state dir moved elsewhere: its paths are rebased, and one the guest reads (here in
+    the kernel command line) would change, so the state is refused, nothing started."""
+    root = Path(tempfile.mkdtemp(prefix="kl-"))
+    moved = Path(tempfile.mkdtemp(prefix="kl-"))
+    moved.rmdir()
+    lab = Hypervisor(root, backend=kvmlab_backend, stop_timeout=20.0)
+    there = Hypervisor(moved, backend=kvmlab_backend)
+    try:
+        instance = make_instance()
+        # A kernel line needs a kernel: the fake kvm boots none, any file will do for it.
+        kernel = instance.hvparams.kernel_path or "/etc/hostname"
+        args = f"{instance.hvparams.kernel_args} kvmlab.data={root}/conf"
+        hvparams = instance.hvparams.model_copy(update={"kernel_args": args, "kernel_path": kernel})
+        lab.start(instance.model_copy(update={"hvparams": hvparams}))
+        guest_run(lab, "true")
+        lab.save("vm1")
+        root.rename(moved)
+        before = files_of(there)
+        with pytest.raises(SnapshotRefusedError, match="would change what the guest sees"):
+            there.restore("vm1")
+        assert files_of(there) == before and vm_processes(there) == []
+    finally:
+        for each in (lab, there):
+            if each.layout.root.exists():
+                stop_all(each)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(moved, ignore_errors=True)
