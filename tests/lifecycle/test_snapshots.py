@@ -33,7 +33,7 @@ from kvmlab.errors import (
 from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
 from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
-from kvmlab.lifecycle.snapshots.record import STATE_MAGIC
+from kvmlab.lifecycle.snapshots.record import STATE_MAGIC, SnapshotInfo
 from kvmlab.runtime.rebase import machine_of
 from kvmlab.spec.instance import Instance
 from kvmlab.testing.plugin import stop_all
@@ -415,3 +415,25 @@ def test_a_guest_visible_difference_is_refused(make_instance, kvmlab_backend) ->
                 stop_all(each)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(moved, ignore_errors=True)
+
+
+def test_a_snapshot_shows_in_a_notebook() -> None:
+    from kvmlab import display  # noqa: PLC0415
+
+    info = SnapshotInfo(
+        name="vm1",
+        tag="<base>",
+        kind="snapshot",
+        size=96_000_000,
+        sha256="ab" * 32,
+        created="2026-01-01T00:00:00Z",
+        qemu_version="7.2.0",
+        machine="pc-q35-7.2",
+        running=True,
+        state_file="/tmp/kl-a/snap/vm1/<base>.state",
+        elapsed_ms=210,
+    )
+    html = display.snapshot_html(info)
+    assert "&lt;base&gt;" in html and "<base>" not in html
+    assert "96.0 MB" in html and "ab" * 32 in html and "in 210 ms" in html
+    assert display.snapshot_text(info).startswith("snapshot <base> of vm1: 96.0 MB")
