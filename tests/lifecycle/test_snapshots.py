@@ -260,7 +260,7 @@ def test_cli_commands_print_and_list(
     assert code == 0 and out.startswith("restored vm1 (pid ")
 
 
-KILLED_SNAPSHOT = """
+KILLED = """
 import os, sys
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.snapshots import {module}
@@ -269,26 +269,49 @@ def killed(*args, **kwargs):
     os._exit(9)
 
 setattr({module}, {function!r}, killed)
-Hypervisor(sys.argv[1], backend=sys.argv[2]).{call}
+lab = Hypervisor(sys.argv[1], backend=sys.argv[2])
+{call}
 """
+CALLS = {
+    "snapshot": "lab.snapshot('vm1', 'base')",
+    "save": "lab.save('vm1')",
+    "revert": "lab.revert('vm1', 'base')",
+    "restore": "lab.restore('vm1')",
+}
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        ("write", "write_state", "snapshot('vm1', 'base')", "rolled back", False),
-        ("write", "resume_vm", "snapshot('vm1', 'base')", "completed", True),
-        ("write", "quit_vm", "save('vm1')", "completed", True),
+        ("write", "write_state", "snapshot", "rolled back"),
+        ("write", "commit_state", "snapshot", "rolled back"),
+        ("write", "resume_vm", "snapshot", "completed"),
+        ("write", "commit_state", "save", "rolled back"),
+        ("write", "quit_vm", "save", "completed"),
+        ("load", "start_incoming", "revert", "completed"),
+        ("load", "load_state", "revert", "completed"),
+        ("load", "finish_load", "revert", "completed"),
+        ("load", "start_incoming", "restore", "rolled back"),
+        ("load", "load_state", "restore", "rolled back"),
+        ("load", "finish_load", "restore", "completed"),
     ],
-    ids=lambda case: case[1],
+    ids=lambda case: f"{case[2]}-{case[1]}",
 )
 def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
-    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str, bool]
+    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str]
 ) -> None:
-    module, function, call, outcome, recorded = case
+    """kvmlab killed before a step: ``info`` shows the journal, ``recover`` finishes or undoes
+    the operation, and the instance has one VM (or none, saved) that answers."""
+    module, function, op, outcome = case
     lab.start(make_instance())
-    guest_run(lab, "true")
-    script = textwrap.dedent(KILLED_SNAPSHOT.format(module=module, function=function, call=call))
+    guest_run(lab, "echo before > /tmp/before")
+    booted = boot_id(lab)
+    if op == "revert":
+        lab.snapshot("vm1", "base")
+        guest_run(lab, "echo after > /tmp/after")
+    if op == "restore":
+        lab.save("vm1")
+    script = textwrap.dedent(KILLED.format(module=module, function=function, call=CALLS[op]))
     killed = subprocess.run(
         [sys.executable, "-c", script, str(lab.layout.root), kvmlab_backend],
         capture_output=True,
@@ -305,14 +328,22 @@ def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
     assert f"interrupted snapshot operation {outcome}" in out
     assert not lab.layout.snapshot_journal("vm1").exists()
     assert not list(lab.layout.root.rglob(".*.tmp")), "no temp state left"
-    states = [*lab.snapshots("vm1"), *filter(None, [lab.saved_state("vm1")])]
-    assert bool(states) == recorded
-    if call.startswith("save"):
-        assert vm_processes(lab) == []
+    recorded = [state.tag for state in lab.snapshots("vm1")]
+    saved = lab.saved_state("vm1")
+    if op == "snapshot":
+        assert recorded == (["base"] if outcome == "completed" else [])
+    if op in ("save", "restore"):
+        expected = (op, outcome) in (("save", "completed"), ("restore", "rolled back"))
+        assert (saved is not None) == expected
+    if saved is not None:
+        assert vm_processes(lab) == [], "a saved instance has no VM"
         lab.restore("vm1")
     assert len(vm_processes(lab)) == 1
     assert lab.info("vm1").extra.get("status") == "running"
-    guest_run(lab, "true")
+    assert guest_run(lab, "cat /tmp/before").strip() == "before"
+    assert boot_id(lab) == booted
+    if op == "revert":
+        assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
 
 
 def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend, fault_env):
