@@ -468,3 +468,59 @@ def test_a_snapshot_shows_in_a_notebook() -> None:
     assert "&lt;base&gt;" in html and "<base>" not in html
     assert "96.0 MB" in html and "ab" * 32 in html and "in 210 ms" in html
     assert display.snapshot_text(info).startswith("snapshot <base> of vm1: 96.0 MB")
+
+
+def test_a_locked_command_resolves_a_pending_journal_first(lab, make_instance, kvmlab_backend):
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    script = textwrap.dedent(
+        KILLED.format(module="write", function="resume_vm", call=CALLS["snapshot"])
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(lab.layout.root), kvmlab_backend], check=False
+    )
+    assert killed.returncode == 9
+    assert lab.info("vm1").extra.get("status") != "running", "paused where kvmlab died"
+
+    lab.snapshot("vm1", "next")  # resolves the first (completed), then takes its own
+
+    assert [state.tag for state in lab.snapshots("vm1")] == ["base", "next"]
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_a_write_that_stalls_is_cancelled_at_the_timeout(
+    lab, make_instance, kvmlab_backend, fault_env
+):
+    if kvmlab_backend != "fake":
+        pytest.skip("a stalled write is the fake kvm's fault")
+    fault_env(migrate_stall="1")
+    lab.start(make_instance())
+    before = files_of(lab)
+    with pytest.raises(SnapshotError, match=r"did not end within 1 s \(cancelled\)") as err:
+        lab.save("vm1", timeout=1)
+    assert err.value.status == "timeout"
+    assert files_of(lab) == before and not list(lab.layout.root.rglob(".*.tmp"))
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_a_state_qemu_cannot_load_leaves_the_instance_saved(lab, make_instance, cli) -> None:
+    """A state that matches its record but ends early (a record rewritten to match): QEMU
+    exits, as on a failed migration, and the instance stays saved, its state kept."""
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    lab.save("vm1")
+    state, record_path = lab.layout.saved_state("vm1"), lab.layout.saved_record("vm1")
+    data = state.read_bytes()[:65536]
+    state.write_bytes(data)
+    record = json.loads(record_path.read_text())
+    record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record_path.write_text(json.dumps(record))
+    before = files_of(lab)
+
+    code, _out, err = cli("restore", "vm1")
+
+    assert code == 1 and "stays saved" in err and err.count("\n") == 1, err
+    assert vm_processes(lab) == []
+    assert files_of(lab) == before
+    assert not lab.layout.snapshot_journal("vm1").exists()
