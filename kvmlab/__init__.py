@@ -43,6 +43,9 @@ if TYPE_CHECKING:
         ProbeError,
         QmpError,
         RuntimeFormatError,
+        SavedError,
+        SnapshotError,
+        SnapshotRefusedError,
         StateError,
         StopError,
         TapError,
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     )
     from kvmlab.host.inventory import InstanceInfo
     from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.lifecycle.snapshots.record import SnapshotInfo
     from kvmlab.runtime.generator import generate_runtime
     from kvmlab.runtime.invariants import InvariantReport, Violation, check_runtime
     from kvmlab.runtime.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
@@ -90,6 +94,7 @@ __all__ = [
     "GuestFacts",
     "GuestChannel",
     "GuestResult",
+    "SnapshotInfo",
     # Invariants
     "check_runtime",
     "InvariantReport",
@@ -109,10 +114,12 @@ __all__ = [
     "HotplugRefusedError",
     "HotplugNotRunningError",
     "MigrationRefusedError",
+    "SnapshotRefusedError",
     "OperationError",
     "StateError",
     "AlreadyRunningError",
     "NotRunningError",
+    "SavedError",
     "LockedError",
     "LaunchError",
     "StopError",
@@ -125,6 +132,7 @@ __all__ = [
     "GuestBuildError",
     "TapError",
     "MigrationError",
+    "SnapshotError",
 ]
 
 _HOMES = {
@@ -151,6 +159,7 @@ _HOMES = {
     "GuestFacts": "channels.console",
     "GuestChannel": "channels.guest_channel",
     "GuestResult": "channels.guest_channel",
+    "SnapshotInfo": "lifecycle.snapshots.record",
     "check_runtime": "runtime.invariants",
     "InvariantReport": "runtime.invariants",
     "Violation": "runtime.invariants",
