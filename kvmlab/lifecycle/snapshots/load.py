@@ -5,8 +5,8 @@ The steps, each a module-level function so that a test can kill kvmlab between a
 1. :func:`start_incoming`: execute the runtime to run (:mod:`.plan`) with the start-time
    ``-incoming defer`` (never in the saved argv);
 2. :func:`load_state`: pass a read-only descriptor of the state (``getfd``), then
-   ``migrate-incoming fd:``; wait until the run state leaves ``inmigrate`` (QEMU exits
-   when the stream is bad, as it does for a failed migration);
+   ``migrate-incoming fd:`` (``file:`` from QEMU 8.2); wait until the run state leaves
+   ``inmigrate`` (QEMU exits when the stream is bad, as it does for a failed migration);
 3. :func:`finish_load`: ``cont`` when the state was taken from a running VM (it was
    stopped for the write, so QEMU ends ``paused``), and save the runtime that runs.
 """
@@ -25,7 +25,7 @@ from kvmlab.host.executor import execute
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.store import save_runtime
 from kvmlab.lifecycle.migration.endpoints import POLL_INTERVAL, qmp_session, resume, run_state
-from kvmlab.lifecycle.snapshots.write import STATE_FD_NAME
+from kvmlab.lifecycle.snapshots.write import state_uri
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.layout import StateLayout
@@ -51,8 +51,13 @@ def start_incoming(
     log.info("started %s to load a state, pid %d", runtime.name, started.pid)
 
 
-def load_state(layout: StateLayout, name: str, state: Path, timeout: float) -> str:
+def load_state(
+    layout: StateLayout, name: str, state: Path, timeout: float, *, by_path: bool = False
+) -> str:
     """Feed ``state`` to the waiting QEMU and wait until it is loaded; its run state then.
+
+    :param by_path: the QEMU takes ``file:`` URIs (8.2 and later): it opens ``state``
+        itself instead of being passed a descriptor.
 
     :raise SnapshotError: the load failed (QEMU exits, as on a failed migration) or did not
         end within ``timeout``.
@@ -61,11 +66,10 @@ def load_state(layout: StateLayout, name: str, state: Path, timeout: float) -> s
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with qmp_session(layout, name) as qmp:
-            qmp.send_fd(fd)
-            qmp.execute("getfd", {"fdname": STATE_FD_NAME})
+            uri = state_uri(qmp, fd, state if by_path else None)
             os.close(fd)
             fd = -1
-            qmp.execute("migrate-incoming", {"uri": f"fd:{STATE_FD_NAME}"})
+            qmp.execute("migrate-incoming", {"uri": uri})
     finally:
         if fd >= 0:
             os.close(fd)

@@ -199,7 +199,8 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
     with _journaled(lab, journal, failed):
         fd = write.open_temp(temp)  # after the journal: a kill leaves no unnamed temp
         try:
-            info = write.write_state(layout, name, fd, timeout)
+            by_path = temp if caps.version >= write.FILE_URI_SINCE else None
+            info = write.write_state(layout, name, fd, timeout, path=by_path)
         finally:
             os.close(fd)
         final_status = str(info.get("status", MigrationStatus.NONE))
@@ -235,11 +236,11 @@ def _load(
 ) -> None:
     """Start ``runtime`` with ``-incoming defer``, load ``state``, resume if it ran."""
     layout = lab.layout
-    load.start_incoming(
-        layout, lab.backend, runtime, lab.backend.capabilities(runtime.binary), lab.start_timeout
-    )
+    caps = lab.backend.capabilities(runtime.binary)
+    load.start_incoming(layout, lab.backend, runtime, caps, lab.start_timeout)
     journal.at(SnapshotStep.LOADING, layout.snapshot_journal(runtime.name))
-    load.load_state(layout, runtime.name, state, timeout)
+    by_path = caps.version >= write.FILE_URI_SINCE
+    load.load_state(layout, runtime.name, state, timeout, by_path=by_path)
     load.finish_load(layout, runtime, running)
 
 

@@ -3,9 +3,9 @@
 The steps, each a module-level function so that a test can kill kvmlab between any two:
 
 1. :func:`write_state`: ``stop`` the VM if it runs, lift the bandwidth limit, pass the temp
-   file's descriptor (``getfd``) and ``migrate`` to it (``fd:``, on QEMU 7.2 and 10.0
-   alike); poll ``query-migrate`` until ``completed`` or ``failed`` (``migrate_cancel``
-   at the timeout);
+   file's descriptor (``getfd``) and ``migrate`` to it (``fd:``; from QEMU 8.2, which
+   deprecates ``fd:`` for regular files, ``file:`` with the temp file's path); poll
+   ``query-migrate`` until ``completed`` or ``failed`` (``migrate_cancel`` at the timeout);
 2. :func:`commit_state`: fsync, check QEMU's magic, size and SHA-256, rename the temp
    file to its final name, write the record (from then on the state is complete);
 3. :func:`resume_vm` (snapshot: ``cont`` if it ran) or :func:`quit_vm` (save: the
@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmlab.channels.qemu_state import ACTIVE_MIGRATION, MigrationStatus, QemuRunState
 from kvmlab.errors import QmpError, SnapshotError
@@ -41,9 +41,13 @@ from kvmlab.lifecycle.snapshots.journal import now
 from kvmlab.lifecycle.snapshots.record import STATE_MAGIC, SnapshotRecord, state_digest
 from kvmlab.spec.layout import StateLayout
 
+if TYPE_CHECKING:
+    from kvmlab.channels.qmp import QmpSession
+
 __all__ = [
     "BANDWIDTH",
     "DEFAULT_TIMEOUT",
+    "FILE_URI_SINCE",
     "STATE_FD_NAME",
     "TIMED_OUT",
     "commit_state",
@@ -63,6 +67,9 @@ DEFAULT_TIMEOUT = 300.0
 BANDWIDTH = 1 << 34
 #: The name the state's descriptor gets in QEMU (``getfd``), and the URI's.
 STATE_FD_NAME = "kvmlab-state"
+#: The first QEMU with ``file:`` migration URIs (10.0 warns that ``fd:`` on a regular
+#: file is deprecated: "Use file: instead").
+FILE_URI_SINCE = (8, 2, 0)
 #: kvmlab's word for a write it cancelled at the timeout.
 TIMED_OUT = "timeout"
 
@@ -89,10 +96,14 @@ def _status_of(info: Mapping[str, Any]) -> str:
     return str(info.get("status", MigrationStatus.NONE))
 
 
-def write_state(layout: StateLayout, name: str, fd: int, timeout: float) -> Mapping[str, Any]:
+def write_state(
+    layout: StateLayout, name: str, fd: int, timeout: float, *, path: Path | None = None
+) -> Mapping[str, Any]:
     """Stop the VM and have QEMU write its state to ``fd``; the last ``query-migrate`` reply
     (``completed``, or why not: ``failed`` with QEMU's ``error-desc``, ``timeout``).
 
+    :param path: the file ``fd`` is open on, for a QEMU that takes ``file:`` URIs (QEMU
+        then opens it itself; ``fd`` is not passed).
     :raise QmpError: QMP failed.
     """
     with qmp_session(layout, name) as qmp:
@@ -102,9 +113,7 @@ def write_state(layout: StateLayout, name: str, fd: int, timeout: float) -> Mapp
             qmp.execute("migrate-set-parameters", {"max-bandwidth": BANDWIDTH})
         except QmpError as err:  # a QEMU without the parameter: its default speed
             log.debug("migrate-set-parameters: %s", err)
-        qmp.send_fd(fd)
-        qmp.execute("getfd", {"fdname": STATE_FD_NAME})
-        qmp.execute("migrate", {"uri": f"fd:{STATE_FD_NAME}"})
+        qmp.execute("migrate", {"uri": state_uri(qmp, fd, path)})
         deadline = time.monotonic() + timeout
         seen_active = False
         while True:
@@ -125,6 +134,16 @@ def write_state(layout: StateLayout, name: str, fd: int, timeout: float) -> Mapp
                     status = _status_of(qmp.execute("query-migrate"))
                 return {**info, "status": TIMED_OUT}
             time.sleep(POLL_INTERVAL)
+
+
+def state_uri(qmp: QmpSession, fd: int, path: Path | None) -> str:
+    """The migration URI of a state file: ``file:PATH`` when ``path`` is given, else
+    ``fd:`` with ``fd`` passed to QEMU (``getfd``) on this session."""
+    if path is not None:
+        return f"file:{path}"
+    qmp.send_fd(fd)
+    qmp.execute("getfd", {"fdname": STATE_FD_NAME})
+    return f"fd:{STATE_FD_NAME}"
 
 
 def commit_state(
