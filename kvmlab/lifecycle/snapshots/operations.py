@@ -199,7 +199,7 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
     with _journaled(lab, journal, failed):
         fd = write.open_temp(temp)  # after the journal: a kill leaves no unnamed temp
         try:
-            by_path = temp if caps.version >= write.FILE_URI_SINCE else None
+            by_path = temp if write.file_uri_usable(runtime, caps) else None
             info = write.write_state(layout, name, fd, timeout, path=by_path)
         finally:
             os.close(fd)
@@ -239,7 +239,7 @@ def _load(
     caps = lab.backend.capabilities(runtime.binary)
     load.start_incoming(layout, lab.backend, runtime, caps, lab.start_timeout)
     journal.at(SnapshotStep.LOADING, layout.snapshot_journal(runtime.name))
-    by_path = caps.version >= write.FILE_URI_SINCE
+    by_path = write.file_uri_usable(runtime, caps)
     load.load_state(layout, runtime.name, state, timeout, by_path=by_path)
     load.finish_load(layout, runtime, running)
 

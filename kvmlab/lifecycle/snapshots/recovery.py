@@ -47,7 +47,7 @@ from kvmlab.lifecycle.snapshots.journal import (
 )
 from kvmlab.lifecycle.snapshots.plan import find_snapshot, plan_load, snapshot_label
 from kvmlab.lifecycle.snapshots.record import load_record, verify_state
-from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, FILE_URI_SINCE
+from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, file_uri_usable
 from kvmlab.spec.layout import StateLayout
 
 __all__ = ["SnapshotOutcome", "recover", "resolve"]
@@ -168,7 +168,7 @@ def _resolve_revert(
             kill_target(layout, name)
             save_runtime(layout.runtime_file(name), plan.runtime)
             load.start_incoming(layout, backend, plan.runtime, plan.caps, start_timeout)
-            by_path = plan.caps.version >= FILE_URI_SINCE
+            by_path = file_uri_usable(plan.runtime, plan.caps)
             load.load_state(layout, name, state, DEFAULT_TIMEOUT, by_path=by_path)
         load.finish_load(layout, plan.runtime, record.running)
     except KvmlabError as err:

@@ -43,6 +43,8 @@ from kvmlab.spec.layout import StateLayout
 
 if TYPE_CHECKING:
     from kvmlab.channels.qmp import QmpSession
+    from kvmlab.runtime.saved import KVMRuntime
+    from kvmlab.spec.capabilities import QemuCapabilities
 
 __all__ = [
     "BANDWIDTH",
@@ -51,6 +53,7 @@ __all__ = [
     "STATE_FD_NAME",
     "TIMED_OUT",
     "commit_state",
+    "file_uri_usable",
     "open_temp",
     "quit_vm",
     "resume_vm",
@@ -70,6 +73,8 @@ STATE_FD_NAME = "kvmlab-state"
 #: The first QEMU with ``file:`` migration URIs (10.0 warns that ``fd:`` on a regular
 #: file is deprecated: "Use file: instead").
 FILE_URI_SINCE = (8, 2, 0)
+#: Options after which QEMU may not open a path of the state directory.
+_CONFINING = frozenset({"-chroot", "-runas", "-run-with"})
 #: kvmlab's word for a write it cancelled at the timeout.
 TIMED_OUT = "timeout"
 
@@ -134,6 +139,14 @@ def write_state(
                     status = _status_of(qmp.execute("query-migrate"))
                 return {**info, "status": TIMED_OUT}
             time.sleep(POLL_INTERVAL)
+
+
+def file_uri_usable(runtime: KVMRuntime, caps: QemuCapabilities) -> bool:
+    """Whether QEMU can be given the state file's path (``file:``) rather than a
+    descriptor: a QEMU 8.2 or later that neither chroots nor drops to another user (it
+    could not open a path under the state directory then; a descriptor still works)."""
+    confined = any(word in _CONFINING for word in runtime.argv)
+    return caps.version >= FILE_URI_SINCE and not confined
 
 
 def state_uri(qmp: QmpSession, fd: int, path: Path | None) -> str:
