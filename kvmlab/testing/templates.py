@@ -60,7 +60,7 @@ from kvmlab.errors import InvalidInputError, LayoutError, OperationError, Snapsh
 from kvmlab.files import atomic_write
 from kvmlab.golden.diff import diff_runtimes
 from kvmlab.guest.build import GuestImage, boot_hvparams, default_cache_dir
-from kvmlab.host.backends import Backend
+from kvmlab.host.backends import Backend, FakeBackend
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.stopping import stop as stop_process
 from kvmlab.lifecycle.hypervisor import Hypervisor
@@ -96,6 +96,7 @@ LOAD_TIMEOUT = 60.0
 _MARKER = "template.json"
 _CONSOLE = "boot-console.log"
 _FORMAT = 1
+_FAULTS = "KVMLAB_FAKE_"
 #: The fixed lab a runtime is generated into for its key (never created).
 _KEY_LAB = Path("/kvmlab-template-lab")
 
@@ -260,9 +261,28 @@ def _flock(path: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _without_faults(backend: Backend) -> Iterator[Backend]:
+    """``backend`` without the fake kvm's faults (its ``faults`` and ``KVMLAB_FAKE_*`` in
+    the environment, which a test may have set for its own VM): a template is pristine."""
+    if not isinstance(backend, FakeBackend):
+        yield backend
+        return
+    saved = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith(_FAULTS)}
+    try:
+        yield FakeBackend(profile=backend.profile)
+    finally:
+        os.environ.update(saved)
+
+
 def _build(template: Template, instance: Instance, backend: Backend) -> None:
     """Boot ``instance`` in the template's lab, wait for its command channel, snapshot it,
     stop it; the marker is written last (its presence: the template is complete)."""
+    with _without_faults(backend) as clean:
+        _boot_and_snapshot(template, instance, clean)
+
+
+def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend) -> None:
     with contextlib.suppress(FileNotFoundError):
         (template.directory / _MARKER).unlink()
     shutil.rmtree(template.lab_root, ignore_errors=True)
