@@ -31,13 +31,17 @@ size and SHA-256, or its marker file is missing) is rebuilt.
 **What a copy is.** Its saved runtime is the template's runtime moved into the test's lab
 (paths under the template lab rebased, ``argv[0]`` the backend's binary: as a migration
 moves it), so a soft reboot, hotplug, snapshot or migration of it behave as for any VM. What
-the guest sees of the template's identity: the instance's own MACs, memory, CPUs and
-machine (they are in the key); no SMBIOS UUID unless the instance sets one (then the
-template's, which is the instance's); the template's boot id, uptime, kernel random
-state and every file the template's boot wrote, the same in every copy; and the clock,
-which the fixture sets from the host (``date -s @EPOCH`` through the command channel) after
-each restore; the fake kvm's guest has no clock to set. Its console log starts empty: the
-boot happened in the template, whose console output is kept as :attr:`BootedVM.boot_console`.
+the guest sees of the template's identity:
+
+- the instance's own memory, CPUs, machine, MACs and SMBIOS UUID (the instance's, or the
+  one derived from its name): they are in the key, so they are what a start would give;
+- the template's boot: its uptime, kernel random state and every file its boot wrote, the
+  same in every copy; the console log starts empty (the boot's output is kept as
+  :attr:`BootedVM.boot_console`);
+- the boot id: Linux makes it at its first read, which the template does not do, so each
+  copy on QEMU reads one of its own; the fake kvm's guest keeps the template's;
+- the clock stopped at the snapshot: the fixture sets it from the host (``date -s @EPOCH``
+  through the command channel) after each restore; the fake kvm's guest has no clock.
 """
 
 from __future__ import annotations
