@@ -60,7 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmlab.channels.console import GuestFacts, parse_guest_facts
-from kvmlab.errors import InvalidInputError, LayoutError, OperationError, SnapshotRefusedError
+from kvmlab.errors import (
+    AlreadyRunningError,
+    InvalidInputError,
+    LayoutError,
+    OperationError,
+    SnapshotRefusedError,
+)
 from kvmlab.files import atomic_write
 from kvmlab.golden.diff import diff_runtimes
 from kvmlab.guest.build import GuestImage, boot_hvparams, default_cache_dir
@@ -71,10 +77,11 @@ from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.locking import locked
 from kvmlab.lifecycle.snapshots.load import finish_load, load_state, start_incoming
 from kvmlab.lifecycle.snapshots.plan import plan_load
-from kvmlab.lifecycle.snapshots.record import SnapshotRecord, load_record
+from kvmlab.lifecycle.snapshots.record import SnapshotRecord, load_record, verify_state
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.spec.layout import StateLayout
+from kvmlab.states import InstanceState
 
 __all__ = [
     "DEFAULT_MAC",
@@ -255,6 +262,11 @@ def _private_dir(path: Path) -> None:
         raise OperationError(f"template directory {path} belongs to another user")
 
 
+def _lock_of(directory: Path) -> Path:
+    """The lock of the template in ``directory`` (beside it: it outlives a rebuild)."""
+    return directory.parent / f"{directory.name}.lock"
+
+
 @contextlib.contextmanager
 def _flock(path: Path, exclusive: bool) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -328,7 +340,7 @@ def template_lease(
     _private_dir(directory.parent)
     _private_dir(directory)
     template = Template(key, instance.name, directory)
-    lock = directory.parent / f"{directory.name}.lock"
+    lock = _lock_of(directory)
     built = False
     with _flock(lock, exclusive=False):
         if template.complete():
@@ -344,10 +356,15 @@ def template_lease(
         yield template, built
 
 
-def rebuild(template: Template) -> None:
-    """Mark ``template`` for a rebuild (its state failed its record's check)."""
-    with contextlib.suppress(FileNotFoundError):
-        (template.directory / _MARKER).unlink()
+def rebuild_if_damaged(template: Template) -> None:
+    """Mark ``template`` for a rebuild if its state does not match its record (checked
+    again under the exclusive lock: another process may have rebuilt it meanwhile)."""
+    with _flock(_lock_of(template.directory), exclusive=True):
+        try:
+            verify_state(template.state_path, template.record(), f"the template of {template.name}")
+        except SnapshotRefusedError:
+            with contextlib.suppress(FileNotFoundError):
+                (template.directory / _MARKER).unlink()
 
 
 # --- a copy in the test's lab --------------------------------------------------------------
@@ -370,6 +387,13 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
     record = template.record()
     plan = plan_load(layout, lab.backend, record, template.state_path)
     with locked(layout, name):
+        pid = running_pid(layout, name)
+        if pid is not None:
+            raise AlreadyRunningError(
+                f"instance {name} is already running (pid {pid})",
+                name=name,
+                state=InstanceState.RUNNING,
+            )
         try:
             start_incoming(layout, lab.backend, plan.runtime, plan.caps, lab.start_timeout)
             load_state(layout, name, plan.state, timeout)
@@ -444,7 +468,7 @@ def boot_copy(lab: Hypervisor, instance: Instance, root: Path | None = None) -> 
                 damaged = False
         if not damaged:
             break
-        rebuild(template)  # its state failed the record's size/SHA-256: build it again
+        rebuild_if_damaged(template)  # a state that failed its record: build it again
     changes = diff_runtimes(lab.generate(instance), runtime).changes
     if changes:
         raise OperationError(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.errors import InvalidInputError
+from kvmlab.errors import AlreadyRunningError, InvalidInputError
 from kvmlab.host.backends import resolve_backend
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import Disk
@@ -215,3 +215,14 @@ def test_a_held_lease_keeps_the_template_for_its_holder(lab, instance, root) -> 
         assert built and template.complete()
         with template_lease(instance, lab.backend, root) as (same, built_again):
             assert same == template and not built_again
+
+
+@FAKE_ONLY
+def test_a_copy_over_a_running_instance_is_refused_and_leaves_it_alone(lab, instance, root) -> None:
+    lab.start(instance)
+    pid = lab.info("vm1", query_guest=False).pid
+    before = lab.layout.runtime_file("vm1").read_bytes()
+    with pytest.raises(AlreadyRunningError):
+        boot_copy(lab, instance, root)
+    assert lab.info("vm1", query_guest=False).pid == pid
+    assert lab.layout.runtime_file("vm1").read_bytes() == before
