@@ -91,8 +91,8 @@ def cli(lab: Hypervisor, kvmlab_backend: str, capsys: pytest.CaptureFixture[str]
     return run
 
 
-def test_revert_brings_back_the_guest_as_it_was(lab, make_instance) -> None:
-    lab.start(make_instance())
+def test_revert_brings_back_the_guest_as_it_was(lab, make_instance, booted_vm_factory) -> None:
+    booted_vm_factory(make_instance())
     guest_run(lab, "echo before > /tmp/before")
     booted = boot_id(lab)
     before = lab.load_runtime("vm1")
@@ -124,9 +124,9 @@ def test_revert_brings_back_the_guest_as_it_was(lab, make_instance) -> None:
     assert set(listed[0]) == {"tag", "size", "created", "qemu_version", "machine", "running"}
 
 
-def test_save_then_restore_continues_the_guest(lab, make_instance) -> None:
+def test_save_then_restore_continues_the_guest(lab, make_instance, booted_vm_factory) -> None:
     instance = make_instance()
-    lab.start(instance)
+    booted_vm_factory(instance)
     guest_run(lab, "echo kept > /tmp/token")
     booted = boot_id(lab)
 
@@ -159,8 +159,10 @@ def test_save_then_restore_continues_the_guest(lab, make_instance) -> None:
     assert lab.info("vm1").extra.get("status") == "running"
 
 
-def test_cleanup_discards_the_saved_state_and_the_snapshots(lab, make_instance) -> None:
-    lab.start(make_instance())
+def test_cleanup_discards_the_saved_state_and_the_snapshots(
+    lab, make_instance, booted_vm_factory
+) -> None:
+    booted_vm_factory(make_instance())
     lab.snapshot("vm1", "one")
     lab.save("vm1")
     lab.cleanup("vm1")
@@ -170,9 +172,9 @@ def test_cleanup_discards_the_saved_state_and_the_snapshots(lab, make_instance) 
 
 
 def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
-    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]], booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     assert cli("snapshot", "vm1", "base")[0] == 0
     pid = lab.info("vm1", query_guest=False).pid
     cases = [
@@ -213,8 +215,8 @@ def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
     assert files_of(lab) == before
 
 
-def test_a_damaged_state_is_refused_never_loaded(lab, make_instance) -> None:
-    lab.start(make_instance())
+def test_a_damaged_state_is_refused_never_loaded(lab, make_instance, booted_vm_factory) -> None:
+    booted_vm_factory(make_instance())
     lab.snapshot("vm1", "base")
     state = lab.layout.snapshot_state("vm1", "base")
     data = bytearray(state.read_bytes())
@@ -238,9 +240,9 @@ def test_a_damaged_state_is_refused_never_loaded(lab, make_instance) -> None:
 
 
 def test_cli_commands_print_and_list(
-    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]], booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     code, out, _err = cli("snapshot", "vm1", "one", "--json")
     assert code == 0 and json.loads(out)["tag"] == "one"
     code, out, _err = cli("snapshot", "vm1", "two")
@@ -298,12 +300,12 @@ CALLS = {
     ids=lambda case: f"{case[2]}-{case[1]}",
 )
 def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
-    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str]
+    lab, kvmlab_backend, cli, case: tuple[str, str, str, str], *, make_instance, booted_vm_factory
 ) -> None:
     """kvmlab killed before a step: ``info`` shows the journal, ``recover`` finishes or undoes
     the operation, and the instance has one VM (or none, saved) that answers."""
     module, function, op, outcome = case
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     guest_run(lab, "echo before > /tmp/before")
     booted = boot_id(lab)
     if op == "revert":
@@ -346,11 +348,13 @@ def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
         assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
 
 
-def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend, fault_env):
+def test_a_failed_write_leaves_the_vm_running(
+    lab, make_instance, kvmlab_backend, fault_env, booted_vm_factory
+):
     if kvmlab_backend != "fake":
         pytest.skip("a full disk is the fake kvm's fault")
     fault_env(state_truncate="4096")
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     pid = lab.info("vm1", query_guest=False).pid
     before = files_of(lab)
     with pytest.raises(SnapshotError) as err:
@@ -363,9 +367,9 @@ def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend
 
 
 def test_a_hotplugged_instance_is_refused_while_its_hotplug_is_pending(
-    lab, make_instance: Callable[..., Instance]
+    lab, make_instance: Callable[..., Instance], booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     lab.layout.hotplug_intent("vm1").write_text('{"op": "attach-nic"}')
     with pytest.raises(SnapshotRefusedError, match="hotplug was interrupted"):
         lab.snapshot("vm1", "base")
@@ -470,8 +474,10 @@ def test_a_snapshot_shows_in_a_notebook() -> None:
     assert display.snapshot_text(info).startswith("snapshot <base> of vm1: 96.0 MB")
 
 
-def test_a_locked_command_resolves_a_pending_journal_first(lab, make_instance, kvmlab_backend):
-    lab.start(make_instance())
+def test_a_locked_command_resolves_a_pending_journal_first(
+    lab, make_instance, kvmlab_backend, booted_vm_factory
+):
+    booted_vm_factory(make_instance())
     guest_run(lab, "true")
     script = textwrap.dedent(
         KILLED.format(module="write", function="resume_vm", call=CALLS["snapshot"])
@@ -490,12 +496,12 @@ def test_a_locked_command_resolves_a_pending_journal_first(lab, make_instance, k
 
 
 def test_a_write_that_stalls_is_cancelled_at_the_timeout(
-    lab, make_instance, kvmlab_backend, fault_env
+    lab, make_instance, kvmlab_backend, fault_env, booted_vm_factory
 ):
     if kvmlab_backend != "fake":
         pytest.skip("a stalled write is the fake kvm's fault")
     fault_env(migrate_stall="1")
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     before = files_of(lab)
     with pytest.raises(SnapshotError, match=r"did not end within 1 s \(cancelled\)") as err:
         lab.save("vm1", timeout=1)
@@ -504,10 +510,12 @@ def test_a_write_that_stalls_is_cancelled_at_the_timeout(
     assert lab.info("vm1").extra.get("status") == "running"
 
 
-def test_a_state_qemu_cannot_load_leaves_the_instance_saved(lab, make_instance, cli) -> None:
+def test_a_state_qemu_cannot_load_leaves_the_instance_saved(
+    lab, make_instance, cli, booted_vm_factory
+) -> None:
     """A state that matches its record but ends early (a record rewritten to match): QEMU
     exits, as on a failed migration, and the instance stays saved, its state kept."""
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     guest_run(lab, "true")
     lab.save("vm1")
     state, record_path = lab.layout.saved_state("vm1"), lab.layout.saved_record("vm1")
