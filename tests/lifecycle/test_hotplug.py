@@ -145,11 +145,9 @@ def test_refusals_are_exit_2_and_change_nothing(lab, make_instance, booted_vm_fa
 
 
 @pytest.mark.parametrize("machine", ["q35"])
-def test_a_q35_runtime_without_root_ports_is_refused_up_front(
-    lab, make_instance, booted_vm_factory
-) -> None:
+def test_a_q35_runtime_without_root_ports_is_refused_up_front(lab, make_instance) -> None:
     """A q35 runtime an older kvmlab saved (no root ports) is refused until a restart."""
-    booted_vm_factory(make_instance(nics=1))
+    lab.start(make_instance(nics=1))
     save_runtime(lab.layout.runtime_file("vm1"), without_root_ports(lab.load_runtime("vm1")))
     before = lab.layout.runtime_file("vm1").read_bytes()
     with pytest.raises(HotplugRefusedError, match=r"q35.*without PCIe root ports"):
@@ -159,10 +157,8 @@ def test_a_q35_runtime_without_root_ports_is_refused_up_front(
     assert lab.layout.runtime_file("vm1").read_bytes() == before
 
 
-def test_a_failed_device_add_leaves_the_runtime_untouched(
-    lab, make_instance, monkeypatch, booted_vm_factory
-) -> None:
-    booted_vm_factory(make_instance(nics=1))
+def test_a_failed_device_add_leaves_the_runtime_untouched(lab, make_instance, monkeypatch) -> None:
+    lab.start(make_instance(nics=1))
     before = lab.layout.runtime_file("vm1").read_bytes()
     # A device model QEMU does not know: netdev_add succeeds, device_add fails.
     monkeypatch.setattr(hotplug, "nic_device_model", lambda nic_type, caps: "no-such-nic")
@@ -178,9 +174,9 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(
 
 
 def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
-    lab, make_instance, monkeypatch, booted_vm_factory
+    lab, make_instance, monkeypatch
 ) -> None:
-    booted_vm_factory(make_instance(nics=1))
+    lab.start(make_instance(nics=1))
     before = lab.layout.runtime_file("vm1").read_bytes()
 
     def crash(path, runtime) -> None:

@@ -4,8 +4,9 @@ lifecycle tests), plus 7.2 -> 10.0 with two labs on different binaries.
 
 The proof is the guest's own: a token written into its /tmp and its boot id are the same
 after the migration, and ``KVMLAB-BOOT-OK`` was printed once (the source's console log has
-it, the target's does not: the guest did not boot again). The tests that do not count
-boots start from a guest restored from a template (``booted_vm_factory``, docs/testing.md).
+it, the target's does not: the guest did not boot again). The tests that need a running
+guest and do not count its boots start from one restored from a template
+(``booted_vm_factory``, docs/testing.md).
 """
 
 from __future__ import annotations
@@ -197,8 +198,8 @@ def test_to_an_older_qemu_is_refused_up_front(make_lab, make_instance) -> None:
     assert vm_processes(source, target) == [source.info("vm1", query_guest=False).pid]
 
 
-def test_refusals_change_nothing(lab, target, make_instance, booted_vm_factory) -> None:
-    booted_vm_factory(make_instance())
+def test_refusals_change_nothing(lab, target, make_instance) -> None:
+    lab.start(make_instance())
     with pytest.raises(MigrationRefusedError, match="its own state directory"):
         lab.migrate("vm1", Hypervisor(lab.layout.root, backend=lab.backend))
     target.start(make_instance())

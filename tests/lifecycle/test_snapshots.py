@@ -159,10 +159,8 @@ def test_save_then_restore_continues_the_guest(lab, make_instance, booted_vm_fac
     assert lab.info("vm1").extra.get("status") == "running"
 
 
-def test_cleanup_discards_the_saved_state_and_the_snapshots(
-    lab, make_instance, booted_vm_factory
-) -> None:
-    booted_vm_factory(make_instance())
+def test_cleanup_discards_the_saved_state_and_the_snapshots(lab, make_instance) -> None:
+    lab.start(make_instance())
     lab.snapshot("vm1", "one")
     lab.save("vm1")
     lab.cleanup("vm1")
@@ -172,9 +170,9 @@ def test_cleanup_discards_the_saved_state_and_the_snapshots(
 
 
 def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
-    lab, make_instance, cli: Callable[..., tuple[int, str, str]], booted_vm_factory
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    booted_vm_factory(make_instance())
+    lab.start(make_instance())
     assert cli("snapshot", "vm1", "base")[0] == 0
     pid = lab.info("vm1", query_guest=False).pid
     cases = [
@@ -215,8 +213,8 @@ def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
     assert files_of(lab) == before
 
 
-def test_a_damaged_state_is_refused_never_loaded(lab, make_instance, booted_vm_factory) -> None:
-    booted_vm_factory(make_instance())
+def test_a_damaged_state_is_refused_never_loaded(lab, make_instance) -> None:
+    lab.start(make_instance())
     lab.snapshot("vm1", "base")
     state = lab.layout.snapshot_state("vm1", "base")
     data = bytearray(state.read_bytes())
@@ -240,9 +238,9 @@ def test_a_damaged_state_is_refused_never_loaded(lab, make_instance, booted_vm_f
 
 
 def test_cli_commands_print_and_list(
-    lab, make_instance, cli: Callable[..., tuple[int, str, str]], booted_vm_factory
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    booted_vm_factory(make_instance())
+    lab.start(make_instance())
     code, out, _err = cli("snapshot", "vm1", "one", "--json")
     assert code == 0 and json.loads(out)["tag"] == "one"
     code, out, _err = cli("snapshot", "vm1", "two")
@@ -348,13 +346,11 @@ def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
         assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
 
 
-def test_a_failed_write_leaves_the_vm_running(
-    lab, make_instance, kvmlab_backend, fault_env, booted_vm_factory
-):
+def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend, fault_env):
     if kvmlab_backend != "fake":
         pytest.skip("a full disk is the fake kvm's fault")
     fault_env(state_truncate="4096")
-    booted_vm_factory(make_instance())
+    lab.start(make_instance())
     pid = lab.info("vm1", query_guest=False).pid
     before = files_of(lab)
     with pytest.raises(SnapshotError) as err:
@@ -367,9 +363,9 @@ def test_a_failed_write_leaves_the_vm_running(
 
 
 def test_a_hotplugged_instance_is_refused_while_its_hotplug_is_pending(
-    lab, make_instance: Callable[..., Instance], booted_vm_factory
+    lab, make_instance: Callable[..., Instance]
 ) -> None:
-    booted_vm_factory(make_instance())
+    lab.start(make_instance())
     lab.layout.hotplug_intent("vm1").write_text('{"op": "attach-nic"}')
     with pytest.raises(SnapshotRefusedError, match="hotplug was interrupted"):
         lab.snapshot("vm1", "base")
@@ -496,12 +492,12 @@ def test_a_locked_command_resolves_a_pending_journal_first(
 
 
 def test_a_write_that_stalls_is_cancelled_at_the_timeout(
-    lab, make_instance, kvmlab_backend, fault_env, booted_vm_factory
+    lab, make_instance, kvmlab_backend, fault_env
 ):
     if kvmlab_backend != "fake":
         pytest.skip("a stalled write is the fake kvm's fault")
     fault_env(migrate_stall="1")
-    booted_vm_factory(make_instance())
+    lab.start(make_instance())
     before = files_of(lab)
     with pytest.raises(SnapshotError, match=r"did not end within 1 s \(cancelled\)") as err:
         lab.save("vm1", timeout=1)
