@@ -372,16 +372,17 @@ def rebuild_if_damaged(template: Template) -> None:
 
 def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIMEOUT) -> KVMRuntime:
     """Load the template's state as instance ``template.name`` of ``lab`` (another lab):
-    the snapshot core's load, fed a record of another lab; the runtime that runs.
+        the snapshot core's load, fed a record of another lab; the runtime that runs.
 
-    The record names the lab it was taken in, so :func:`plan_load` rebases its runtime onto
-    ``lab`` (and checks the state against the record, and the guest-visible diff); the load
-    is the core's three steps. A failure leaves no process and no saved runtime behind.
+        The record names the lab it was taken in, so :func:`plan_load` rebases its runtime onto
+        ``lab`` (and checks the state against the record, and the guest-visible diff); the load
+        is the core's three steps. A failure leaves no process behind, and the instance's saved
+    runtime as it was (none when it had none).
 
-    :raise SnapshotRefusedError: the state does not match its record, or cannot be loaded
-        by this binary.
-    :raise SnapshotError: the load failed.
-    :raise AlreadyRunningError: the instance runs in ``lab``.
+        :raise SnapshotRefusedError: the state does not match its record, or cannot be loaded
+            by this binary.
+        :raise SnapshotError: the load failed.
+        :raise AlreadyRunningError: the instance runs in ``lab``.
     """
     layout, name = lab.layout, template.name
     record = template.record()
@@ -394,6 +395,7 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
                 name=name,
                 state=InstanceState.RUNNING,
             )
+        known = layout.runtime_file(name).exists()  # a stopped instance: replaced, as a start
         try:
             start_incoming(layout, lab.backend, plan.runtime, plan.caps, lab.start_timeout)
             load_state(layout, name, plan.state, timeout)
@@ -401,8 +403,9 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
         except BaseException:
             if running_pid(layout, name) is not None:
                 stop_process(layout, name, press=None, timeout=lab.stop_timeout)
-            with contextlib.suppress(FileNotFoundError):
-                layout.runtime_file(name).unlink()
+            if not known:  # finish_load saves the runtime last: a failure left none of ours
+                with contextlib.suppress(FileNotFoundError):
+                    layout.runtime_file(name).unlink()
             raise
     return plan.runtime
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.errors import AlreadyRunningError, InvalidInputError
+from kvmlab.errors import AlreadyRunningError, InvalidInputError, SnapshotError
 from kvmlab.host.backends import resolve_backend
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import Disk
+from kvmlab.testing import templates
 from kvmlab.testing.templates import (
     TEMPLATE_TAG,
     Template,
@@ -226,3 +227,18 @@ def test_a_copy_over_a_running_instance_is_refused_and_leaves_it_alone(lab, inst
         boot_copy(lab, instance, root)
     assert lab.info("vm1", query_guest=False).pid == pid
     assert lab.layout.runtime_file("vm1").read_bytes() == before
+
+
+@FAKE_ONLY
+def test_a_failed_load_leaves_no_process_and_no_instance(
+    lab, instance, root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(layout, name, state, timeout) -> str:
+        raise SnapshotError(f"loading {state} into {name} failed")
+
+    monkeypatch.setattr(templates, "load_state", fail)
+    with pytest.raises(SnapshotError, match="failed"):
+        boot_copy(lab, instance, root)
+    assert lab.list_instances() == []
+    assert not lab.layout.runtime_file("vm1").exists()
+    assert not lab.layout.pidfile("vm1").exists()
