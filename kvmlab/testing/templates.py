@@ -301,6 +301,8 @@ def _build(template: Template, instance: Instance, backend: Backend) -> None:
 def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend) -> None:
     with contextlib.suppress(FileNotFoundError):
         (template.directory / _MARKER).unlink()
+    if running_pid(template.layout, instance.name) is not None:  # a builder killed mid-way
+        stop_process(template.layout, instance.name, press=None, timeout=20.0)
     shutil.rmtree(template.lab_root, ignore_errors=True)
     lab = Hypervisor(template.lab_root, backend=backend, stop_timeout=20.0)
     name = instance.name

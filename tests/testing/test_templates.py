@@ -23,6 +23,7 @@ import pytest
 
 from kvmlab.errors import AlreadyRunningError, InvalidInputError, SnapshotError
 from kvmlab.host.backends import resolve_backend
+from kvmlab.host.process import is_alive
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import Disk
 from kvmlab.testing import templates
@@ -169,6 +170,7 @@ RACER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from kvmlab.host.backends import resolve_backend
+from kvmlab.host.process import is_alive
     from kvmlab.spec.instance import Instance
     from kvmlab.testing.templates import template_lease
 
@@ -242,3 +244,18 @@ def test_a_failed_load_leaves_no_process_and_no_instance(
     assert lab.list_instances() == []
     assert not lab.layout.runtime_file("vm1").exists()
     assert not lab.layout.pidfile("vm1").exists()
+
+
+@FAKE_ONLY
+def test_a_builder_killed_mid_way_leaves_a_vm_the_next_build_stops(lab, instance, root) -> None:
+    with template_lease(instance, lab.backend, root) as (template, _built):
+        pass
+    (template.directory / "template.json").unlink()
+    left = Hypervisor(template.lab_root, backend=lab.backend)
+    left.start(instance)  # as a builder killed between its start and its snapshot leaves it
+    pid = left.info(instance.name, query_guest=False).pid
+    assert pid is not None
+    again = boot_copy(lab, instance, root)
+    assert again.built
+    assert not is_alive(pid)
+    assert lab.guest(again.name).run(["true"]).exit_code == 0
