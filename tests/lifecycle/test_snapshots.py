@@ -528,3 +528,28 @@ def test_a_state_qemu_cannot_load_leaves_the_instance_saved(
     assert vm_processes(lab) == []
     assert files_of(lab) == before
     assert not lab.layout.snapshot_journal("vm1").exists()
+
+
+def test_a_revert_qemu_cannot_load_leaves_the_instance_stopped(lab, make_instance) -> None:
+    """Once the old VM is gone there is no way back: a state QEMU refuses (matching its
+    record, rewritten to match) leaves the instance stopped with the snapshot's runtime."""
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    lab.snapshot("vm1", "base")
+    state, record_path = (
+        lab.layout.snapshot_state("vm1", "base"),
+        lab.layout.snapshot_record("vm1", "base"),
+    )
+    data = state.read_bytes()[:65536]
+    state.write_bytes(data)
+    record = json.loads(record_path.read_text())
+    record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record_path.write_text(json.dumps(record))
+
+    with pytest.raises(SnapshotError, match="is stopped, with the runtime of snapshot 'base'"):
+        lab.revert("vm1", "base")
+
+    assert vm_processes(lab) == []
+    assert lab.layout.runtime_file("vm1").read_text().rstrip("\n") == record["runtime"]
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    assert [s.tag for s in lab.snapshots("vm1")] == ["base"]

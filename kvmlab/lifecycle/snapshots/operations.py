@@ -79,7 +79,12 @@ class Lab:
         )
 
     def resolve(self, journal: SnapshotJournal) -> SnapshotOutcome:
-        """Resolve ``journal`` from what is there and remove it."""
+        """Resolve the operation ``journal`` started, from what is there (and the step its
+        journal on disk reached), and remove the journal."""
+        with contextlib.suppress(OSError):
+            on_disk = SnapshotJournal.load(self.layout.snapshot_journal(journal.name))
+            if isinstance(on_disk, SnapshotJournal) and on_disk.op == journal.op:
+                journal = on_disk
         try:
             return resolve(
                 self.layout,
