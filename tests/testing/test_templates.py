@@ -170,7 +170,6 @@ RACER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from kvmlab.host.backends import resolve_backend
-from kvmlab.host.process import is_alive
     from kvmlab.spec.instance import Instance
     from kvmlab.testing.templates import template_lease
 
