@@ -10,6 +10,12 @@ Fixtures, in tiers::
                     the test failed its logs are copied to the test's tmp_path
     fake_lab        the same, always on the fake kvm
     test_guest      the built test guest (kernel + initramfs), session-scoped
+    booted_vm       the default test guest (``vm1``) running in ``lab``, restored from
+                    a template snapshot instead of booted: ``.lab``, ``.name``,
+                    ``.facts`` (its boot's facts); the template is built on first use
+    booted_vm_factory
+                    ``booted_vm_factory(instance)``: the same for a test's own instance
+                    (one template per key: QEMU binary, guest image, runtime)
 
 Example::
 
@@ -34,6 +40,10 @@ fixtures stay correct without help:
   (a worker that misses waits for a probe in progress instead of booting another);
 - daemonized QEMU and fake kvm processes are reaped by the process that started them
   (it makes itself a child subreaper), so a worker does not collect zombies;
+- ``booted_vm`` templates are built once per key under an ``flock`` in the cache
+  directory (``.../kvmlab/templates/``) and loaded under a shared one: two workers asking
+  for the same template build it once, and later runs reuse it
+  (:mod:`kvmlab.testing.templates` says what a restored copy is);
 - what is shared by the whole machine stays the test's to keep apart: a bridge or tap
   name, a TCP port (use a random suffix, or ``PYTEST_XDIST_WORKER``, ``gw0``...).
 
@@ -61,7 +71,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +80,8 @@ import pytest
 if TYPE_CHECKING:
     from kvmlab.guest.build import GuestImage
     from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.spec.instance import Instance
+    from kvmlab.testing.templates import BootedVM
 
 __all__ = ["REPORT_LINES", "in_ci", "require_qemu", "stop_all"]
 
@@ -229,3 +241,27 @@ def test_guest() -> GuestImage:
     except KvmlabError as err:
         _skip_or_fail(f"the test guest cannot be built: {err}")
         raise
+
+
+@pytest.fixture
+def booted_vm_factory(lab: Hypervisor) -> Callable[[Instance], BootedVM]:
+    """``booted_vm_factory(instance)``: ``instance`` running in ``lab``, restored from its
+    template (built on first use of its key) instead of booted; the guest's clock is set
+    from the host. An instance with disks is refused (copies would share them)."""
+    from kvmlab.testing.templates import boot_copy  # noqa: PLC0415
+
+    return lambda instance: boot_copy(lab, instance)
+
+
+@pytest.fixture
+def booted_vm(
+    request: pytest.FixtureRequest,
+    kvmlab_backend: str,
+    booted_vm_factory: Callable[[Instance], BootedVM],
+) -> BootedVM:
+    """The default test guest running in ``lab``, restored from its template:
+    ``booted_vm.lab.guest(booted_vm.name).run(["uname", "-r"])``."""
+    from kvmlab.testing.templates import default_instance  # noqa: PLC0415
+
+    image = request.getfixturevalue("test_guest") if kvmlab_backend == "qemu" else None
+    return booted_vm_factory(default_instance(image))

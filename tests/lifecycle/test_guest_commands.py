@@ -1,5 +1,9 @@
 """Commands inside the guest, through the command channel (ttyS1): the same test bodies on
-the fake kvm and on real QEMU with the test guest (docs/guest.md, docs/fake-kvm.md)."""
+the fake kvm and on real QEMU with the test guest (docs/guest.md, docs/fake-kvm.md).
+
+A test that needs a running guest takes one restored from a template (``booted_vm``,
+``booted_vm_factory``; docs/testing.md); the tests of the wait for a boot, of boot-time
+disks and of a soft reboot boot their own."""
 
 from __future__ import annotations
 
@@ -30,10 +34,8 @@ def test_a_command_right_after_start_waits_for_the_guest_and_round_trips(
     assert result == GuestResult(0, "hello a  b\n")
 
 
-def test_exit_status_output_and_missing_newline_come_back_exactly(lab, make_instance) -> None:
-    lab.start(make_instance())
-    boot_facts(lab, "vm1")
-    shell = lab.guest("vm1")
+def test_exit_status_output_and_missing_newline_come_back_exactly(booted_vm) -> None:
+    shell = booted_vm.lab.guest(booted_vm.name)
     assert shell.run("false") == GuestResult(1, "")
     assert shell.run("exit 7") == GuestResult(7, "")
     assert shell.run(["echo", "-n", "no newline"]) == GuestResult(0, "no newline")
@@ -50,10 +52,8 @@ def test_exit_status_output_and_missing_newline_come_back_exactly(lab, make_inst
     assert shell.run("echo stored > /tmp/f; cat /tmp/f") == GuestResult(0, "stored\n")
 
 
-def test_a_command_that_times_out_is_an_error_and_the_channel_recovers(lab, make_instance) -> None:
-    lab.start(make_instance())
-    boot_facts(lab, "vm1")
-    shell = lab.guest("vm1")
+def test_a_command_that_times_out_is_an_error_and_the_channel_recovers(booted_vm) -> None:
+    shell = booted_vm.lab.guest(booted_vm.name)
     began = time.monotonic()
     with pytest.raises(GuestTimeoutError, match="did not finish within 2 s"):
         shell.run(["sleep", "30"], timeout=2)
@@ -64,10 +64,9 @@ def test_a_command_that_times_out_is_an_error_and_the_channel_recovers(lab, make
     assert time.monotonic() - began < 30  # the guest killed the sleep: it did not run out
 
 
-def test_macs_in_sys_class_net_are_the_instance_nics(lab, make_instance) -> None:
+def test_macs_in_sys_class_net_are_the_instance_nics(lab, make_instance, booted_vm_factory) -> None:
     instance = make_instance(nics=2)
-    lab.start(instance)
-    assert_facts_match(boot_facts(lab, "vm1"), instance)
+    assert_facts_match(booted_vm_factory(instance).facts, instance)
     shell = lab.guest("vm1")
     names = shell.run(["ls", "/sys/class/net"])
     assert names == GuestResult(0, "eth0\neth1\nlo\n")
@@ -76,10 +75,10 @@ def test_macs_in_sys_class_net_are_the_instance_nics(lab, make_instance) -> None
     assert shell.run(["cat", "/sys/class/net/lo/address"]).stdout == "00:00:00:00:00:00\n"
 
 
-def test_memtotal_is_plausible_and_equals_the_mem_fact(lab, make_instance) -> None:
-    instance = make_instance(memory=192)
-    lab.start(instance)
-    facts = boot_facts(lab, "vm1")
+def test_memtotal_is_plausible_and_equals_the_mem_fact(
+    lab, make_instance, booted_vm_factory
+) -> None:
+    facts = booted_vm_factory(make_instance(memory=192)).facts
     meminfo = lab.guest("vm1").run(["cat", "/proc/meminfo"])
     assert meminfo.exit_code == 0
     first = meminfo.stdout.splitlines()[0].split()
@@ -121,10 +120,8 @@ def test_after_a_soft_reboot_the_channel_works_with_a_new_boot_id(lab, make_inst
     assert shell.run(["cat", "/tmp/mark"]).exit_code == 1  # the old boot's files are gone
 
 
-def test_concurrent_runs_on_one_vm_take_turns(lab, make_instance) -> None:
-    lab.start(make_instance())
-    boot_facts(lab, "vm1")
-    shell = lab.guest("vm1")
+def test_concurrent_runs_on_one_vm_take_turns(booted_vm) -> None:
+    shell = booted_vm.lab.guest(booted_vm.name)
     results: dict[int, GuestResult] = {}
 
     def run(index: int) -> None:

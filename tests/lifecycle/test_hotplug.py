@@ -74,8 +74,10 @@ def saved_macs(lab, name: str = "vm1") -> list[str]:
     return [nic.mac for nic in lab.load_runtime(name).nics]
 
 
-def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(lab, make_instance) -> None:
-    lab.start(make_instance(nics=1))
+def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(
+    lab, make_instance, booted_vm_factory
+) -> None:
+    booted_vm_factory(make_instance(nics=1))
     assert guest_macs(lab) == [mac(0)]
     saved = lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     assert saved.nic_slots == (0x10, 0x11)
@@ -90,8 +92,10 @@ def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(lab, make_instance
     assert mac_at_slot(lab, 0x11) == NEW, "same device at the same address after the reboot"
 
 
-def test_detach_of_a_middle_nic_keeps_the_others_at_their_slots(lab, make_instance) -> None:
-    lab.start(make_instance(nics=3))
+def test_detach_of_a_middle_nic_keeps_the_others_at_their_slots(
+    lab, make_instance, booted_vm_factory
+) -> None:
+    booted_vm_factory(make_instance(nics=3))
     assert guest_macs(lab) == [mac(0), mac(1), mac(2)]
     saved = lab.detach_nic("vm1", mac(1))
     assert saved.nic_slots == (0x10, 0x12)
@@ -116,8 +120,8 @@ def test_a_hard_restart_applies_the_instance_file(lab, make_instance) -> None:
     assert guest_macs(lab) == [mac(0)]
 
 
-def test_refusals_are_exit_2_and_change_nothing(lab, make_instance) -> None:
-    lab.start(make_instance(nics=1))
+def test_refusals_are_exit_2_and_change_nothing(lab, make_instance, booted_vm_factory) -> None:
+    booted_vm_factory(make_instance(nics=1))
     before = lab.layout.runtime_file("vm1").read_bytes()
     with pytest.raises(HotplugRefusedError, match="already has a NIC with MAC"):
         lab.attach_nic("vm1", Nic(mac=mac(0), mode="user"))
@@ -195,9 +199,9 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
 
 
 def test_a_qemu_without_the_commands_is_refused_naming_its_version(
-    lab, make_instance, monkeypatch
+    lab, make_instance, monkeypatch, booted_vm_factory
 ) -> None:
-    lab.start(make_instance(nics=1))
+    booted_vm_factory(make_instance(nics=1))
     before = lab.layout.runtime_file("vm1").read_bytes()
     # A command this QEMU lacks (as QEMUs before device_del's event lacked it).
     monkeypatch.setattr(hotplug, "NIC_COMMANDS", (*hotplug.NIC_COMMANDS, "x-no-such-command"))

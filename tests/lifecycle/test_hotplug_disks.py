@@ -355,14 +355,14 @@ def test_attach_then_detach_gives_back_the_very_runtime(
 
 
 def test_a_path_with_a_comma_and_a_space_cannot_add_options(
-    lab, make_instance, tmp_path: Path, machine: str
+    lab, make_instance, tmp_path: Path, machine: str, booted_vm_factory
 ) -> None:
     """The path is one QMP string and, in the saved argv, one ``file=`` value (its comma
     doubled): after a soft reboot QEMU opens the same image, with no option added."""
     path = tmp_path / "data,format=qcow2 x.img"
     with path.open("wb") as file:
         file.truncate(4 << 20)
-    lab.start(make_instance())  # no disk: the args go at the end of the saved argv
+    booted_vm_factory(make_instance())  # no disk: the args go at the end of the saved argv
     assert sizes(lab) == []
     saved = lab.attach_disk("vm1", Disk(path=str(path)))
     escaped = str(path).replace(",", ",,")

@@ -4,7 +4,9 @@ lifecycle tests), plus 7.2 -> 10.0 with two labs on different binaries.
 
 The proof is the guest's own: a token written into its /tmp and its boot id are the same
 after the migration, and ``KVMLAB-BOOT-OK`` was printed once (the source's console log has
-it, the target's does not: the guest did not boot again).
+it, the target's does not: the guest did not boot again). The tests that need a running
+guest and do not count its boots start from one restored from a template
+(``booted_vm_factory``, docs/testing.md).
 """
 
 from __future__ import annotations
@@ -149,8 +151,10 @@ def test_the_guest_keeps_its_memory_and_its_boot(lab, target, make_instance) -> 
     assert macs == [mac(0), mac(1)]
 
 
-def test_back_and_forth_and_an_offline_migration(lab, target, make_instance) -> None:
-    lab.start(make_instance())
+def test_back_and_forth_and_an_offline_migration(
+    lab, target, make_instance, booted_vm_factory
+) -> None:
+    booted_vm_factory(make_instance())
     token, boot_id = write_token(lab)
     before = lab.load_runtime("vm1")
     lab.migrate("vm1", target, timeout=120)
@@ -208,10 +212,10 @@ def test_refusals_change_nothing(lab, target, make_instance) -> None:
 
 
 def test_a_soft_reboot_on_the_target_replays_the_migrated_runtime(
-    lab, target, make_instance
+    lab, target, make_instance, booted_vm_factory
 ) -> None:
     # NIC hotplug needs the PC machine (docs/hotplug.md).
-    lab.start(make_instance(nics=1, machine_version="pc"))
+    booted_vm_factory(make_instance(nics=1, machine_version="pc"))
     lab.attach_nic("vm1", Nic(mac=NEW, mode="user"))
     shell = lab.guest("vm1")
     shell.run("true", ready_timeout=BOOT_TIMEOUT)
@@ -231,12 +235,12 @@ def test_a_soft_reboot_on_the_target_replays_the_migrated_runtime(
 
 
 def test_a_disk_hotplugged_on_the_source_stays_at_its_slot_on_the_target(
-    lab, target, make_instance, tmp_path: Path
+    lab, target, make_instance, tmp_path: Path, booted_vm_factory
 ) -> None:
     image = tmp_path / "disk-4m.img"
     with image.open("wb") as file:
         file.truncate(4 << 20)
-    lab.start(make_instance(nics=1, machine_version="pc"))  # hotplug needs PC
+    booted_vm_factory(make_instance(nics=1, machine_version="pc"))  # hotplug needs PC
     lab.guest("vm1").run("true", ready_timeout=BOOT_TIMEOUT)
     lab.attach_disk("vm1", Disk(path=str(image)))
     before = lab.load_runtime("vm1")
@@ -262,9 +266,9 @@ def slow_transfers(monkeypatch: pytest.MonkeyPatch, fault_env, kvmlab_backend: s
 
 
 def test_a_target_killed_mid_transfer_leaves_the_source_running(
-    lab, target, make_instance, slow_transfers
+    lab, target, make_instance, slow_transfers, booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     token, boot_id = write_token(lab)
     before = lab.layout.runtime_file("vm1").read_bytes()
     killed: list[int] = []
@@ -283,9 +287,9 @@ def test_a_target_killed_mid_transfer_leaves_the_source_running(
 
 
 def test_a_timed_out_transfer_is_cancelled_and_the_source_keeps_running(
-    lab, target, make_instance, slow_transfers
+    lab, target, make_instance, slow_transfers, booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     token, boot_id = write_token(lab)
     before = lab.layout.runtime_file("vm1").read_bytes()
     with pytest.raises(MigrationError, match="did not complete within 1 s") as failed:
@@ -306,9 +310,9 @@ def assert_source_kept(source, target, runtime_bytes, token, boot_id) -> None:
 
 
 def test_a_target_dying_right_after_the_transfer_gives_the_vm_back_to_the_source(
-    lab, target, make_instance
+    lab, target, make_instance, booted_vm_factory
 ) -> None:
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     token, boot_id = write_token(lab)
     before = lab.layout.runtime_file("vm1").read_bytes()
 

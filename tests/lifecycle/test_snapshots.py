@@ -91,8 +91,8 @@ def cli(lab: Hypervisor, kvmlab_backend: str, capsys: pytest.CaptureFixture[str]
     return run
 
 
-def test_revert_brings_back_the_guest_as_it_was(lab, make_instance) -> None:
-    lab.start(make_instance())
+def test_revert_brings_back_the_guest_as_it_was(lab, make_instance, booted_vm_factory) -> None:
+    booted_vm_factory(make_instance())
     guest_run(lab, "echo before > /tmp/before")
     booted = boot_id(lab)
     before = lab.load_runtime("vm1")
@@ -124,9 +124,9 @@ def test_revert_brings_back_the_guest_as_it_was(lab, make_instance) -> None:
     assert set(listed[0]) == {"tag", "size", "created", "qemu_version", "machine", "running"}
 
 
-def test_save_then_restore_continues_the_guest(lab, make_instance) -> None:
+def test_save_then_restore_continues_the_guest(lab, make_instance, booted_vm_factory) -> None:
     instance = make_instance()
-    lab.start(instance)
+    booted_vm_factory(instance)
     guest_run(lab, "echo kept > /tmp/token")
     booted = boot_id(lab)
 
@@ -298,12 +298,12 @@ CALLS = {
     ids=lambda case: f"{case[2]}-{case[1]}",
 )
 def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
-    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str]
+    lab, kvmlab_backend, cli, case: tuple[str, str, str, str], *, make_instance, booted_vm_factory
 ) -> None:
     """kvmlab killed before a step: ``info`` shows the journal, ``recover`` finishes or undoes
     the operation, and the instance has one VM (or none, saved) that answers."""
     module, function, op, outcome = case
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     guest_run(lab, "echo before > /tmp/before")
     booted = boot_id(lab)
     if op == "revert":
@@ -470,8 +470,10 @@ def test_a_snapshot_shows_in_a_notebook() -> None:
     assert display.snapshot_text(info).startswith("snapshot <base> of vm1: 96.0 MB")
 
 
-def test_a_locked_command_resolves_a_pending_journal_first(lab, make_instance, kvmlab_backend):
-    lab.start(make_instance())
+def test_a_locked_command_resolves_a_pending_journal_first(
+    lab, make_instance, kvmlab_backend, booted_vm_factory
+):
+    booted_vm_factory(make_instance())
     guest_run(lab, "true")
     script = textwrap.dedent(
         KILLED.format(module="write", function="resume_vm", call=CALLS["snapshot"])
@@ -504,10 +506,12 @@ def test_a_write_that_stalls_is_cancelled_at_the_timeout(
     assert lab.info("vm1").extra.get("status") == "running"
 
 
-def test_a_state_qemu_cannot_load_leaves_the_instance_saved(lab, make_instance, cli) -> None:
+def test_a_state_qemu_cannot_load_leaves_the_instance_saved(
+    lab, make_instance, cli, booted_vm_factory
+) -> None:
     """A state that matches its record but ends early (a record rewritten to match): QEMU
     exits, as on a failed migration, and the instance stays saved, its state kept."""
-    lab.start(make_instance())
+    booted_vm_factory(make_instance())
     guest_run(lab, "true")
     lab.save("vm1")
     state, record_path = lab.layout.saved_state("vm1"), lab.layout.saved_record("vm1")
