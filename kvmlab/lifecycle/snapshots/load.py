@@ -13,6 +13,7 @@ The steps, each a module-level function so that a test can kill kvmlab between a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,9 @@ from kvmlab.spec.layout import StateLayout
 __all__ = ["finish_load", "load_state", "start_incoming"]
 
 log = logging.getLogger("kvmlab")
+
+#: Seconds between two ``query-status`` of a load (a 100 MB state loads in ~0.15 s).
+LOAD_POLL_INTERVAL = 0.01
 
 
 def start_incoming(
@@ -64,20 +68,30 @@ def load_state(
     :raise QmpError: QMP failed.
     """
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
+    deadline = time.monotonic() + timeout
     try:
+        # One session for the command and the polling: a connection per poll costs more
+        # than the load of a small guest's state.
         with qmp_session(layout, name) as qmp:
             uri = state_uri(qmp, fd, state if by_path else None)
             os.close(fd)
             fd = -1
             qmp.execute("migrate-incoming", {"uri": uri})
+            with contextlib.suppress(QmpError, KeyError, TypeError):
+                while time.monotonic() < deadline:
+                    status = str(qmp.execute("query-status")["status"])
+                    if status != QemuRunState.INMIGRATE:
+                        return status
+                    time.sleep(LOAD_POLL_INTERVAL)
     finally:
         if fd >= 0:
             os.close(fd)
-    deadline = time.monotonic() + timeout
+    # The session ended: QEMU exited (a stream it cannot load), or it is busy loading a
+    # large state for longer than a QMP reply may take; poll afresh until the deadline.
     while True:
-        status = run_state(layout, name)
-        if status is not None and status != QemuRunState.INMIGRATE:
-            return status
+        state_now = run_state(layout, name)
+        if state_now is not None and state_now != QemuRunState.INMIGRATE:
+            return state_now
         if running_pid(layout, name) is None:
             raise SnapshotError(
                 f"QEMU could not load {state} into {name} and exited (its log:"
