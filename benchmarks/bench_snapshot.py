@@ -12,11 +12,12 @@ The test guest as the suite boots it (:func:`kvmlab.guest.build.boot_hvparams`: 
 - **restore-to-ready**: ``Hypervisor.restore`` until the command channel answers ``true``;
 - **baseline** (``bare -incoming``): what a user would otherwise run: the command line
   kvmlab ran for the guest (read back from ``/proc`` at the warm-up start, as
-  ``bench_boot.py`` does), started by hand with ``-incoming fd:N`` reading the same state
-  file (a hard link of the saved state, made before the restore removes it), then ``cont``
-  over QMP once the incoming migration is done (the state was taken from a paused VM, so
-  QEMU ends ``paused``), until the command channel answers ``true``. kvmlab's restore
-  against it is what kvmlab costs on top of QEMU's own loading.
+  ``bench_boot.py`` does), started by hand with ``-incoming`` of the same state file
+  (``fd:N``, an inherited descriptor, on 7.2; ``file:PATH`` on 10.0; a hard link of the
+  saved state, made before the restore removes it), then ``cont`` over QMP once the
+  incoming migration is done (the state was taken from a paused VM, so QEMU ends
+  ``paused``), until the command channel answers ``true``. kvmlab's restore against it
+  is what kvmlab costs on top of QEMU's own loading.
 
 Restore and baseline swap order from run to run, so drift in the machine's load hits both.
 Medians with the range over ``--runs``; the goal printed at the end is restore-to-ready at
@@ -125,13 +126,18 @@ def timed_restore(lab: Hypervisor) -> float:
     return elapsed
 
 
-def timed_bare(lab: Hypervisor, argv: tuple[str, ...], state: Path) -> float:
-    """The command line kvmlab ran, started by hand with ``-incoming fd:N`` from ``state``."""
+def timed_bare(lab: Hypervisor, argv: tuple[str, ...], state: Path, version: str) -> float:
+    """The command line kvmlab ran, started by hand with ``-incoming`` of ``state``.
+
+    QEMU 7.2 reads a file through an inherited descriptor (``fd:N``); 10.0 has ``file:``
+    and warns that ``fd:`` on a regular file is deprecated, so a user there types ``file:``.
+    """
     clean_state(lab)
     started = time.monotonic()
     fd = os.open(state, os.O_RDONLY)
+    uri = f"fd:{fd}" if version == "7.2" else f"file:{state}"
     try:  # QEMU reads the state from the inherited descriptor (its daemon child keeps it)
-        subprocess.run([*argv, "-incoming", f"fd:{fd}"], check=True, pass_fds=(fd,))
+        subprocess.run([*argv, "-incoming", uri], check=True, pass_fds=(fd,))
     finally:
         os.close(fd)
     with QmpSession(lab.layout.qmp_socket(NAME)) as qmp:
@@ -200,7 +206,7 @@ def bench(kind: str, version: str, runs: int, *, baseline: bool, quiet_wait: flo
                 if side == "restore":
                     figures.restore_ready.append(timed_restore(lab))
                 elif baseline and argv:
-                    figures.bare_ready.append(timed_bare(lab, argv, keep))
+                    figures.bare_ready.append(timed_bare(lab, argv, keep, version))
             keep.unlink(missing_ok=True)
             lab.delete_snapshot(NAME, f"s{run}")
             print(
@@ -276,7 +282,7 @@ def main() -> int:
         print(
             f"goal restore-to-ready <= {GOAL}x start-to-ready on 7.2:"
             f" {'met' if ratio <= GOAL else 'NOT met'} ({ratio:.3f});"
-            " baseline = the same command line started by hand with -incoming fd:N"
+            " baseline = the same command line started by hand with -incoming (fd: or file:)"
             " of the same state file"
         )
     return 0

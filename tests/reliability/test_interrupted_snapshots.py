@@ -3,8 +3,9 @@
 The kvmlab running the command is a small driver that replaces one kill point of
 ``kvmlab.lifecycle.snapshots.write`` (``write_state``, ``commit_state``, ``resume_vm``,
 ``quit_vm``) or ``kvmlab.lifecycle.snapshots.load`` (``start_incoming``, ``load_state``,
-``finish_load``) with ``kill -9`` of itself, before the step or right after it, as
-test_interrupted_migration.py does for a migration. So each kill lands at a known point.
+``finish_load``) with ``kill -9`` of itself, before the step or right after it (wherever
+the package bound the name), as test_interrupted_migration.py does for a migration. So
+each kill lands at a known point.
 
 Afterwards: ``info`` shows the pending operation; one follow-up command (``kvmlab
 recover NAME``, or a locked command) resolves it; then exactly one VM runs for the
@@ -32,8 +33,9 @@ from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import HvParams, Instance, Nic
 
 DRIVER = r"""
-import os, signal, sys
+import importlib, os, pkgutil, signal, sys
 point, args = sys.argv[1], sys.argv[2:]
+import kvmlab.lifecycle.snapshots as package
 import kvmlab.lifecycle.snapshots.load as load
 import kvmlab.lifecycle.snapshots.write as write
 
@@ -41,18 +43,22 @@ def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 when, _, name = point.partition(":")
-module = write if hasattr(write, name) else load
-real = getattr(module, name)
+real = getattr(write if hasattr(write, name) else load, name)
 if when == "before":
-    setattr(module, name, die)
+    replacement = die
 elif when == "after":
-    def wrapped(*a, **k):
+    def replacement(*a, **k):
         out = real(*a, **k)
         die()
         return out
-    setattr(module, name, wrapped)
 else:
     raise SystemExit(f"unknown kill point {point}")
+# The step is replaced wherever the package bound it (a module may have imported it by
+# name), so the kill lands whichever way it is called.
+for info in pkgutil.iter_modules(package.__path__):
+    module = importlib.import_module(f"{package.__name__}.{info.name}")
+    if getattr(module, name, None) is real:
+        setattr(module, name, replacement)
 
 from kvmlab.cli.app import main
 sys.exit(main(args))
