@@ -33,6 +33,15 @@ def _env_float(name: str, default: float | None) -> float | None:
     return value
 
 
+def _env_bytes(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise FakeError(f"{name}={raw!r}: expected a number of bytes")
+    return int(raw)
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -51,6 +60,7 @@ class Faults:
         "migrate_time",
         "powerdown_delay",
         "slow_start",
+        "state_truncate",
         "tap_run",
     )
 
@@ -68,12 +78,14 @@ class Faults:
         self.migrate_stall = False
         self.migrate_die = False
         self.migrate_time: float | None = None
+        #: A migration into a descriptor or file (a state) fails after this many bytes.
+        self.state_truncate: int | None = None
 
     @classmethod
     def from_env(cls) -> Faults:
         """Read the environment.
 
-        :raise FakeError: when a number of seconds is not a number.
+        :raise FakeError: when a number of seconds or bytes is not one.
         """
         faults = cls()
         faults.fail_start = os.environ.get("KVMLAB_FAKE_FAIL_START") or None
@@ -87,6 +99,7 @@ class Faults:
         faults.migrate_stall = _env_flag("KVMLAB_FAKE_MIGRATE_STALL")
         faults.migrate_die = _env_flag("KVMLAB_FAKE_MIGRATE_DIE")
         faults.migrate_time = _env_float("KVMLAB_FAKE_MIGRATE_TIME", None)
+        faults.state_truncate = _env_bytes("KVMLAB_FAKE_STATE_TRUNCATE")
         return faults
 
     def to_dict(self) -> dict[str, object]:

@@ -6,7 +6,9 @@ A client sends a descriptor with ``SCM_RIGHTS`` on the QMP socket (the chardev's
 of the table (QEMU's ``monitor_fd_param``), so a later ``closefd`` of ``N`` fails, and
 refuses a descriptor that is no tap device (``TUNGETIFF``), as QEMU does.
 The names live in :class:`~kvmlab.fake.host.Taps`, which closes what is left at exit.
-Errors use QEMU's wording. Imported by the first of these commands only.
+A migration into or out of ``fd:NAME`` takes its descriptor the same way
+(:func:`open_uri`, which also opens QEMU 10.0's ``file:PATH``). Errors use QEMU's
+wording. Imported by the first of these commands only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["check_tap", "closefd", "getfd", "take_fd"]
+__all__ = ["check_tap", "closefd", "getfd", "open_uri", "take_fd"]
 
 #: ``TUNGETIFF``: what QEMU asks a tap descriptor before it uses it.
 _TUNGETIFF = 0x800454D2
@@ -66,6 +68,21 @@ def take_fd(m: MachineView, name: str) -> int:
     if fd_or_none is None:
         raise QmpCommandError(f"File descriptor named '{name}' has not been found")
     return fd_or_none
+
+
+def open_uri(m: MachineView, uri: str, write: bool) -> int:
+    """The descriptor of ``fd:NAME`` (taken from the ``getfd`` table) or ``file:PATH``.
+
+    :raise QmpCommandError: an unknown descriptor name, or a file that cannot be opened.
+    """
+    if uri.startswith("fd:"):
+        return take_fd(m, uri[3:])
+    path = uri[5:].split(",", 1)[0]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC if write else os.O_RDONLY
+    try:
+        return os.open(path, flags | os.O_CLOEXEC, 0o660)
+    except OSError as err:
+        raise QmpCommandError(f"Could not open '{path}': {err.strerror}") from None
 
 
 def check_tap(fd: int) -> None:

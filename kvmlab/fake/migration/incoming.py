@@ -17,6 +17,7 @@ connected, before reading anything.
 from __future__ import annotations
 
 import _socket
+import os
 import sys
 
 from kvmlab.fake.errors import FakeError, QmpCommandError, Shutdown
@@ -26,9 +27,10 @@ from kvmlab.fake.migration.state import address, die, mismatch, restore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
-    from kvmlab.fake.machine_view import MachineView
+    from kvmlab.fake.machine_view import IncomingSide, MachineView
 
 __all__ = ["Incoming", "migrate_incoming"]
 
@@ -146,10 +148,40 @@ class Incoming:
                 guest = message.get("guest")
                 self._complete(guest if isinstance(guest, dict) else {})
 
+    def load(self, fd: int) -> None:
+        """Load a state from ``fd`` (``migrate-incoming`` of ``fd:``/``file:``), shortly."""
+        self.status = "setup"
+        if self.m.profile.version >= (9, 0, 0):  # 7.2 sent it already, whatever ``events`` says
+            self._event("setup")
+        self.m.loop.after(0.001, lambda: self._load(fd))
+
+    def _load(self, fd: int) -> None:
+        """Read the whole stream (a file cannot be polled: it is read at once), then load it."""
+        from kvmlab.fake.migration.stream import StreamError, parse  # noqa: PLC0415
+
+        self.status = "active"
+        self._event("active")
+        if self.m.faults.migrate_die:
+            die(self.m)
+        chunks = []
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        except OSError:
+            pass  # what was read is what QEMU would load: the stream ends here
+        finally:
+            os.close(fd)
+        try:
+            state = parse(self.m, b"".join(chunks))
+        except StreamError as err:
+            self._fail(err.lines)
+        self._complete(state)
+
     def _complete(self, state: dict[str, object]) -> None:
         m = self.m
         restore(m, state)
-        m.status = "paused"
+        # QEMU takes the source's run state over: a VM never started stays ``prelaunch``.
+        m.status = "prelaunch" if state.get("runstate") == "prelaunch" else "paused"
         self.status = "completed"
         m.log("incoming", status="completed")
         self._reply(b"ok\n")
@@ -209,7 +241,10 @@ class Incoming:
             unlink(self.bound)
 
 
-def migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
+def migrate_incoming(
+    m: MachineView, arguments: dict[str, object], open_fd: Callable[[], int] | None = None
+) -> object:
+    """``migrate-incoming``; ``open_fd`` takes the descriptor of an ``fd:``/``file:`` URI."""
     incoming = m.incoming
     if incoming is not None and (incoming.listener is not None or incoming.status is not None):
         raise QmpCommandError("The incoming migration has already been started")
@@ -219,8 +254,21 @@ def migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
     if m.profile.version < (9, 0, 0):
         # QEMU 7.2 sends this one whatever the ``events`` capability says.
         m.event("MIGRATION", {"status": "setup"})
+    if open_fd is not None:
+        _load_from(m, incoming, uri, open_fd())
+        return {}
     try:
         incoming.listen(uri, "")
     except FakeError as err:
         raise QmpCommandError(err.message) from None
     return {}
+
+
+def _load_from(m: MachineView, incoming: IncomingSide, uri: str, fd: int) -> None:
+    """``migrate-incoming`` of a descriptor (``fd:NAME``) or, on QEMU 10.0, ``file:PATH``."""
+    from kvmlab.fake.migration.stream import DEPRECATED_FD, deprecated_fd  # noqa: PLC0415
+
+    if uri.startswith("fd:") and deprecated_fd(m, fd):
+        print(DEPRECATED_FD, file=sys.stderr)
+    m.log("incoming", uri=uri)
+    incoming.load(fd)

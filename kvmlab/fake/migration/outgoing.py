@@ -31,7 +31,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["Outgoing", "migrate", "migrate_cancel", "query_migrate"]
+__all__ = [
+    "DOWNTIME",
+    "Outgoing",
+    "check_can_migrate",
+    "migrate",
+    "migrate_cancel",
+    "query_migrate",
+]
 
 PAGE = 4096
 #: RAM beyond ``-m`` that QEMU migrates too (ROMs, firmware): 520 KiB on a ``pc``.
@@ -40,7 +47,7 @@ _EXTRA_RAM = 532480
 _DEVICE_BYTES = 16423
 _BROKEN_PIPE = "Unable to write to socket: Broken pipe"
 #: How long the stop-and-copy takes without a return path (seconds).
-_DOWNTIME = 0.003
+DOWNTIME = 0.003
 
 
 def used_ram(memory: int) -> int:
@@ -152,7 +159,7 @@ class Outgoing:
         if not self.return_path:
             # All is written: QEMU calls it done without hearing from the target,
             # which may still refuse the device state and exit.
-            self.m.loop.after(_DOWNTIME, self._complete)
+            self.m.loop.after(DOWNTIME, self._complete)
 
     def _readable(self) -> None:
         """The target's lines: ``loading`` (header accepted), ``ok`` (state loaded), or EOF."""
@@ -316,8 +323,11 @@ class Outgoing:
 # --------------------------------------------------------------------------- QMP
 
 
-def migrate(m: MachineView, arguments: dict[str, object]) -> object:
-    uri = str(arguments["uri"])
+def check_can_migrate(m: MachineView) -> None:
+    """Refuse a ``migrate`` while this VM cannot start one, as QEMU does (any URI).
+
+    :raise QmpCommandError: QEMU's error.
+    """
     current = m.outgoing
     if m.status == "inmigrate":
         raise QmpCommandError("Guest is waiting for an incoming migration")
@@ -325,6 +335,11 @@ def migrate(m: MachineView, arguments: dict[str, object]) -> object:
         raise QmpCommandError("There's a migration process in progress")
     if m.status == "postmigrate":
         raise QmpCommandError("Can't migrate the vm that was paused due to previous migration")
+
+
+def migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    uri = str(arguments["uri"])
+    check_can_migrate(m)
     try:
         address(uri)
     except OSError:
@@ -332,6 +347,11 @@ def migrate(m: MachineView, arguments: dict[str, object]) -> object:
     except ValueError:
         if m.profile.version >= (9, 0, 0):
             raise QmpCommandError(f"unknown migration protocol: {uri}") from None
+        # QEMU 7.2 (``file:`` among others) marks the migration failed, with no error-desc.
+        failed = Outgoing(m, uri)
+        failed.status = "failed"
+        failed.ended_at = time.monotonic()
+        m.outgoing = failed
         raise QmpCommandError("Parameter 'uri' expects a valid migration protocol") from None
     outgoing = Outgoing(m, uri)
     m.outgoing = outgoing

@@ -156,6 +156,35 @@ def _migration() -> ModuleType:
     return outgoing
 
 
+def _to_file() -> ModuleType:
+    from kvmlab.fake.migration import fdout  # noqa: PLC0415 - only when a state is written
+
+    return fdout
+
+
+def _to_file_uri(m: MachineView, uri: object) -> bool:
+    """A descriptor (``fd:NAME``) or, on QEMU 10.0, a file (``file:PATH``): a state."""
+    if not isinstance(uri, str):
+        return False
+    return uri.startswith("fd:") or (uri.startswith("file:") and m.profile.version >= (9, 0, 0))
+
+
+def _migrate(m: MachineView, arguments: dict[str, object]) -> object:
+    """``migrate``: into a descriptor or file, else to a target."""
+    uri = arguments.get("uri")
+    if isinstance(uri, str) and _to_file_uri(m, uri):
+        return _to_file().migrate_to_file(m, uri, lambda: _fds().open_uri(m, uri, True))
+    return _migration().migrate(m, arguments)
+
+
+def _migrate_incoming(m: MachineView, arguments: dict[str, object]) -> object:
+    """``migrate-incoming``: from a descriptor or file (taken here), else from a socket."""
+    uri = arguments.get("uri")
+    if isinstance(uri, str) and _to_file_uri(m, uri):
+        return _incoming().migrate_incoming(m, arguments, lambda: _fds().open_uri(m, uri, False))
+    return _incoming().migrate_incoming(m, arguments)
+
+
 def _incoming() -> ModuleType:
     from kvmlab.fake.migration import incoming  # noqa: PLC0415
 
@@ -307,14 +336,14 @@ COMMANDS: dict[str, QmpCommand] = {
         _lazy(_hotplug_disk, "query_named_block_nodes"), frozenset({"flat"})
     ),
     "migrate": QmpCommand(
-        _lazy(_migration, "migrate"),
+        _migrate,
         frozenset({"uri", "blk", "inc", "detach", "resume", "channels"}),
         ("uri",),
     ),
     "migrate_cancel": QmpCommand(_lazy(_migration, "migrate_cancel")),
     "query-migrate": QmpCommand(_lazy(_migration, "query_migrate")),
     "migrate-incoming": QmpCommand(
-        _lazy(_incoming, "migrate_incoming"),
+        _migrate_incoming,
         frozenset({"uri", "channels", "exit-on-error"}),
         ("uri",),
     ),
