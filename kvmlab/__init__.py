@@ -42,6 +42,9 @@ if TYPE_CHECKING:
         ProbeError,
         QmpError,
         RuntimeFormatError,
+        SavedError,
+        SnapshotError,
+        SnapshotRefusedError,
         StateError,
         StopError,
         TapError,
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     )
     from kvmlab.host.inventory import InstanceInfo
     from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.lifecycle.snapshots.record import SnapshotInfo
     from kvmlab.runtime.generator import generate_runtime
     from kvmlab.runtime.invariants import InvariantReport, Violation, check_runtime
     from kvmlab.runtime.plan import ExecutionPlan, NicPlan, NicPlanKind, StartFacts, plan_execution
@@ -89,6 +93,7 @@ __all__ = [
     "GuestFacts",
     "GuestChannel",
     "GuestResult",
+    "SnapshotInfo",
     # Invariants
     "check_runtime",
     "InvariantReport",
@@ -108,10 +113,12 @@ __all__ = [
     "HotplugRefusedError",
     "HotplugNotRunningError",
     "MigrationRefusedError",
+    "SnapshotRefusedError",
     "OperationError",
     "StateError",
     "AlreadyRunningError",
     "NotRunningError",
+    "SavedError",
     "LockedError",
     "LaunchError",
     "StopError",
@@ -123,6 +130,7 @@ __all__ = [
     "GuestBuildError",
     "TapError",
     "MigrationError",
+    "SnapshotError",
 ]
 
 _HOMES = {
@@ -149,6 +157,7 @@ _HOMES = {
     "GuestFacts": "channels.console",
     "GuestChannel": "channels.guest_channel",
     "GuestResult": "channels.guest_channel",
+    "SnapshotInfo": "lifecycle.snapshots.record",
     "check_runtime": "runtime.invariants",
     "InvariantReport": "runtime.invariants",
     "Violation": "runtime.invariants",

@@ -18,10 +18,12 @@ apart by type::
      |    +-- HotplugRefusedError     a hotplug refused before anything changed
      |    |    +-- HotplugNotRunningError  (also a NotRunningError) the VM is stopped
      |    +-- MigrationRefusedError   a migration refused before anything changed
+     |    +-- SnapshotRefusedError    a snapshot, save, revert or restore refused up front
      +-- OperationError               the operation failed: exit code 1
           +-- StateError              wrong life-cycle state for the request (``.state``)
           |    +-- AlreadyRunningError
           |    +-- NotRunningError
+          |    +-- SavedError         the instance waits in a saved state (``restore`` it)
           +-- LockedError             another kvmlab process holds the instance
           +-- LaunchError             the hypervisor binary failed to start
           +-- StopError               the process would not go away
@@ -33,6 +35,7 @@ apart by type::
           +-- GuestBuildError         the test guest could not be built
           +-- TapError                a tap device could not be opened or configured
           +-- MigrationError          a migration failed (the source still runs)
+          +-- SnapshotError           writing or loading a machine state failed
 
 Every class is importable from :mod:`kvmlab` too; ``tests/architecture`` checks that this
 tree, the module's ``__all__`` and the package's exports agree.
@@ -74,6 +77,9 @@ __all__ = [
     "ProbeError",
     "QmpError",
     "RuntimeFormatError",
+    "SavedError",
+    "SnapshotError",
+    "SnapshotRefusedError",
     "StateError",
     "StopError",
     "TapError",
@@ -293,3 +299,36 @@ class MigrationError(OperationError):
     def __init__(self, message: str, *, status: str = "") -> None:
         super().__init__(message)
         self.status = status
+
+
+class SnapshotRefusedError(InvalidInputError):
+    """A snapshot, save, revert or restore refused up front, nothing changed: an invalid,
+    unknown or duplicate tag, a VM that is not running, nothing saved, a state file that
+    does not match its record, a QEMU that cannot load it (older, or without its machine
+    type), a guest-visible difference, a pending hotplug or migration."""
+
+
+class SnapshotError(OperationError):
+    """Writing or loading a machine state failed or timed out: the VM runs as before
+    (snapshot, save) or stays saved (restore); a failed revert is finished by the next
+    command on the instance (docs/snapshots.md).
+
+    :ivar status: the last migration status QEMU reported (``failed``, ``timeout`` when
+        kvmlab gave up, ``""`` when it was not that far).
+    """
+
+    def __init__(self, message: str, *, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SavedError(StateError):
+    """The instance has a saved state (:attr:`InstanceState.SAVED
+    <kvmlab.states.InstanceState.SAVED>`): ``start``, ``reboot`` or ``revert`` would throw
+    its machine state away, so they refuse; ``restore`` continues it, ``cleanup``
+    discards it."""
+
+    def __init__(
+        self, message: str, *, name: str = "", state: InstanceState = InstanceState.SAVED
+    ) -> None:
+        super().__init__(message, name=name, state=state)

@@ -184,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
 
     p = command(
-        "recover", cmd_recover, "finish or undo a migration that a killed kvmlab left pending"
+        "recover",
+        cmd_recover,
+        "finish or undo a migration or snapshot operation that a killed kvmlab left pending",
     )
     p.add_argument("name")
+
+    from kvmlab.cli.snapshots import add_commands  # noqa: PLC0415 - stdlib only, like this
+
+    add_commands(command, _seconds)
 
     p = command("cleanup", cmd_cleanup, "forget a stopped instance (runtime, logs)")
     p.add_argument("name")
@@ -251,6 +257,9 @@ def _print_info(info: InstanceInfo) -> None:
             f"hotplug: PENDING {json.dumps(pending)}: a hotplug stopped between QEMU and the"
             " save; the VM and its saved runtime may differ (restart it to be sure)"
         )
+    from kvmlab.cli.snapshots import print_states  # noqa: PLC0415
+
+    print_states(info)
     import shlex  # noqa: PLC0415
 
     print(f"argv:    {shlex.join(info.argv or info.saved_argv)}")
@@ -472,8 +481,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    outcome = _lab(args).recover_migration(args.name)
-    print(f"{args.name}: " + (f"interrupted migration {outcome}" if outcome else "nothing pending"))
+    lab = _lab(args)
+    outcome = lab.recover_migration(args.name)
+    journal = lab.layout.snapshot_journal(args.name)
+    snapshot = lab.recover_snapshot(args.name) if journal.exists() else None
+    found = [f"interrupted migration {outcome}"] if outcome else []
+    found += [f"interrupted snapshot operation {snapshot}"] if snapshot else []
+    print(f"{args.name}: " + ("; ".join(found) or "nothing pending"))
     return EXIT_OK
 
 

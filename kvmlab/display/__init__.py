@@ -57,6 +57,8 @@ from kvmlab.display.lab import (
     hypervisor_text,
     info_html,
     info_text,
+    snapshot_html,
+    snapshot_text,
 )
 from kvmlab.display.matrix import (
     CapabilityMatrix,
@@ -98,6 +100,8 @@ __all__ = [
     "info_text",
     "facts_html",
     "facts_text",
+    "snapshot_html",
+    "snapshot_text",
     # what QEMU versions can do
     "capabilities_html",
     "capabilities_text",
@@ -146,6 +150,7 @@ FORMATTERS: Final[
     ("kvmlab.golden.diff", "TreeDiff", diff_html, diff_text),
     ("kvmlab.lifecycle.hypervisor", "Hypervisor", hypervisor_html, hypervisor_text),
     ("kvmlab.channels.console", "GuestFacts", facts_html, None),
+    ("kvmlab.lifecycle.snapshots.record", "SnapshotInfo", snapshot_html, snapshot_text),
 )
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kvmlab.channels.console import GuestFacts
     from kvmlab.host.inventory import InstanceInfo
     from kvmlab.lifecycle.hypervisor import Hypervisor
+    from kvmlab.lifecycle.snapshots.record import SnapshotInfo
     from kvmlab.spec.instance import Instance
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "hypervisor_text",
     "info_html",
     "info_text",
+    "snapshot_html",
+    "snapshot_text",
 ]
 
 # --------------------------------------------------------------------------- hypervisor
@@ -120,6 +123,38 @@ def info_text(info: InstanceInfo) -> str:
     )
     argv = info.argv or info.saved_argv
     return head + ("\n" + shlex.join(argv) if argv else "")
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def _snapshot_title(snapshot: SnapshotInfo) -> str:
+    if snapshot.tag is None:
+        return f"saved state of {snapshot.name}"
+    return f"snapshot {snapshot.tag} of {snapshot.name}"
+
+
+def snapshot_html(snapshot: SnapshotInfo) -> str:
+    """One machine state (:class:`~kvmlab.lifecycle.snapshots.record.SnapshotInfo`): what
+    wrote it, its size and digest, and where it is."""
+    took = f" in {snapshot.elapsed_ms} ms" if snapshot.elapsed_ms is not None else ""
+    rows = [
+        ("taken", f"{snapshot.created}{took}"),
+        ("QEMU", f"{snapshot.qemu_version} · {snapshot.machine}"),
+        ("VM was", "running" if snapshot.running else "paused"),
+        ("size", f"{snapshot.size / 1e6:.1f} MB"),
+        ("SHA-256", _code(snapshot.sha256)),
+        ("file", _code(snapshot.state_file)),
+    ]
+    return _box(_snapshot_title(snapshot), _table(("", ""), rows))
+
+
+def snapshot_text(snapshot: SnapshotInfo) -> str:
+    """Plain-text counterpart of :func:`snapshot_html`."""
+    return (
+        f"{_snapshot_title(snapshot)}: {snapshot.size / 1e6:.1f} MB, {snapshot.created},"
+        f" QEMU {snapshot.qemu_version} {snapshot.machine}, {snapshot.state_file}"
+    )
 
 
 # --------------------------------------------------------------------------- guest facts

@@ -26,8 +26,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvmlab.channels.console import Console
 from kvmlab.channels.guest_channel import GuestChannel
@@ -36,18 +35,11 @@ from kvmlab.errors import (
     GuestChannelError,
     InstanceError,
     NotRunningError,
-    OperationError,
-    QmpError,
     RuntimeFormatError,
     UnknownInstanceError,
 )
 from kvmlab.host.backends import Backend, resolve_backend
-from kvmlab.host.executor import (
-    DEFAULT_START_TIMEOUT,
-    clear_stale_files,
-    execute,
-    sweep_stale_temp_dirs,
-)
+from kvmlab.host.executor import DEFAULT_START_TIMEOUT, clear_stale_files, execute
 from kvmlab.host.inventory import (
     InstanceInfo,
     InstanceState,
@@ -56,10 +48,11 @@ from kvmlab.host.inventory import (
     summarize,
 )
 from kvmlab.host.inventory import list_instances as inventory_list
-from kvmlab.host.process import reap_adopted, remove_quietly
-from kvmlab.host.stopping import PowerButton
-from kvmlab.host.stopping import stop as stop_process
-from kvmlab.host.store import atomic_write, instance_lock, load_runtime, remove_stale_writes
+from kvmlab.host.process import remove_quietly
+from kvmlab.host.store import atomic_write, load_runtime
+from kvmlab.lifecycle.locking import HELD_LOCKS, locked
+from kvmlab.lifecycle.power import powerdown, stop_instance
+from kvmlab.lifecycle.queries import incoming_runtime, pending_records, query_qemu, state_records
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.inputs import check_seconds, state_dir_path
@@ -69,42 +62,17 @@ from kvmlab.spec.names import is_instance_name
 
 if TYPE_CHECKING:
     from kvmlab.lifecycle.migration.result import MigrationResult
+    from kvmlab.lifecycle.snapshots.operations import Lab
+    from kvmlab.lifecycle.snapshots.record import SnapshotInfo
     from kvmlab.spec.capabilities import QemuCapabilities
 
 # InstanceInfo lives in host.inventory, InstanceState in kvmlab.states: re-exported here.
 __all__ = ["Hypervisor", "InstanceInfo", "InstanceState"]
 
 log = logging.getLogger("kvmlab")
+T = TypeVar("T")
 
 DEFAULT_STOP_TIMEOUT = 30.0
-#: Instance lock files this process holds now: a migration holds two, and the
-#: recovery of an interrupted one must not try to take one of them again.
-_HELD_LOCKS: set[Path] = set()
-
-
-@contextlib.contextmanager
-def _host_errors(name: str) -> Iterator[None]:
-    """A full disk or a read-only state dir is an operation failure, said in one line."""
-    try:
-        yield
-    except OSError as err:
-        where = f" ({err.filename})" if err.filename else ""
-        raise OperationError(f"{name}: {err.strerror or err}{where}") from err
-
-
-@contextlib.contextmanager
-def _forget_on_failure(fresh: list[Path], name: str) -> Iterator[None]:
-    """A migration that fails leaves nothing behind: the directories it created in a
-    new target lab go again, with the files of ``name`` in them."""
-    try:
-        yield
-    except BaseException:
-        for directory in fresh:
-            for path in directory.glob(f"{name}.*"):
-                remove_quietly(path)
-            with contextlib.suppress(OSError):  # not empty: another command uses it now
-                directory.rmdir()
-        raise
 
 
 class Hypervisor:
@@ -173,6 +141,7 @@ class Hypervisor:
                     name=name,
                     state=InstanceState.RUNNING,
                 )
+            self._refuse_saved(name)
             atomic_write(self.layout.runtime_file(name), document)
             self._execute(runtime)
         return self.info(name, query_guest=False)
@@ -201,6 +170,7 @@ class Hypervisor:
         self._require_known(name)
         with self._locked(name):
             runtime = self._load(name)
+            self._refuse_saved(name)
             self._stop(name, runtime, False, timeout)
             self._execute(runtime)
         return self.info(name, query_guest=False)
@@ -212,7 +182,8 @@ class Hypervisor:
         return self.start(instance)
 
     def cleanup(self, name: str) -> None:
-        """Forget a stopped instance: its saved runtime, logs, NIC records and lock.
+        """Forget a stopped instance: its saved runtime, logs, NIC records, lock, snapshots
+        and saved state.
 
         :raise AlreadyRunningError: it is still running (stop it first).
         """
@@ -234,9 +205,13 @@ class Hypervisor:
                 self.layout.serial_log(name),
                 self.layout.hotplug_intent(name),
                 self.layout.migration_journal(name),
+                self.layout.snapshot_journal(name),
+                self.layout.saved_record(name),  # the record first: the state is no more
+                self.layout.saved_state(name),
             ):
                 remove_quietly(path)
             shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
+            shutil.rmtree(self.layout.snapshot_dir(name), ignore_errors=True)
         remove_quietly(self.layout.lock_file(name))
 
     # -- hotplug (docs/hotplug.md) ---------------------------------------------------
@@ -336,26 +311,17 @@ class Hypervisor:
             the source still runs with its runtime untouched.
         """
         from kvmlab.lifecycle.migration import transfer  # noqa: PLC0415 - only for migrations
-        from kvmlab.lifecycle.migration.prepare import prepare  # noqa: PLC0415
+        from kvmlab.lifecycle.migration.prepare import plan_migration  # noqa: PLC0415
 
         timeout = transfer.DEFAULT_TIMEOUT if timeout is None else check_seconds("timeout", timeout)
         self._check_name(name)
         self._require_known(name)
         runtime = self._load(name)
 
-        def plan(runtime: KVMRuntime) -> tuple[KVMRuntime, Any, Any]:
-            source_caps = self.backend.capabilities(runtime.binary)
-            binary = target_lab.backend.binary(runtime.hvparams)
-            target_caps = target_lab.backend.capabilities(binary)
-            planned = prepare(
-                runtime,
-                source=self.layout,
-                target=target_lab.layout,
-                source_caps=source_caps,
-                target_caps=target_caps,
-                binary=binary,
+        def plan(runtime: KVMRuntime) -> tuple[KVMRuntime, QemuCapabilities, QemuCapabilities]:
+            return plan_migration(
+                runtime, self.layout, self.backend, target_lab.layout, target_lab.backend
             )
-            return planned, source_caps, target_caps
 
         plan(runtime)  # every refusal the files allow, before a state dir is touched
         with self._locked(name), target_lab._locked(name, undo=True):
@@ -390,7 +356,104 @@ class Hypervisor:
             self._require_known(name)
             return None
         with self._locked(name, recover=False):
-            return recover(self.layout, name, held=_HELD_LOCKS)
+            return recover(self.layout, name, held=HELD_LOCKS)
+
+    def recover_snapshot(self, name: str) -> str | None:
+        """Resolve a snapshot, save, revert or restore that a killed kvmlab left, as every
+        locked command does first: ``"completed"``, ``"rolled back"``, ``"stopped"`` (a
+        revert that could not be finished), ``None`` (nothing was pending)."""
+        self._check_name(name)
+        if not self.layout.snapshot_journal(name).exists():
+            self._require_known(name)
+            return None
+        with self._locked(name, recover=False):
+            return self._snapshot_lab(name).recover()
+
+    # -- snapshots (docs/snapshots.md) -----------------------------------------------
+
+    def snapshot(self, name: str, tag: str, timeout: float | None = None) -> SnapshotInfo:
+        """Write the machine state of the running ``name`` as snapshot ``tag``, with its
+        saved runtime; the VM pauses for the write and runs on.
+
+        :raise SnapshotRefusedError: (exit 2) an invalid or duplicate tag, a stopped VM,
+            a pending hotplug or migration; nothing changed.
+        :raise SnapshotError: (exit 1) the write failed or timed out; the VM runs as before.
+        """
+        from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
+
+        ops.check_tag(tag)
+        return self._snapshots(name, timeout, lambda lab, t: ops.take(lab, tag, t))
+
+    def save(self, name: str, timeout: float | None = None) -> SnapshotInfo:
+        """Write the machine state of the running ``name`` and end its process: it is
+        saved until :meth:`restore` continues it (errors: as :meth:`snapshot`)."""
+        from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
+
+        return self._snapshots(name, timeout, lambda lab, t: ops.take(lab, None, t))
+
+    def revert(self, name: str, tag: str, timeout: float | None = None) -> InstanceInfo:
+        """Make ``name`` (running or not) snapshot ``tag`` again: its process is replaced
+        by one started from the snapshot's runtime and state, and that runtime is saved.
+
+        :raise SnapshotRefusedError: (exit 2) no such snapshot, a damaged one, an older QEMU.
+        :raise SavedError: the instance is saved (restore or clean it up first).
+        :raise SnapshotError: loading failed: it is left stopped with the snapshot's runtime.
+        """
+        from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
+
+        self._snapshots(name, timeout, lambda lab, t: ops.revert(lab, tag, t))
+        return self.info(name, query_guest=False)
+
+    def restore(self, name: str, timeout: float | None = None) -> InstanceInfo:
+        """Continue the saved ``name`` from its saved state, which is then removed.
+
+        :raise SnapshotRefusedError: (exit 2) nothing saved, a damaged state, an older QEMU.
+        :raise SnapshotError: loading failed; it stays saved.
+        """
+        from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
+
+        self._snapshots(name, timeout, ops.restore)
+        return self.info(name, query_guest=False)
+
+    def delete_snapshot(self, name: str, tag: str) -> None:
+        """Remove snapshot ``tag`` of ``name`` (:class:`SnapshotRefusedError`: no such tag)."""
+        from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
+
+        self._snapshots(name, None, lambda lab, _t: ops.delete(lab, tag))
+
+    def snapshots(self, name: str) -> list[SnapshotInfo]:
+        """The snapshots of ``name``, oldest first."""
+        return self._snapshots(name, None, lambda lab, _t: lab.snapshots(), lock=False)
+
+    def saved_state(self, name: str) -> SnapshotInfo | None:
+        """The saved state of ``name`` (``None``: it is not saved)."""
+        return self._snapshots(name, None, lambda lab, _t: lab.saved(), lock=False)
+
+    def _snapshots(
+        self, name: str, timeout: float | None, run: Callable[[Lab, float], T], lock: bool = True
+    ) -> T:
+        """The preamble of the snapshot operations (the timeout and the name checked, a
+        known instance, its lock held unless not ``lock``), then ``run(lab, timeout)``."""
+        from kvmlab.lifecycle.snapshots.operations import check_timeout  # noqa: PLC0415
+
+        seconds = check_timeout(timeout)
+        self._check_name(name)
+        self._require_known(name)
+        if not lock:
+            return run(self._snapshot_lab(name), seconds)
+        with self._locked(name):
+            return run(self._snapshot_lab(name), seconds)
+
+    def _snapshot_lab(self, name: str) -> Lab:
+        from kvmlab.lifecycle.snapshots.operations import Lab  # noqa: PLC0415
+
+        return Lab(self.layout, name, self.backend, self.start_timeout, self.stop_timeout)
+
+    def _refuse_saved(self, name: str) -> None:
+        if self.layout.saved_record(name).exists():
+            from kvmlab.lifecycle.snapshots.plan import refuse_saved  # noqa: PLC0415
+
+            refuse_saved(self.layout, name)
 
     # -- inspection -----------------------------------------------------------------
 
@@ -406,6 +469,9 @@ class Hypervisor:
     def info(self, name: str, query_guest: bool = True) -> InstanceInfo:
         """State, pid, the live argv, memory and vCPUs (from QMP while running).
 
+        ``extra`` holds the snapshots and the saved state (``snapshots``, ``saved``) and
+        the record of any interrupted operation (``hotplug_pending``...).
+
         :raise UnknownInstanceError: no such instance.
         :raise RuntimeFormatError: its saved runtime is damaged.
         """
@@ -414,21 +480,17 @@ class Hypervisor:
             runtime = self._load(name)
         except UnknownInstanceError:
             # An instance arriving by migration has no saved runtime yet (docs/migration.md).
-            arriving = self._incoming_runtime(name)
+            arriving = incoming_runtime(self.layout, name)
             if arriving is None:
                 raise
             runtime = arriving
         nics = tuple(nic.model_dump(mode="json") for nic in runtime.nics)
         base = summarize(self.layout, name, RuntimeSummary(name, runtime.argv, nics))
-        pending = self._pending_hotplug(name)
-        if pending is not None:
-            base = dataclasses.replace(base, extra={**base.extra, "hotplug_pending": pending})
-        migrating = self._pending_migration(name)
-        if migrating is not None:
-            base = dataclasses.replace(base, extra={**base.extra, "migration_pending": migrating})
+        extra = {**pending_records(self.layout, name), **state_records(self.layout, name)}
+        base = dataclasses.replace(base, extra={**base.extra, **extra})
         if base.pid is None or not query_guest:
             return base
-        memory, vcpus, extra = self._query(name, base.memory, base.vcpus)
+        memory, vcpus, extra = query_qemu(self.layout, name, base.memory, base.vcpus)
         return dataclasses.replace(base, memory=memory, vcpus=vcpus, extra={**base.extra, **extra})
 
     def list_instances(self) -> list[InstanceInfo]:
@@ -468,39 +530,10 @@ class Hypervisor:
 
     # -- internals ------------------------------------------------------------------
 
-    def _pending_hotplug(self, name: str) -> dict[str, Any] | None:
-        path = self.layout.hotplug_intent(name)
-        if not path.exists():
-            return None
-        from kvmlab.lifecycle.hotplug.intent import pending_hotplug  # noqa: PLC0415
-
-        return pending_hotplug(self.layout, name)
-
-    def _incoming_runtime(self, name: str) -> KVMRuntime | None:
-        if not self.layout.migration_journal(name).exists():
-            return None
-        from kvmlab.lifecycle.migration.journal import incoming_runtime  # noqa: PLC0415
-
-        return incoming_runtime(self.layout, name)
-
-    def _pending_migration(self, name: str) -> dict[str, Any] | None:
-        if not self.layout.migration_journal(name).exists():
-            return None
-        from kvmlab.lifecycle.migration.journal import pending_migration  # noqa: PLC0415
-
-        return pending_migration(self.layout, name)
-
     def _check_name(self, name: str) -> None:
         # Names reach paths: anything but a DNS label cannot be an instance.
         if not is_instance_name(name):
             raise UnknownInstanceError(f"no instance named {name!r} (not a valid instance name)")
-
-    def _prepare_dirs(self) -> list[Path]:
-        """Create the lab's directories; the ones this call created, deepest first."""
-        fresh = [path for path in self.layout.directories() if not path.exists()]
-        for directory in self.layout.directories():
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return fresh[::-1]
 
     def _require_known(self, name: str) -> None:
         """Refuse an unknown instance before anything is created (no state dir, no lock)."""
@@ -509,28 +542,24 @@ class Hypervisor:
 
     @contextlib.contextmanager
     def _locked(self, name: str, recover: bool = True, undo: bool = False) -> Iterator[None]:
-        """Hold ``name``'s lock; ``undo``: a failure removes the directories created."""
-        try:
-            fresh = self._prepare_dirs()
-        except OSError as err:
-            raise OperationError(f"cannot use {self.layout.root}: {err.strerror}") from err
-        lock = self.layout.lock_file(name)
-        fresh = fresh if undo else []
-        with _forget_on_failure(fresh, name), _host_errors(name), instance_lock(lock, name):
-            _HELD_LOCKS.add(lock)
-            try:
-                # Whatever a kvmlab killed mid-operation left behind, now that no other
-                # command can be writing it.
-                sweep_stale_temp_dirs()
-                remove_stale_writes(self.layout.runtime_file(name))
-                reap_adopted()  # daemons of ours that exited on their own since
-                if recover and self.layout.migration_journal(name).exists():
-                    from kvmlab.lifecycle.migration import recovery as migration  # noqa: PLC0415
+        """Hold ``name``'s lock (:func:`kvmlab.lifecycle.locking.locked`), resolving first
+        what a killed kvmlab left pending; ``undo``: a failure removes the directories
+        created."""
+        with locked(
+            self.layout, name, resolve=self._resolver(name) if recover else None, undo=undo
+        ):
+            yield
 
-                    migration.recover(self.layout, name, held=_HELD_LOCKS)
-                yield
-            finally:
-                _HELD_LOCKS.discard(lock)
+    def _resolver(self, name: str) -> Callable[[], None]:
+        def resolve() -> None:
+            if self.layout.migration_journal(name).exists():
+                from kvmlab.lifecycle.migration import recovery as migration  # noqa: PLC0415
+
+                migration.recover(self.layout, name, held=HELD_LOCKS)
+            if self.layout.snapshot_journal(name).exists():
+                self._snapshot_lab(name).recover()
+
+        return resolve
 
     def _load(self, name: str) -> KVMRuntime:
         path = self.layout.runtime_file(name)
@@ -563,38 +592,9 @@ class Hypervisor:
         log.info("started %s, pid %d", runtime.name, started.pid)
 
     def _stop(self, name: str, runtime: KVMRuntime | None, force: bool, timeout: float) -> None:
-        """The stop policy of :mod:`kvmlab.host.stopping`, with this lab's power button:
-        none when ``force`` or when the machine has no ACPI."""
-        acpi = runtime.hvparams.acpi if runtime is not None else True
-        press: PowerButton | None = None
-        if not force and acpi:
-            press = functools.partial(self._powerdown, name)
-        stop_process(self.layout, name, press=press, timeout=timeout)
+        button = functools.partial(self._powerdown, name)
+        stop_instance(self.layout, name, runtime, force=force, timeout=timeout, button=button)
 
     def _powerdown(self, name: str, timeout: float, quiet: bool = False) -> bool:
-        """Press the ACPI power button of ``name`` through QMP; ``False`` when QMP failed."""
-        from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415 - 50 ms import
-
-        try:
-            qmp_execute(self.layout.qmp_socket(name), "system_powerdown", timeout=timeout)
-        except QmpError as err:
-            if not quiet:
-                log.warning("ACPI powerdown of %s failed (%s): terminating it", name, err)
-            return False
-        return True
-
-    def _query(
-        self, name: str, memory: int | None, vcpus: int | None
-    ) -> tuple[int | None, int | None, dict[str, Any]]:
-        from kvmlab.channels.qmp import QmpSession  # noqa: PLC0415
-
-        try:
-            with QmpSession(self.layout.qmp_socket(name), timeout=2.0) as qmp:
-                summary = qmp.execute("query-memory-size-summary")
-                cpus = qmp.execute("query-cpus-fast")
-                status = qmp.execute("query-status")
-        except QmpError as err:
-            log.debug("QMP query of %s failed: %s", name, err)
-            return memory, vcpus, {}
-        memory = int(summary["base-memory"]) // (1024 * 1024)
-        return memory, len(cpus), {"status": status.get("status")}
+        """Press the ACPI power button of ``name`` (:func:`kvmlab.lifecycle.power.powerdown`)."""
+        return powerdown(self.layout, name, timeout, quiet)

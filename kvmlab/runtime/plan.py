@@ -91,13 +91,14 @@ class StartFacts:
     #: Directory whose ``<seq>`` files receive each tap's name (``nic/<name>``).
     nic_dir: str | None = None
     caps: QemuCapabilities = field(default_factory=QemuCapabilities.default)
-    #: ``-incoming URI`` for the target of a migration (``unix:PATH``, ``tcp:127.0.0.1:PORT``):
-    #: a start-time argument, never in the saved argv (docs/migration.md).
+    #: ``-incoming URI`` for the target of a migration (``unix:PATH``, ``tcp:127.0.0.1:PORT``),
+    #: or ``defer`` to load a saved machine state (``migrate-incoming`` follows): a start-time
+    #: argument, never in the saved argv (docs/migration.md, docs/snapshots.md).
     incoming: str | None = None
 
     def __post_init__(self) -> None:
         if self.incoming is not None and (
-            not self.incoming.startswith(("unix:/", "tcp:"))
+            not (self.incoming == "defer" or self.incoming.startswith(("unix:/", "tcp:")))
             or any(char in self.incoming for char in ",\n\x00")
         ):
             raise InvalidInputError(f"incoming migration URI {self.incoming!r} is not usable")

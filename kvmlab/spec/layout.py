@@ -1,7 +1,8 @@
 """Where an instance's files live under a state directory.
 
 Ganeti keeps ``pid/``, ``conf/``, ``ctrl/`` and ``nic/`` under one run directory;
-kvmlab does the same, with ``log/`` and ``lock/`` added. The paths end up in the
+kvmlab does the same, with ``log/`` and ``lock/`` added, and ``snap/`` and ``save/`` for
+machine states (snapshots, saved instances). The paths end up in the
 saved command line, so they must be stable for an instance (never temporary) and
 usable inside QEMU option values and unix socket addresses. Computing them is
 pure; creating the directories is the lifecycle's job.
@@ -29,7 +30,7 @@ __all__ = [
 SUN_PATH_MAX = 107
 #: The root :func:`~kvmlab.generate_runtime` uses when it is given no layout.
 DEFAULT_STATE_DIR = Path("/var/lib/kvmlab")
-SUBDIRS = ("pid", "conf", "ctrl", "nic", "log", "lock")
+SUBDIRS = ("pid", "conf", "ctrl", "nic", "log", "lock", "snap", "save")
 
 
 def default_state_dir() -> Path:
@@ -86,6 +87,27 @@ class StateLayout:
     def migration_journal(self, name: str) -> Path:
         """Where a migration in progress is recorded, in both labs (docs/migration.md)."""
         return self.root / "conf" / f"{name}.migration"
+
+    def snapshot_journal(self, name: str) -> Path:
+        """Where a snapshot, save, revert or restore in progress is recorded (one for all four)."""
+        return self.root / "conf" / f"{name}.snapshot"
+
+    def snapshot_dir(self, name: str) -> Path:
+        """The snapshots of ``name``: ``TAG.state`` (QEMU's stream), ``TAG.json`` (its record)."""
+        return self.root / "snap" / name
+
+    def snapshot_state(self, name: str, tag: str) -> Path:
+        return self.snapshot_dir(name) / f"{tag}.state"
+
+    def snapshot_record(self, name: str, tag: str) -> Path:
+        return self.snapshot_dir(name) / f"{tag}.json"
+
+    def saved_state(self, name: str) -> Path:
+        """The machine state ``kvmlab save`` wrote; ``restore`` continues it."""
+        return self.root / "save" / f"{name}.state"
+
+    def saved_record(self, name: str) -> Path:
+        return self.root / "save" / f"{name}.json"
 
     def migration_socket(self, name: str) -> Path:
         """The unix socket an incoming migration listens on (``-incoming unix:...``)."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from kvmlab.errors import MigrationRefusedError
 from kvmlab.golden.diff import diff_runtimes
+from kvmlab.host.backends import Backend
 from kvmlab.host.inventory import running_pid
 from kvmlab.runtime.rebase import machine_of, pin_machine, target_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.layout import StateLayout
 
-__all__ = ["prepare", "refuse_states"]
+__all__ = ["plan_migration", "prepare", "refuse_states"]
 
 
 def prepare(
@@ -55,6 +56,32 @@ def prepare(
             f" guest sees ({changes})"
         )
     return planned
+
+
+def plan_migration(
+    runtime: KVMRuntime,
+    source: StateLayout,
+    source_backend: Backend,
+    target: StateLayout,
+    target_backend: Backend,
+) -> tuple[KVMRuntime, QemuCapabilities, QemuCapabilities]:
+    """:func:`prepare` with each lab's binary probed: the target's runtime, the source's
+    and the target's capabilities.
+
+    :raise MigrationRefusedError: as :func:`prepare`.
+    """
+    source_caps = source_backend.capabilities(runtime.binary)
+    binary = target_backend.binary(runtime.hvparams)
+    target_caps = target_backend.capabilities(binary)
+    planned = prepare(
+        runtime,
+        source=source,
+        target=target,
+        source_caps=source_caps,
+        target_caps=target_caps,
+        binary=binary,
+    )
+    return planned, source_caps, target_caps
 
 
 def refuse_states(source: StateLayout, target: StateLayout, name: str) -> None:
