@@ -64,15 +64,18 @@ from kvmlab.cli.app import main
 sys.exit(main(args))
 """
 
-#: The kill points of each operation, in the order the operation passes them.
+#: The kill points of each operation, in the order the operation passes them, and what the
+#: recovery makes of each: a state not yet recorded is rolled back (the VM as before, the
+#: instance still saved), a recorded one completed; a revert is always finished.
 POINTS = {
-    "snapshot": ("before:write_state", "before:commit_state", "before:resume_vm",
-                 "after:resume_vm"),
-    "save": ("before:write_state", "before:commit_state", "before:quit_vm", "after:quit_vm"),
-    "restore": ("before:start_incoming", "before:load_state", "before:finish_load",
-                "after:finish_load"),
-    "revert": ("before:start_incoming", "before:load_state", "before:finish_load",
-               "after:finish_load"),
+    "snapshot": {"before:write_state": "rolled back", "before:commit_state": "rolled back",
+                 "before:resume_vm": "completed", "after:resume_vm": "completed"},
+    "save": {"before:write_state": "rolled back", "before:commit_state": "rolled back",
+             "before:quit_vm": "completed", "after:quit_vm": "completed"},
+    "restore": {"before:start_incoming": "rolled back", "before:load_state": "rolled back",
+                "before:finish_load": "completed", "after:finish_load": "completed"},
+    "revert": {"before:start_incoming": "completed", "before:load_state": "completed",
+               "before:finish_load": "completed", "after:finish_load": "completed"},
 }  # fmt: skip
 CASES = [(op, point) for op, points in POINTS.items() for point in points]
 TOKEN_BEFORE = "/tmp/before"
@@ -200,6 +203,8 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
 
     recovered = _kvmlab(lab, backend_kind, "recover", "vm1", tmp=tmp)
     assert recovered.returncode == 0, recovered.stderr
+    outcome = POINTS[op][point]
+    assert recovered.stdout.strip() == f"vm1: interrupted snapshot operation {outcome}"
     assert not lab.layout.snapshot_journal("vm1").exists()
     assert "snapshot_pending" not in lab.info("vm1", query_guest=False).extra
 
@@ -212,22 +217,20 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
     if op == "snapshot":
         # The VM runs as before; the snapshot is there, complete, or not at all.
         assert len(vms) == 1 and _status(lab) == "running"
-        assert tags in ([], ["s1"])
+        assert tags == ([] if outcome == "rolled back" else ["s1"])
         assert saved is None
-        if point == "after:resume_vm":
-            assert tags == ["s1"]
     elif op == "save":
         # Either still running (no saved state) or saved (no VM), never both, never neither.
-        assert (len(vms), saved is not None) in ((1, False), (0, True))
-        if point == "after:quit_vm":
-            assert saved is not None
+        assert (len(vms), saved is not None) == (
+            (1, False) if outcome == "rolled back" else (0, True)
+        )
         if saved is None:
             assert _status(lab) == "running"
     elif op == "restore":
         # Restored (a VM, the saved state consumed) or still saved (no VM).
-        assert (len(vms), saved is not None) in ((1, False), (0, True))
-        if point == "after:finish_load":
-            assert saved is None
+        assert (len(vms), saved is not None) == (
+            (0, True) if outcome == "rolled back" else (1, False)
+        )
     else:
         # Revert has no way back once the old VM is stopped: always finished.
         assert len(vms) == 1 and _status(lab) == "running"
