@@ -244,12 +244,14 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
 
 
 @pytest.mark.parametrize("point", POINTS["snapshot"])
-def test_a_locked_command_resolves_a_killed_snapshot_first(workdir: Path, point: str) -> None:
+def test_a_locked_command_resolves_a_killed_snapshot_first(
+    request: pytest.FixtureRequest, workdir: Path, point: str
+) -> None:
     """Not only ``recover``: a soft reboot (locked) resolves the journal, then reboots."""
     lab = _lab(workdir / "sd", "fake")
     tmp = workdir / "tmp"
     tmp.mkdir(mode=0o700)
-    lab.start(_instance_fake())
+    lab.start(_instance(request, "fake"))
     argv = [PYTHON, "-c", DRIVER, point, "--state-dir", str(lab.layout.root)]
     argv += ["--backend", "fake", *_command("snapshot")]
     killed = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -265,13 +267,3 @@ def test_a_locked_command_resolves_a_killed_snapshot_first(workdir: Path, point:
         lab.revert("vm1", str(snap.tag))
         assert _status(lab) == "running"
     lab.stop("vm1", force=True)
-
-
-def _instance_fake() -> Instance:
-    return Instance(
-        name="vm1",
-        memory=192,
-        vcpus=1,
-        nics=(Nic(mac="52:54:00:6b:0a:01", mode="user"),),
-        hvparams=HvParams.model_validate(boot_hvparams(None)),
-    )
