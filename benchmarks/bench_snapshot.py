@@ -77,6 +77,8 @@ class Figures:
     save_size: list[float] = field(default_factory=list)
     restore_ready: list[float] = field(default_factory=list)
     bare_ready: list[float] = field(default_factory=list)
+    #: Runs that started although the machine never became quiet: their figures are suspect.
+    noisy: int = 0
 
     def ratio(self) -> float:
         """Median restore-to-ready over median start-to-ready."""
@@ -188,7 +190,7 @@ def bench(kind: str, version: str, runs: int, *, baseline: bool, quiet_wait: flo
         keep = lab.layout.root.parent / f"{lab.layout.root.name}-bare.state"
         for run in range(runs):
             clean_state(lab)
-            wait_quiet(quiet_wait)
+            figures.noisy += not wait_quiet(quiet_wait)
             figures.start_ready.append(timed_start(lab, instance))
             started = time.monotonic()
             snap = lab.snapshot(NAME, f"s{run}")
@@ -278,6 +280,8 @@ def main() -> int:
         ]
         for what, figure in rows:
             print(f"{version:<6} {what:<28} {figure}")
+        if f.noisy:
+            print(f"{version:<6} warning: {f.noisy} runs started on a busy machine (suspect)")
     if args.backend == "qemu" and "7.2" in results:
         ratio = results["7.2"].ratio()
         print(
