@@ -381,8 +381,7 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
 
-        ops.check_tag(tag)
-        return self._snapshots(name, timeout, lambda lab, t: ops.take(lab, tag, t))
+        return self._snapshots(name, timeout, lambda lab, t: ops.take(lab, tag, t), tag=tag)
 
     def save(self, name: str, timeout: float | None = None) -> SnapshotInfo:
         """Write the machine state of the running ``name`` and end its process: it is
@@ -401,7 +400,7 @@ class Hypervisor:
         """
         from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
 
-        self._snapshots(name, timeout, lambda lab, t: ops.revert(lab, tag, t))
+        self._snapshots(name, timeout, lambda lab, t: ops.revert(lab, tag, t), tag=tag)
         return self.info(name, query_guest=False)
 
     def restore(self, name: str, timeout: float | None = None) -> InstanceInfo:
@@ -419,7 +418,7 @@ class Hypervisor:
         """Remove snapshot ``tag`` of ``name`` (:class:`SnapshotRefusedError`: no such tag)."""
         from kvmlab.lifecycle.snapshots import operations as ops  # noqa: PLC0415
 
-        self._snapshots(name, None, lambda lab, _t: ops.delete(lab, tag))
+        self._snapshots(name, None, lambda lab, _t: ops.delete(lab, tag), tag=tag)
 
     def snapshots(self, name: str) -> list[SnapshotInfo]:
         """The snapshots of ``name``, oldest first."""
@@ -430,16 +429,17 @@ class Hypervisor:
         return self._snapshots(name, None, lambda lab, _t: lab.saved(), lock=False)
 
     def _snapshots(
-        self, name: str, timeout: float | None, run: Callable[[Lab, float], T], lock: bool = True
+        self, name: str, timeout: float | None, run: Callable[[Lab, float], T], **how: Any
     ) -> T:
-        """The preamble of the snapshot operations (the timeout and the name checked, a
-        known instance, its lock held unless not ``lock``), then ``run(lab, timeout)``."""
-        from kvmlab.lifecycle.snapshots.operations import check_timeout  # noqa: PLC0415
+        """The preamble of the snapshot operations (the timeout, ``tag=`` and the name
+        checked, a known instance, its lock held unless ``lock=False``), then ``run``."""
+        from kvmlab.lifecycle.snapshots.operations import check_tag, check_timeout  # noqa: PLC0415
 
         seconds = check_timeout(timeout)
+        check_tag(how.get("tag"))
         self._check_name(name)
         self._require_known(name)
-        if not lock:
+        if not how.get("lock", True):
             return run(self._snapshot_lab(name), seconds)
         with self._locked(name):
             return run(self._snapshot_lab(name), seconds)

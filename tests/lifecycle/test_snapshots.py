@@ -260,7 +260,7 @@ def test_cli_commands_print_and_list(
     assert code == 0 and out.startswith("restored vm1 (pid ")
 
 
-KILLED_SNAPSHOT = """
+KILLED = """
 import os, sys
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.snapshots import {module}
@@ -269,26 +269,49 @@ def killed(*args, **kwargs):
     os._exit(9)
 
 setattr({module}, {function!r}, killed)
-Hypervisor(sys.argv[1], backend=sys.argv[2]).{call}
+lab = Hypervisor(sys.argv[1], backend=sys.argv[2])
+{call}
 """
+CALLS = {
+    "snapshot": "lab.snapshot('vm1', 'base')",
+    "save": "lab.save('vm1')",
+    "revert": "lab.revert('vm1', 'base')",
+    "restore": "lab.restore('vm1')",
+}
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        ("write", "write_state", "snapshot('vm1', 'base')", "rolled back", False),
-        ("write", "resume_vm", "snapshot('vm1', 'base')", "completed", True),
-        ("write", "quit_vm", "save('vm1')", "completed", True),
+        ("write", "write_state", "snapshot", "rolled back"),
+        ("write", "commit_state", "snapshot", "rolled back"),
+        ("write", "resume_vm", "snapshot", "completed"),
+        ("write", "commit_state", "save", "rolled back"),
+        ("write", "quit_vm", "save", "completed"),
+        ("load", "start_incoming", "revert", "completed"),
+        ("load", "load_state", "revert", "completed"),
+        ("load", "finish_load", "revert", "completed"),
+        ("load", "start_incoming", "restore", "rolled back"),
+        ("load", "load_state", "restore", "rolled back"),
+        ("load", "finish_load", "restore", "completed"),
     ],
-    ids=lambda case: case[1],
+    ids=lambda case: f"{case[2]}-{case[1]}",
 )
 def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
-    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str, bool]
+    lab, make_instance, kvmlab_backend, cli, case: tuple[str, str, str, str]
 ) -> None:
-    module, function, call, outcome, recorded = case
+    """kvmlab killed before a step: ``info`` shows the journal, ``recover`` finishes or undoes
+    the operation, and the instance has one VM (or none, saved) that answers."""
+    module, function, op, outcome = case
     lab.start(make_instance())
-    guest_run(lab, "true")
-    script = textwrap.dedent(KILLED_SNAPSHOT.format(module=module, function=function, call=call))
+    guest_run(lab, "echo before > /tmp/before")
+    booted = boot_id(lab)
+    if op == "revert":
+        lab.snapshot("vm1", "base")
+        guest_run(lab, "echo after > /tmp/after")
+    if op == "restore":
+        lab.save("vm1")
+    script = textwrap.dedent(KILLED.format(module=module, function=function, call=CALLS[op]))
     killed = subprocess.run(
         [sys.executable, "-c", script, str(lab.layout.root), kvmlab_backend],
         capture_output=True,
@@ -305,14 +328,22 @@ def test_a_killed_kvmlab_leaves_a_journal_that_recover_resolves(
     assert f"interrupted snapshot operation {outcome}" in out
     assert not lab.layout.snapshot_journal("vm1").exists()
     assert not list(lab.layout.root.rglob(".*.tmp")), "no temp state left"
-    states = [*lab.snapshots("vm1"), *filter(None, [lab.saved_state("vm1")])]
-    assert bool(states) == recorded
-    if call.startswith("save"):
-        assert vm_processes(lab) == []
+    recorded = [state.tag for state in lab.snapshots("vm1")]
+    saved = lab.saved_state("vm1")
+    if op == "snapshot":
+        assert recorded == (["base"] if outcome == "completed" else [])
+    if op in ("save", "restore"):
+        expected = (op, outcome) in (("save", "completed"), ("restore", "rolled back"))
+        assert (saved is not None) == expected
+    if saved is not None:
+        assert vm_processes(lab) == [], "a saved instance has no VM"
         lab.restore("vm1")
     assert len(vm_processes(lab)) == 1
     assert lab.info("vm1").extra.get("status") == "running"
-    guest_run(lab, "true")
+    assert guest_run(lab, "cat /tmp/before").strip() == "before"
+    assert boot_id(lab) == booted
+    if op == "revert":
+        assert guest_run(lab, "ls /tmp/after || echo gone").strip().endswith("gone")
 
 
 def test_a_failed_write_leaves_the_vm_running(lab, make_instance, kvmlab_backend, fault_env):
@@ -437,3 +468,84 @@ def test_a_snapshot_shows_in_a_notebook() -> None:
     assert "&lt;base&gt;" in html and "<base>" not in html
     assert "96.0 MB" in html and "ab" * 32 in html and "in 210 ms" in html
     assert display.snapshot_text(info).startswith("snapshot <base> of vm1: 96.0 MB")
+
+
+def test_a_locked_command_resolves_a_pending_journal_first(lab, make_instance, kvmlab_backend):
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    script = textwrap.dedent(
+        KILLED.format(module="write", function="resume_vm", call=CALLS["snapshot"])
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(lab.layout.root), kvmlab_backend], check=False
+    )
+    assert killed.returncode == 9
+    assert lab.info("vm1").extra.get("status") != "running", "paused where kvmlab died"
+
+    lab.snapshot("vm1", "next")  # resolves the first (completed), then takes its own
+
+    assert [state.tag for state in lab.snapshots("vm1")] == ["base", "next"]
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_a_write_that_stalls_is_cancelled_at_the_timeout(
+    lab, make_instance, kvmlab_backend, fault_env
+):
+    if kvmlab_backend != "fake":
+        pytest.skip("a stalled write is the fake kvm's fault")
+    fault_env(migrate_stall="1")
+    lab.start(make_instance())
+    before = files_of(lab)
+    with pytest.raises(SnapshotError, match=r"did not end within 1 s \(cancelled\)") as err:
+        lab.save("vm1", timeout=1)
+    assert err.value.status == "timeout"
+    assert files_of(lab) == before and not list(lab.layout.root.rglob(".*.tmp"))
+    assert lab.info("vm1").extra.get("status") == "running"
+
+
+def test_a_state_qemu_cannot_load_leaves_the_instance_saved(lab, make_instance, cli) -> None:
+    """A state that matches its record but ends early (a record rewritten to match): QEMU
+    exits, as on a failed migration, and the instance stays saved, its state kept."""
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    lab.save("vm1")
+    state, record_path = lab.layout.saved_state("vm1"), lab.layout.saved_record("vm1")
+    data = state.read_bytes()[:65536]
+    state.write_bytes(data)
+    record = json.loads(record_path.read_text())
+    record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record_path.write_text(json.dumps(record))
+    before = files_of(lab)
+
+    code, _out, err = cli("restore", "vm1")
+
+    assert code == 1 and "stays saved" in err and err.count("\n") == 1, err
+    assert vm_processes(lab) == []
+    assert files_of(lab) == before
+    assert not lab.layout.snapshot_journal("vm1").exists()
+
+
+def test_a_revert_qemu_cannot_load_leaves_the_instance_stopped(lab, make_instance) -> None:
+    """Once the old VM is gone there is no way back: a state QEMU refuses (matching its
+    record, rewritten to match) leaves the instance stopped with the snapshot's runtime."""
+    lab.start(make_instance())
+    guest_run(lab, "true")
+    lab.snapshot("vm1", "base")
+    state, record_path = (
+        lab.layout.snapshot_state("vm1", "base"),
+        lab.layout.snapshot_record("vm1", "base"),
+    )
+    data = state.read_bytes()[:65536]
+    state.write_bytes(data)
+    record = json.loads(record_path.read_text())
+    record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    record_path.write_text(json.dumps(record))
+
+    with pytest.raises(SnapshotError, match="is stopped, with the runtime of snapshot 'base'"):
+        lab.revert("vm1", "base")
+
+    assert vm_processes(lab) == []
+    assert lab.layout.runtime_file("vm1").read_text().rstrip("\n") == record["runtime"]
+    assert not lab.layout.snapshot_journal("vm1").exists()
+    assert [s.tag for s in lab.snapshots("vm1")] == ["base"]

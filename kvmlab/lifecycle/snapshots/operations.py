@@ -41,7 +41,7 @@ from kvmlab.lifecycle.snapshots.record import (
     saved_record,
 )
 from kvmlab.lifecycle.snapshots.recovery import SnapshotOutcome, recover, resolve
-from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, open_temp
+from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT
 from kvmlab.runtime.rebase import concrete_machine, machine_of
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.inputs import check_seconds
@@ -79,7 +79,12 @@ class Lab:
         )
 
     def resolve(self, journal: SnapshotJournal) -> SnapshotOutcome:
-        """Resolve ``journal`` from what is there and remove it."""
+        """Resolve the operation ``journal`` started, from what is there (and the step its
+        journal on disk reached), and remove the journal."""
+        with contextlib.suppress(OSError):
+            on_disk = SnapshotJournal.load(self.layout.snapshot_journal(journal.name))
+            if isinstance(on_disk, SnapshotJournal) and on_disk.op == journal.op:
+                journal = on_disk
         try:
             return resolve(
                 self.layout,
@@ -177,10 +182,7 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
     }
     began = time.monotonic()
     remove_stale_writes(final)
-    try:
-        fd, temp = open_temp(final)
-    except OSError as err:
-        raise SnapshotError(f"cannot write a state of {name}: {err.strerror}") from err
+    temp = write.temp_path(final)
     journal = SnapshotJournal(
         op=SnapshotOp.SAVE if tag is None else SnapshotOp.SNAPSHOT,
         name=name,
@@ -195,6 +197,7 @@ def take(lab: Lab, tag: str | None, timeout: float) -> SnapshotInfo:
         return f"{name} runs as before" if running else f"{name} is as before"
 
     with _journaled(lab, journal, failed):
+        fd = write.open_temp(temp)  # after the journal: a kill leaves no unnamed temp
         try:
             info = write.write_state(layout, name, fd, timeout)
         finally:

@@ -38,7 +38,7 @@ from kvmlab.lifecycle.migration.endpoints import (
     resume,
     run_state,
 )
-from kvmlab.lifecycle.snapshots import load
+from kvmlab.lifecycle.snapshots import load, write
 from kvmlab.lifecycle.snapshots.journal import (
     DamagedSnapshotJournal,
     SnapshotJournal,
@@ -47,7 +47,7 @@ from kvmlab.lifecycle.snapshots.journal import (
 )
 from kvmlab.lifecycle.snapshots.plan import find_snapshot, plan_load, snapshot_label
 from kvmlab.lifecycle.snapshots.record import load_record, verify_state
-from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT, quit_vm
+from kvmlab.lifecycle.snapshots.write import DEFAULT_TIMEOUT
 from kvmlab.spec.layout import StateLayout
 
 __all__ = ["SnapshotOutcome", "recover", "resolve"]
@@ -110,7 +110,7 @@ def _resolve_write(
     remove_stale_writes(final)
     if complete:
         if save:
-            quit_vm(layout, name, stop_timeout)
+            write.quit_vm(layout, name, stop_timeout)
         elif journal.resume:
             resume(layout, name)
         return SnapshotOutcome.COMPLETED

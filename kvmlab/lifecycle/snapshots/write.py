@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "open_temp",
     "quit_vm",
     "resume_vm",
+    "temp_path",
     "write_state",
 ]
 
@@ -65,18 +67,22 @@ STATE_FD_NAME = "kvmlab-state"
 TIMED_OUT = "timeout"
 
 
-def open_temp(final: Path) -> tuple[int, Path]:
-    """A new, private temp file beside ``final`` (``.TAG.state.XXXXXXXX.tmp``, the
-    hidden-temp convention of :func:`kvmlab.files.atomic_write`), open for writing.
+def temp_path(final: Path) -> Path:
+    """A fresh temp name beside ``final``: ``.TAG.state.XXXXXXXX.tmp``, the hidden-temp
+    convention of :func:`kvmlab.files.atomic_write`, so stale ones are swept the same way."""
+    return final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
 
-    :raise OSError: the directory is missing, read-only or full.
+
+def open_temp(temp: Path) -> int:
+    """Create ``temp`` (never an existing file: ``O_EXCL``), private, open for writing.
+
+    :raise OSError: the directory is missing, read-only or full, or the name is taken.
     """
-    import tempfile  # noqa: PLC0415 - only here
-
-    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.fchmod(fd, 0o600)
-    return fd, Path(temp)
+    temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask
+    return fd
 
 
 def _status_of(info: Mapping[str, Any]) -> str:
