@@ -121,7 +121,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Speed figures: runtime JSON, the fake lifecycle, the golden suite and how it scales,
-    real QEMU boots, migration total time and downtime."""
+    real QEMU boots, migration total time and downtime, snapshot and restore times."""
     session.install("-e", ".[test]")  # bench_golden* run pytest (with xdist)
     session.run("python", "benchmarks/bench_runtime.py")
     session.run("python", "benchmarks/bench_lifecycle.py")
@@ -131,3 +131,5 @@ def bench(session: nox.Session) -> None:
         session.run("python", "benchmarks/bench_boot.py", *session.posargs)
     # Migration between two labs on real QEMU 7.2 and 10.0 (skips a pair not installed).
     session.run("python", "benchmarks/bench_migration.py")
+    # Snapshot, save and restore on 7.2 and 10.0; restore-to-ready against start-to-ready.
+    session.run("python", "benchmarks/bench_snapshot.py")

@@ -24,6 +24,7 @@ EXPECTED = (
     "04-capability-matrix.ipynb",
     "05-migration.ipynb",
     "06-explorer.ipynb",
+    "07-snapshots.ipynb",
 )
 
 
