@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kvmlab.host.inventory import InstanceInfo
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-#: A pydantic model (unbound here: importing pydantic would slow every command down).
-_Model = TypeVar("_Model")
 
 
 def _seconds(text: str) -> float:
@@ -142,32 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     # main() hands over the words after "--" (see there).
     p.add_argument("words", nargs="*", metavar="-- CMD ARGS...")
 
-    p = command(
-        "attach-nic", cmd_attach_nic, "hotplug a NIC into a running instance and keep it saved"
-    )
-    p.add_argument("name")
-    p.add_argument("--mac", required=True, help="the new NIC's MAC (xx:xx:xx:xx:xx:xx)")
-    p.add_argument("--mode", default="user", help="user (default), or bridged or routed (as root)")
-    p.add_argument("--link", default="", help="bridge or routing table (bridged, routed)")
+    from kvmlab.cli import hotplug  # noqa: PLC0415 - stdlib only, like this
 
-    p = command(
-        "detach-nic", cmd_detach_nic, "unplug a NIC from a running instance and keep it saved"
-    )
-    p.add_argument("name")
-    p.add_argument("mac")
-
-    p = command(
-        "attach-disk", cmd_attach_disk, "hotplug a disk into a running instance and keep it saved"
-    )
-    p.add_argument("name")
-    p.add_argument("path", help="the disk image or block device")
-    p.add_argument("--mode", default="rw", choices=("ro", "rw"), help="read-only or read-write")
-
-    p = command(
-        "detach-disk", cmd_detach_disk, "unplug a disk from a running instance and keep it saved"
-    )
-    p.add_argument("name")
-    p.add_argument("path")
+    hotplug.add_commands(command)
 
     p = command(
         "migrate", cmd_migrate, "move a running instance into another state directory (live)"
@@ -378,60 +353,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     sys.stdout.write(result.stdout)
     sys.stdout.flush()
     return result.exit_code
-
-
-def _device_model(model: type[_Model], what: str, **fields: Any) -> _Model:
-    """A NIC or disk built from the options, or exit 2 naming the field and the value."""
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    from kvmlab.errors import InvalidInputError  # noqa: PLC0415
-    from kvmlab.spec.instance import format_validation_error  # noqa: PLC0415
-
-    try:
-        return model(**fields)
-    except ValidationError as err:
-        raise InvalidInputError(f"invalid {what}: {format_validation_error(err)}") from None
-
-
-def cmd_attach_nic(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import Nic  # noqa: PLC0415
-
-    nic = _device_model(Nic, "NIC", mac=args.mac, mode=args.mode, link=args.link)
-    runtime = _lab(args).attach_nic(args.name, nic)
-    slot = runtime.nic_slots[-1]
-    print(f"attached NIC {nic.mac} to {args.name} at PCI slot {slot:#04x} (saved)")
-    return EXIT_OK
-
-
-def cmd_detach_nic(args: argparse.Namespace) -> int:
-    _lab(args).detach_nic(args.name, args.mac)
-    print(f"detached NIC {args.mac.lower()} from {args.name} (saved)")
-    return EXIT_OK
-
-
-def _disk_path(path: str) -> str:
-    """An image path as the runtime keeps it: absolute (a relative one is the caller's),
-    normal (``..``, a trailing slash), and never empty."""
-    from kvmlab.spec.inputs import input_path  # noqa: PLC0415
-
-    return input_path("disk path", path)
-
-
-def cmd_attach_disk(args: argparse.Namespace) -> int:
-    from kvmlab.spec.instance import Disk  # noqa: PLC0415
-
-    disk = _device_model(Disk, "disk", path=_disk_path(args.path), mode=args.mode)
-    runtime = _lab(args).attach_disk(args.name, disk)
-    slot = runtime.disk_slots[-1]
-    print(f"attached disk {disk.path} to {args.name} at PCI slot {slot:#04x} (saved)")
-    return EXIT_OK
-
-
-def cmd_detach_disk(args: argparse.Namespace) -> int:
-    path = _disk_path(args.path)
-    _lab(args).detach_disk(args.name, path)
-    print(f"detached disk {path} from {args.name} (saved)")
-    return EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
