@@ -192,7 +192,7 @@ def test_a_half_removed_template_is_never_loaded(
             state.unlink()
 
     with monkeypatch.context() as patch:
-        patch.setattr(pruning.shutil, "rmtree", killed_mid_way)
+        patch.setattr(shutil, "rmtree", killed_mid_way)
         assert prune(max_age=0, budget=None, root=root).removed == (template.directory,)
     left = [path for path in root.iterdir() if path.name.startswith(".")]
     assert len(left) == 1 and (left[0] / "template.json").exists(), "half removed, hidden"
