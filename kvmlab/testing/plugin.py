@@ -47,6 +47,10 @@ fixtures stay correct without help:
 - what is shared by the whole machine stays the test's to keep apart: a bridge or tap
   name, a TCP port (use a random suffix, or ``PYTEST_XDIST_WORKER``, ``gw0``...).
 
+Templates no one used for a while are pruned when a template is built
+(:mod:`kvmlab.testing.pruning`); ``pytest --kvmlab-clear-templates`` removes every template
+no process is using before the session starts (once, in the main process).
+
 When a test that uses ``lab`` or ``fake_lab`` fails, its report shows what each instance
 of that lab went through, one section each (the last :data:`REPORT_LINES` lines, read
 while the VMs still run), beside the path of the copied logs::
@@ -86,6 +90,8 @@ if TYPE_CHECKING:
 __all__ = ["REPORT_LINES", "in_ci", "require_qemu", "stop_all"]
 
 _FAILED = pytest.StashKey[bool]()
+#: What ``--kvmlab-clear-templates`` removed, for the report header.
+_CLEARED = pytest.StashKey[str]()
 #: The labs a test's fixtures made, for its failure report.
 _LABS = pytest.StashKey["list[Hypervisor]"]()
 #: Lines of each log a failure report shows.
@@ -116,11 +122,34 @@ def require_qemu() -> str:
     return binary
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("kvmlab").addoption(
+        "--kvmlab-clear-templates",
+        action="store_true",
+        default=False,
+        help="remove the booted_vm templates no process is using before the session",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "qemu: needs a real qemu-system-x86_64 (skipped without one, fails under CI=true)",
     )
+    # The main process only: an xdist worker starting late would remove what another built.
+    if config.getoption("kvmlab_clear_templates") and not hasattr(config, "workerinput"):
+        from kvmlab.testing.pruning import prune  # noqa: PLC0415
+
+        report = prune(max_age=0, budget=None)
+        busy = f", {len(report.busy)} in use kept" if report.busy else ""
+        config.stash[_CLEARED] = (
+            f"kvmlab: cleared {len(report.removed)} templates"
+            f" ({report.freed / (1 << 20):.0f} MiB){busy}"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return config.stash.get(_CLEARED, None)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

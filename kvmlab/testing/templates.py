@@ -26,7 +26,9 @@ KEY/``, or ``/tmp/kvmlab-templates-UID/KEY/`` when that path is too long for the
 sockets of its lab). One ``flock`` per key: a builder holds it exclusively, users hold it
 shared while they load the state, so pytest-xdist workers and later runs build each
 template once. A damaged or half-written template (its state does not match the record's
-size and SHA-256, or its marker file is missing) is rebuilt.
+size and SHA-256, or its marker file is missing) is rebuilt. Each use marks the template
+used, and each build prunes the templates no one has used for a while, or the least
+recently used beyond a size budget (:mod:`kvmlab.testing.pruning`; :func:`prune` by hand).
 
 **What a copy is.** Its saved runtime is the template's runtime moved into the test's lab
 (paths under the template lab rebased, ``argv[0]`` the backend's binary: as a migration
@@ -47,13 +49,11 @@ the guest sees of the template's identity:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,7 +69,7 @@ from kvmlab.errors import (
 )
 from kvmlab.files import atomic_write
 from kvmlab.golden.diff import diff_runtimes
-from kvmlab.guest.build import GuestImage, boot_hvparams, default_cache_dir
+from kvmlab.guest.build import GuestImage, boot_hvparams
 from kvmlab.host.backends import Backend, FakeBackend
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.stopping import stop as stop_process
@@ -82,14 +82,26 @@ from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.spec.layout import StateLayout
 from kvmlab.states import InstanceState
+from kvmlab.testing.pruning import (
+    PruneReport,
+    configured_limits,
+    fallback_root,
+    flock,
+    lock_of,
+    mark_used,
+    prune,
+    templates_root,
+)
 
 __all__ = [
     "DEFAULT_MAC",
     "TEMPLATE_TAG",
     "BootedVM",
+    "PruneReport",
     "Template",
     "boot_copy",
     "default_instance",
+    "prune",
     "restore_copy",
     "template_key",
     "template_lease",
@@ -123,11 +135,6 @@ def default_instance(image: GuestImage | None) -> Instance:
         nics=(Nic(mac=DEFAULT_MAC, mode="user"),),
         hvparams=HvParams.model_validate(boot_hvparams(image)),
     )
-
-
-def templates_root() -> Path:
-    """Where templates are kept: beside the guest cache (``.../kvmlab/templates``)."""
-    return default_cache_dir().parent / "templates"
 
 
 # --- the key -------------------------------------------------------------------------------
@@ -251,7 +258,7 @@ def _template_dir(root: Path, key: str, name: str) -> Path:
     try:
         StateLayout(candidate / "lab").instance_paths(name)
     except LayoutError:
-        candidate = Path(tempfile.gettempdir()) / f"kvmlab-templates-{os.getuid()}" / short
+        candidate = fallback_root() / short
     return candidate
 
 
@@ -260,21 +267,6 @@ def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_uid != os.getuid():
         raise OperationError(f"template directory {path} belongs to another user")
-
-
-def _lock_of(directory: Path) -> Path:
-    """The lock of the template in ``directory`` (beside it: it outlives a rebuild)."""
-    return directory.parent / f"{directory.name}.lock"
-
-
-@contextlib.contextmanager
-def _flock(path: Path, exclusive: bool) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -333,35 +325,49 @@ def template_lease(
     """The complete template of ``instance``, built first when missing or damaged, held
     (a shared ``flock``) while the caller loads it; and whether this call built it.
 
+    Each lease marks the template used. A build prunes the other templates afterwards
+    (:func:`~kvmlab.testing.pruning.configured_limits`; this one is held meanwhile, so
+    no pruner removes it): the limits are read before the build, so a bad value is
+    refused before a guest boots.
+
     :param root: the templates directory (:func:`templates_root` when omitted).
     :raise InvalidInputError: an instance a template cannot be made of (disks).
+    :raise OptionValueError: ``$KVMLAB_TEMPLATE_MAX_AGE_DAYS`` or
+        ``$KVMLAB_TEMPLATE_BUDGET_MIB`` is not a limit (when a build is needed).
     """
     key = template_key(instance, backend)
+    pruned_root = root
     root = templates_root() if root is None else root
     directory = _template_dir(root, key, instance.name)
     _private_dir(directory.parent)
-    _private_dir(directory)
     template = Template(key, instance.name, directory)
-    lock = _lock_of(directory)
+    lock = lock_of(directory)
     built = False
-    with _flock(lock, exclusive=False):
-        if template.complete():
-            yield template, built
-            return
-    with _flock(lock, exclusive=True):
-        if not template.complete():  # another process may have built it meanwhile
-            _build(template, instance, backend)
-            built = True
-    with _flock(lock, exclusive=False):
-        if not template.complete():
-            raise OperationError(f"the template of {instance.name} in {directory} vanished")
-        yield template, built
+    limits: tuple[float | None, int | None] = (None, None)  # read before a build
+    # A pruner may remove the template between the build and the shared lock (a budget
+    # smaller than one template): build it again, a few times at most.
+    for _attempt in range(3):
+        with flock(lock, exclusive=False):
+            if template.complete():
+                mark_used(directory)
+                if built:
+                    with contextlib.suppress(OSError):  # housekeeping: never the test's failure
+                        prune(*limits, root=pruned_root, keep=[directory])
+                yield template, built
+                return
+        limits = configured_limits()
+        with flock(lock, exclusive=True):
+            if not template.complete():  # another process may have built it meanwhile
+                _private_dir(directory)  # under the lock: a pruner may have removed it
+                _build(template, instance, backend)
+                built = True
+    raise OperationError(f"the template of {instance.name} in {directory} vanished")
 
 
 def rebuild_if_damaged(template: Template) -> None:
     """Mark ``template`` for a rebuild if its state does not match its record (checked
     again under the exclusive lock: another process may have rebuilt it meanwhile)."""
-    with _flock(_lock_of(template.directory), exclusive=True):
+    with flock(lock_of(template.directory), exclusive=True):
         try:
             verify_state(template.state_path, template.record(), f"the template of {template.name}")
         except SnapshotRefusedError:
