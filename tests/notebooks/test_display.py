@@ -102,6 +102,16 @@ def test_argv_html_marks_start_time_arguments() -> None:
     assert "appended at start time" in display.argv_html(live, saved=saved)
 
 
+def test_incoming_is_explained_as_the_state_a_start_loads() -> None:
+    saved = ("/usr/bin/kvm", "-name", "vm1", "-m", "128")
+    for uri in ("defer", "unix:/lab/ctrl/vm1.incoming"):
+        live = (*saved, "-qmp", "unix:/s,server=on,wait=off", "-incoming", uri)
+        (row,) = [row for row in display.argv_rows(live, saved=saved) if row.option == "-incoming"]
+        assert (row.value, row.origin) == (uri, "start")
+        assert "not a kvmlab option" not in row.why
+        assert "migration" in row.why and "saved state" in row.why and "never saved" in row.why
+
+
 def test_runtime_text_lists_every_option() -> None:
     runtime = generate_runtime(_instance())
     text = display.runtime_text(runtime)
