@@ -72,6 +72,9 @@ OPTION_WHY: Final[Mapping[str, str]] = {
     "-nic": "a NIC (added at start time, never saved)",
     "-qmp": "host-only: QMP socket (added at start time)",
     "-S": "start with the CPUs paused",
+    "-incoming": "wait for a machine state instead of booting: a migration's stream (unix:,"
+    " tcp:) or a saved state or snapshot (defer: kvmlab feeds it the file over QMP);"
+    " added at start time, never saved",
 }
 
 #: ``-device`` explanations by driver.

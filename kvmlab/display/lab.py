@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from kvmlab.display._markup import (
     _BAD,
@@ -106,8 +107,10 @@ def info_html(info: InstanceInfo) -> str:
     explained, with the start-time arguments marked against the saved argv."""
     summary = _table(("name", "state", "pid", "memory", "vcpus", "NICs"), [_info_row(info)])
     parts: list[str] = [summary]
-    if info.extra:
-        parts.append(_p(", ".join(f"{k}: {v}" for k, v in info.extra.items()), _MUTED))
+    others = _other_extra(info)
+    if others:
+        parts.append(_p(", ".join(f"{k}: {v}" for k, v in others.items()), _MUTED))
+    parts += _states_html(info)
     if info.argv:
         parts.append(argv_html(info.argv, saved=info.saved_argv, title=f"/proc/{info.pid}/cmdline"))
     elif info.saved_argv:
@@ -121,8 +124,102 @@ def info_text(info: InstanceInfo) -> str:
         f"{info.name}: {info.state}, pid {info.pid}, {info.memory} MiB, {info.vcpus} vCPU(s),"
         f" {len(info.nics)} NIC(s)"
     )
+    lines = [head]
+    others = _other_extra(info)
+    if others:
+        lines.append(", ".join(f"{k}: {v}" for k, v in others.items()))
+    lines += _states_lines(info)
     argv = info.argv or info.saved_argv
-    return head + ("\n" + shlex.join(argv) if argv else "")
+    if argv:
+        lines.append(shlex.join(argv))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- machine states
+
+#: The ``info`` keys :func:`state_records <kvmlab.lifecycle.queries.state_records>` fills,
+#: drawn as a table rather than listed as they are.
+_STATE_KEYS: Final = ("snapshots", "saved")
+_STATE_HEADERS: Final = ("tag", "size", "taken", "QEMU", "machine", "VM was")
+_SAVED_TAG: Final = "(saved state)"
+#: The saved state's row: yellow, as the start-time words of an argv, for what waits
+#: outside the saved runtime.
+_WAITING: Final = "background:#fff8c5"
+
+
+def _other_extra(info: InstanceInfo) -> dict[str, Any]:
+    """``extra`` without the machine states (QEMU's status, pending records)."""
+    return {key: value for key, value in info.extra.items() if key not in _STATE_KEYS}
+
+
+def _machine_states(info: InstanceInfo) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    """The saved state (``None``: none waits) and the snapshots, as ``info`` lists them."""
+    saved = info.extra.get("saved")
+    snapshots = info.extra.get("snapshots") or ()
+    return (
+        saved if isinstance(saved, Mapping) else None,
+        [state for state in snapshots if isinstance(state, Mapping)],
+    )
+
+
+def _state_cells(tag: object, state: Mapping[str, Any]) -> tuple[object, ...]:
+    """One row: the cells :func:`snapshot_html` shows for one state, in its words."""
+    size = state.get("size")
+    running = state.get("running")
+    return (
+        tag,
+        f"{size / 1e6:.1f} MB" if isinstance(size, int | float) else None,
+        state.get("created"),
+        state.get("qemu_version"),
+        state.get("machine"),
+        None if running is None else ("running" if running else "paused"),
+    )
+
+
+def _states_caption(saved: object, snapshots: Sequence[object]) -> str:
+    """``machine states: the saved state and 2 snapshots (oldest first)``."""
+    what = ["the saved state"] if saved is not None else []
+    if snapshots:
+        order = " (oldest first)" if len(snapshots) > 1 else ""
+        what.append(_plural(len(snapshots), "snapshot") + order)
+    return "machine states: " + " and ".join(what)
+
+
+def _states_html(info: InstanceInfo) -> list[str]:
+    """The table of the saved state and the snapshots, and how a saved state continues."""
+    saved, snapshots = _machine_states(info)
+    if saved is None and not snapshots:
+        return []
+    rows = [_state_cells(_code(state.get("tag", "")), state) for state in snapshots]
+    styles = [""] * len(rows)
+    if saved is not None:
+        rows.insert(0, _state_cells(_Html(f"<em>{_e(_SAVED_TAG)}</em>"), saved))
+        styles.insert(0, _WAITING)
+    parts: list[str] = [
+        _p(_states_caption(saved, snapshots), _MUTED),
+        _table(_STATE_HEADERS, rows, row_styles=styles),
+    ]
+    if saved is not None:
+        command = _code(f"kvmlab restore {info.name}", breakable=False)
+        parts.append(
+            _Html(f"<div style='margin-bottom:6px'>saved state waits: {command} continues it</div>")
+        )
+    return parts
+
+
+def _states_lines(info: InstanceInfo) -> list[str]:
+    """Plain-text counterpart of :func:`_states_html`."""
+    saved, snapshots = _machine_states(info)
+    if saved is None and not snapshots:
+        return []
+    rows = [_state_cells(state.get("tag"), state) for state in snapshots]
+    lines = [_states_caption(saved, snapshots)]
+    if saved is not None:
+        rows.insert(0, _state_cells(_SAVED_TAG, saved))
+    lines.append(_text_table(_STATE_HEADERS, rows))
+    if saved is not None:
+        lines.append(f"saved state waits: `kvmlab restore {info.name}` continues it")
+    return lines
 
 
 # --------------------------------------------------------------------------- snapshots

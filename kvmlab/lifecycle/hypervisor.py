@@ -150,7 +150,7 @@ class Hypervisor:
         """Stop the instance: ACPI powerdown via QMP unless ``force`` or no ACPI,
         then SIGTERM and SIGKILL. The saved runtime stays until :meth:`cleanup`.
 
-        :raise NotRunningError: it has no live process.
+        :raise NotRunningError: it has no live process (a saved one: how to continue it).
         :raise UnknownInstanceError: no such instance.
         """
         timeout = self.stop_timeout if timeout is None else check_seconds("timeout", timeout)
@@ -158,6 +158,7 @@ class Hypervisor:
         self._require_known(name)
         with self._locked(name):
             runtime = self._load_if_known(name)
+            self._refuse_saved(name, stopping=True)
             self._stop(name, runtime, force, timeout)
 
     def reboot(self, name: str, timeout: float | None = None) -> InstanceInfo:
@@ -182,8 +183,7 @@ class Hypervisor:
         return self.start(instance)
 
     def cleanup(self, name: str) -> None:
-        """Forget a stopped instance: its saved runtime, logs, NIC records, lock, snapshots
-        and saved state.
+        """Forget a stopped instance: saved runtime, logs, NICs, lock, snapshots, saved state.
 
         :raise AlreadyRunningError: it is still running (stop it first).
         """
@@ -449,11 +449,11 @@ class Hypervisor:
 
         return Lab(self.layout, name, self.backend, self.start_timeout, self.stop_timeout)
 
-    def _refuse_saved(self, name: str) -> None:
+    def _refuse_saved(self, name: str, stopping: bool = False) -> None:
         if self.layout.saved_record(name).exists():
             from kvmlab.lifecycle.snapshots.plan import refuse_saved  # noqa: PLC0415
 
-            refuse_saved(self.layout, name)
+            refuse_saved(self.layout, name, stopping=stopping)
 
     # -- inspection -----------------------------------------------------------------
 

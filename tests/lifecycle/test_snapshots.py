@@ -26,6 +26,7 @@ from helpers_lifecycle import BOOT_TIMEOUT
 
 from kvmlab.cli.app import main
 from kvmlab.errors import (
+    NotRunningError,
     SavedError,
     SnapshotError,
     SnapshotRefusedError,
@@ -211,6 +212,35 @@ def test_every_refusal_is_exit_2_in_one_line_and_changes_nothing(
     code, _out, err = cli("save", "vm1")
     assert code == 2 and "not running" in err
     assert files_of(lab) == before
+
+
+def test_stop_and_reboot_of_a_saved_instance_say_how_to_continue_it(
+    lab, make_instance, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    lab.start(make_instance())
+    lab.save("vm1")
+    before = files_of(lab)
+
+    with pytest.raises(NotRunningError, match="has a saved state") as err:
+        lab.stop("vm1")
+    assert err.value.state == "saved" and err.value.exit_code == 1
+    for words in (("stop", "vm1"), ("stop", "vm1", "--force"), ("reboot", "vm1")):
+        code, out, err_text = cli(*words)
+        assert code == 1 and out == "", (words, err_text)
+        assert err_text.count("\n") == 1 and err_text.startswith("kvmlab: error: "), err_text
+        assert "has a saved state (taken " in err_text, err_text
+        assert "`kvmlab restore vm1` continues it" in err_text
+        assert "`kvmlab cleanup vm1` discards it" in err_text
+    assert files_of(lab) == before, "nothing was thrown away"
+    assert lab.saved_state("vm1") is not None
+
+    lab.cleanup("vm1")
+    lab.start(make_instance())
+    lab.stop("vm1", force=True)
+    with pytest.raises(NotRunningError) as err:
+        lab.stop("vm1")
+    assert str(err.value) == "instance vm1 is not running"
+    assert err.value.state == "stopped", "an instance without a saved state: as before"
 
 
 def test_a_damaged_state_is_refused_never_loaded(lab, make_instance) -> None:

@@ -22,6 +22,7 @@ from kvmlab.runtime.generator import generate_runtime
 from kvmlab.runtime.invariants import check_runtime
 from kvmlab.spec.capabilities import QemuCapabilities, load_profile
 from kvmlab.spec.instance import Disk, HvParams, Instance, Nic
+from kvmlab.testing.plugin import stop_all
 
 HOSTILE_ARGS = "console=ttyS0 <b>&x"
 HOSTILE_EXTRA = "-fw_cfg name=opt/kvmlab,string=<script>alert(1)</script>"
@@ -100,6 +101,16 @@ def test_argv_html_marks_start_time_arguments() -> None:
     assert [row.origin for row in rows if row.option in {"-netdev", "-qmp"}] == ["start"] * 2
     assert [row.origin for row in rows if row.option == "-m"] == ["generated"]
     assert "appended at start time" in display.argv_html(live, saved=saved)
+
+
+def test_incoming_is_explained_as_the_state_a_start_loads() -> None:
+    saved = ("/usr/bin/kvm", "-name", "vm1", "-m", "128")
+    for uri in ("defer", "unix:/lab/ctrl/vm1.incoming"):
+        live = (*saved, "-qmp", "unix:/s,server=on,wait=off", "-incoming", uri)
+        (row,) = [row for row in display.argv_rows(live, saved=saved) if row.option == "-incoming"]
+        assert (row.value, row.origin) == (uri, "start")
+        assert "not a kvmlab option" not in row.why
+        assert "migration" in row.why and "saved state" in row.why and "never saved" in row.why
 
 
 def test_runtime_text_lists_every_option() -> None:
@@ -226,6 +237,42 @@ def test_hypervisor_html_lists_instances(tmp_path: Path) -> None:
     finally:
         lab.stop("vm1", force=True)
     assert "stopped" in display.hypervisor_text(lab)
+    lab.cleanup("vm1")
+
+
+def test_info_shows_snapshots_and_a_saved_state_as_a_table(tmp_path: Path) -> None:
+    lab = Hypervisor(tmp_path / "lab", backend="fake")
+    vm = Instance(name="vm1", hvparams=HvParams(kernel_path="", vnc_bind_address=""))
+    lab.start(vm)
+    try:
+        bare = lab.info("vm1", query_guest=False)
+        for shown in (display.info_html(bare), display.info_text(bare)):
+            assert "snapshots: []" not in shown and "saved: None" not in shown
+            assert "saved state waits" not in shown
+        taken = lab.snapshot("vm1", "base")
+        lab.save("vm1")
+    finally:
+        stop_all(lab)
+    info = lab.info("vm1", query_guest=False)
+    size = f"{taken.size / 1e6:.1f} MB"
+
+    html = display.info_html(info)
+    assert "[{" not in html and "{'" not in html, "no raw Python list or dict"
+    rows = [row for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html) if " MB<" in row]
+    assert len(rows) == 2, rows
+    saved_row, base_row = rows
+    assert "saved state" in saved_row and "base" in base_row
+    for cell in (size, taken.created, taken.qemu_version, taken.machine, "running"):
+        assert cell in base_row, cell
+    words = re.sub(r"<[^>]+>", "", html)
+    assert "saved state waits: kvmlab restore vm1 continues it" in words
+    assert "<code" in html.split("saved state waits: ", 1)[1].split("continues it", 1)[0]
+
+    text = display.info_text(info)
+    assert "[{" not in text and "{'" not in text
+    assert "saved state waits: `kvmlab restore vm1` continues it" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("base ")]
+    assert size in line and taken.machine in line and line.endswith("running")
     lab.cleanup("vm1")
 
 

@@ -2,10 +2,11 @@
 
 The kvmlab running the command is a small driver that replaces one kill point of
 ``kvmlab.lifecycle.snapshots.write`` (``write_state``, ``commit_state``, ``resume_vm``,
-``quit_vm``) or ``kvmlab.lifecycle.snapshots.load`` (``start_incoming``, ``load_state``,
-``finish_load``) with ``kill -9`` of itself, before the step or right after it (wherever
-the package bound the name), as test_interrupted_migration.py does for a migration. So
-each kill lands at a known point.
+``quit_vm``), ``kvmlab.lifecycle.snapshots.load`` (``start_incoming``, ``load_state``,
+``finish_load``) or ``kvmlab.lifecycle.snapshots.operations`` (``stop_process``: a revert's
+stop of the old VM, after its journal) with ``kill -9`` of itself, before the step or right
+after it (wherever the package bound the name), as test_interrupted_migration.py does for a
+migration. So each kill lands at a known point.
 
 Afterwards: ``info`` shows the pending operation; one follow-up command (``kvmlab
 recover NAME``, or a locked command) resolves it; then exactly one VM runs for the
@@ -37,13 +38,14 @@ import importlib, os, pkgutil, signal, sys
 point, args = sys.argv[1], sys.argv[2:]
 import kvmlab.lifecycle.snapshots as package
 import kvmlab.lifecycle.snapshots.load as load
+import kvmlab.lifecycle.snapshots.operations as operations
 import kvmlab.lifecycle.snapshots.write as write
 
 def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 when, _, name = point.partition(":")
-real = getattr(write if hasattr(write, name) else load, name)
+real = next(getattr(m, name) for m in (write, load, operations) if hasattr(m, name))
 if when == "before":
     replacement = die
 elif when == "after":
@@ -66,7 +68,8 @@ sys.exit(main(args))
 
 #: The kill points of each operation, in the order the operation passes them, and what the
 #: recovery makes of each: a state not yet recorded is rolled back (the VM as before, the
-#: instance still saved), a recorded one completed; a revert is always finished.
+#: instance still saved), a recorded one completed; a revert is rolled back while the old VM
+#: was not stopped (it is untouched), and finished from then on.
 POINTS = {
     "snapshot": {"before:write_state": "rolled back", "before:commit_state": "rolled back",
                  "before:resume_vm": "completed", "after:resume_vm": "completed"},
@@ -74,7 +77,8 @@ POINTS = {
              "before:quit_vm": "completed", "after:quit_vm": "completed"},
     "restore": {"before:start_incoming": "rolled back", "before:load_state": "rolled back",
                 "before:finish_load": "completed", "after:finish_load": "completed"},
-    "revert": {"before:start_incoming": "completed", "before:load_state": "completed",
+    "revert": {"before:stop_process": "rolled back", "after:stop_process": "completed",
+               "before:start_incoming": "completed", "before:load_state": "completed",
                "before:finish_load": "completed", "after:finish_load": "completed"},
 }  # fmt: skip
 CASES = [(op, point) for op, points in POINTS.items() for point in points]
@@ -183,6 +187,7 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
     token = os.urandom(6).hex()
     _prepare(lab, _instance(request, backend_kind), op, token)
     before_snapshots = [s.tag for s in lab.snapshots("vm1")]
+    vms_before = vm_processes(lab.layout.pidfile("vm1"))
 
     argv = [PYTHON, "-c", DRIVER, point, "--state-dir", str(lab.layout.root)]
     argv += ["--backend", backend_kind, *_command(op)]
@@ -232,10 +237,14 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
             (0, True) if outcome == "rolled back" else (1, False)
         )
     else:
-        # Revert has no way back once the old VM is stopped: always finished.
+        # Before the old VM is stopped, it runs on untouched (the file written after the
+        # snapshot is still there); after that there is no way back: always finished.
         assert len(vms) == 1 and _status(lab) == "running"
         assert tags == before_snapshots == ["s1"]
-        assert _read(lab, TOKEN_AFTER) == "missing"
+        after = "later" if outcome == "rolled back" else "missing"
+        assert _read(lab, TOKEN_AFTER) == after
+        if outcome == "rolled back":
+            assert vms == vms_before, "the old VM itself, not a new one"
     if vms:
         assert _read(lab, TOKEN_BEFORE) == token
     _check_every_state_loads(lab, token)

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmlab.errors import LayoutError, RuntimeFormatError, SavedError, SnapshotRefusedError
+from kvmlab.errors import (
+    LayoutError,
+    NotRunningError,
+    RuntimeFormatError,
+    SavedError,
+    SnapshotRefusedError,
+)
 from kvmlab.golden.diff import diff_runtimes
 from kvmlab.host.backends import Backend
 from kvmlab.host.inventory import running_pid
@@ -27,6 +33,7 @@ from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.layout import StateLayout
 from kvmlab.spec.names import SNAPSHOT_TAG_RULE, is_snapshot_tag
+from kvmlab.states import InstanceState
 
 __all__ = [
     "LoadPlan",
@@ -89,15 +96,27 @@ def refuse_stopped(layout: StateLayout, name: str, what: str) -> None:
         raise SnapshotRefusedError(f"cannot {what} {name}: it is not running")
 
 
-def refuse_saved(layout: StateLayout, name: str) -> None:
-    """:raise SavedError: ``name`` waits in a saved state, which a start would throw away."""
-    if layout.saved_record(name).exists():
-        record = saved_record(layout, name)
-        taken = f" (taken {record.created})" if record is not None else ""
-        raise SavedError(
-            f"instance {name} has a saved state{taken}: `kvmlab restore {name}` continues it,"
-            f" `kvmlab cleanup {name}` discards it",
-            name=name,
+def refuse_saved(layout: StateLayout, name: str, *, stopping: bool = False) -> None:
+    """Refuse what would throw away the saved state of ``name``, naming the way out.
+
+    :param stopping: for ``stop``: there is nothing to stop (no process), which is a
+        :class:`NotRunningError` as for any stopped instance, but one that says why.
+    :raise SavedError: ``name`` waits in a saved state, which a start would throw away.
+    :raise NotRunningError: (``stopping``, state ``saved``) it waits and has no process.
+    """
+    if not layout.saved_record(name).exists():
+        return
+    record = saved_record(layout, name)
+    taken = f" (taken {record.created})" if record is not None else ""
+    waits = (
+        f"has a saved state{taken}: `kvmlab restore {name}` continues it,"
+        f" `kvmlab cleanup {name}` discards it"
+    )
+    if not stopping:
+        raise SavedError(f"instance {name} {waits}", name=name)
+    if running_pid(layout, name) is None:
+        raise NotRunningError(
+            f"instance {name} is not running: it {waits}", name=name, state=InstanceState.SAVED
         )
 
 
