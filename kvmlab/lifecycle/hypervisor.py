@@ -199,16 +199,7 @@ class Hypervisor:
                 )
             self._load_if_known(name)
             clear_stale_files(self.layout, name)
-            for path in (
-                self.layout.runtime_file(name),
-                self.layout.log_file(name),
-                self.layout.serial_log(name),
-                self.layout.hotplug_intent(name),
-                self.layout.migration_journal(name),
-                self.layout.snapshot_journal(name),
-                self.layout.saved_record(name),  # the record first: the state is no more
-                self.layout.saved_state(name),
-            ):
+            for path in self.layout.instance_files(name):
                 remove_quietly(path)
             shutil.rmtree(self.layout.nic_dir(name), ignore_errors=True)
             shutil.rmtree(self.layout.snapshot_dir(name), ignore_errors=True)

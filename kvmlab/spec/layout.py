@@ -140,6 +140,23 @@ class StateLayout:
         """The QMP traffic kvmlab's own sessions saw (:mod:`kvmlab.channels.qmp_log`)."""
         return self.root / "log" / f"{name}.qmp.log"
 
+    def instance_files(self, name: str) -> tuple[Path, ...]:
+        """Every file of ``name`` that outlives its process, for ``cleanup`` to forget (the
+        saved state's record before its state: a state without a record is no state)."""
+        qmp_log = self.qmp_log(name)
+        return (
+            self.runtime_file(name),
+            self.log_file(name),
+            self.serial_log(name),
+            qmp_log,
+            qmp_log.with_name(qmp_log.name + ".1"),
+            self.hotplug_intent(name),
+            self.migration_journal(name),
+            self.snapshot_journal(name),
+            self.saved_record(name),
+            self.saved_state(name),
+        )
+
     def lock_file(self, name: str) -> Path:
         return self.root / "lock" / f"{name}.lock"
 

@@ -158,11 +158,15 @@ def test_cleanup_forgets_a_stopped_instance(lab, make_instance) -> None:
     with pytest.raises(AlreadyRunningError) as refused:
         lab.cleanup("vm1")
     assert refused.value.state is InstanceState.RUNNING
+    lab.info("vm1")  # a QMP session: its traffic is logged in log/vm1.qmp.log
     lab.stop("vm1", force=True)
+    assert lab.layout.qmp_log("vm1").exists()
     lab.cleanup("vm1")
     assert lab.list_instances() == []
     with pytest.raises(UnknownInstanceError):
         lab.info("vm1")
+    left = [path for path in lab.layout.root.rglob("vm1*")]
+    assert left == [], f"cleanup left {left}"
 
 
 #: A VM the fake boots at once (no kernel), for the stop tests that replace its QMP calls.
