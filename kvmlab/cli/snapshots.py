@@ -76,8 +76,10 @@ def print_states(info: InstanceInfo) -> None:
     """The ``info`` lines of an interrupted operation, the saved state and the snapshots."""
     pending = info.extra.get("snapshot_pending")
     if pending is not None:
+        # Labelled by its operation: "snapshot:" alone is the label of a snapshot's line.
+        op = str(pending.get("op", "snapshot"))
         print(
-            f"snapshot: PENDING {json.dumps(pending)}: it was interrupted; the next command"
+            f"{op}: PENDING {json.dumps(pending)}: it was interrupted; the next command"
             " on the instance finishes or undoes it"
         )
     saved = info.extra.get("saved")

@@ -205,6 +205,8 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
     shown = _kvmlab(lab, backend_kind, "info", "vm1", "--json", tmp=tmp)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["snapshot_pending"]["op"] == op
+    text = _kvmlab(lab, backend_kind, "info", "vm1", tmp=tmp)
+    assert f"\n{op}: PENDING " in text.stdout, text.stdout  # its own label, not "snapshot:"
 
     recovered = _kvmlab(lab, backend_kind, "recover", "vm1", tmp=tmp)
     assert recovered.returncode == 0, recovered.stderr
