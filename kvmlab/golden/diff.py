@@ -46,6 +46,7 @@ from kvmlab.golden.options import (
     suboptions,
 )
 from kvmlab.runtime.generator import generate_runtime
+from kvmlab.runtime.rebase import machine_of, pin_machine
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.files import load_instance, parse_instance_text
@@ -60,6 +61,7 @@ __all__ = [
     "diff_paths",
     "diff_runtimes",
     "diff_sides",
+    "rebase_changes",
     "show_value",
 ]
 
@@ -318,6 +320,23 @@ def diff_sides(a: Side, b: Side) -> RuntimeDiff:
 def diff_runtimes(a: KVMRuntime, b: KVMRuntime) -> RuntimeDiff:
     """Compare two runtimes: their saved argvs option by option, and their NICs (data)."""
     return diff_sides(Side.from_runtime(a, f"a:{a.name}"), Side.from_runtime(b, f"b:{b.name}"))
+
+
+def rebase_changes(original: KVMRuntime, rebased: KVMRuntime) -> str | None:
+    """What the guest would see change if ``rebased`` ran instead of ``original`` (the
+    first three guest-visible changes, in words), or ``None``: nothing.
+
+    A migration and a state load both rebase a runtime (:mod:`kvmlab.runtime.rebase`) and
+    must refuse any change the guest could see. The rebase may pin a machine alias to the
+    type it *is* on the original QEMU (``q35`` is ``pc-q35-7.2`` on 7.2), so the original
+    is compared with that pin applied: the pin itself changes nothing for the guest.
+    """
+    machine = machine_of(rebased)
+    reference = original if machine == machine_of(original) else pin_machine(original, machine)
+    visible = diff_runtimes(reference, rebased).guest_visible
+    if not visible:
+        return None
+    return "; ".join(str(change) for change in visible[:3])
 
 
 # --- reading inputs ------------------------------------------------------------------------

@@ -5,10 +5,10 @@ they were."""
 from __future__ import annotations
 
 from kvmlab.errors import MigrationRefusedError
-from kvmlab.golden.diff import diff_runtimes
+from kvmlab.golden.diff import rebase_changes
 from kvmlab.host.backends import Backend
 from kvmlab.host.inventory import running_pid
-from kvmlab.runtime.rebase import machine_of, pin_machine, target_runtime
+from kvmlab.runtime.rebase import target_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.layout import StateLayout
@@ -46,11 +46,8 @@ def prepare(
         target_caps=target_caps,
         binary=binary,
     )
-    machine = machine_of(planned)
-    reference = runtime if machine == machine_of(runtime) else pin_machine(runtime, machine)
-    visible = diff_runtimes(reference, planned).guest_visible
-    if visible:
-        changes = "; ".join(str(change) for change in visible[:3])
+    changes = rebase_changes(runtime, planned)
+    if changes is not None:
         raise MigrationRefusedError(
             f"cannot migrate {runtime.name}: the target's command line would change what the"
             f" guest sees ({changes})"

@@ -18,7 +18,7 @@ from kvmlab.errors import (
     SavedError,
     SnapshotRefusedError,
 )
-from kvmlab.golden.diff import diff_runtimes
+from kvmlab.golden.diff import rebase_changes
 from kvmlab.host.backends import Backend
 from kvmlab.host.inventory import running_pid
 from kvmlab.lifecycle.snapshots.record import (
@@ -27,7 +27,6 @@ from kvmlab.lifecycle.snapshots.record import (
     saved_record,
     verify_state,
 )
-from kvmlab.runtime.rebase import machine_of, pin_machine
 from kvmlab.runtime.restore import restore_runtime
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
@@ -167,11 +166,8 @@ def plan_load(
         caps=caps,
         binary=binary,
     )
-    machine = machine_of(planned)
-    reference = runtime if machine == machine_of(runtime) else pin_machine(runtime, machine)
-    visible = diff_runtimes(reference, planned).guest_visible
-    if visible:
-        changes = "; ".join(str(change) for change in visible[:3])
+    changes = rebase_changes(runtime, planned)
+    if changes is not None:
         raise SnapshotRefusedError(
             f"cannot load {what}: the command line would change what the guest sees ({changes})"
         )
