@@ -35,6 +35,7 @@ __all__ = [
     "MACHINE_ALIASES",
     "concrete_machine",
     "machine_of",
+    "moved",
     "pin_machine",
     "rebase_paths",
     "target_runtime",
@@ -99,6 +100,15 @@ def rebase_paths(word: str, source: Path, target: Path) -> str:
     return pattern.sub(lambda _match: str(target), word)
 
 
+def moved(
+    runtime: KVMRuntime, *, source: StateLayout, target: StateLayout, binary: str
+) -> KVMRuntime:
+    """``runtime`` run by ``binary`` from the ``target`` lab: every path under ``source``
+    moved under ``target``, nothing else changed (a migration's and a state load's last step)."""
+    argv = (binary, *(rebase_paths(word, source.root, target.root) for word in runtime.argv[1:]))
+    return runtime.model_copy(update={"argv": argv})
+
+
 def target_runtime(
     runtime: KVMRuntime,
     *,
@@ -134,5 +144,4 @@ def target_runtime(
             f"cannot migrate {name}: the target QEMU {target_caps.version_string} has no"
             f" machine type {effective!r}"
         )
-    argv = (binary, *(rebase_paths(word, source.root, target.root) for word in pinned.argv[1:]))
-    return pinned.model_copy(update={"argv": argv})
+    return moved(pinned, source=source, target=target, binary=binary)

@@ -20,7 +20,7 @@ only), or one without the machine type. Pure: no files, no processes.
 from __future__ import annotations
 
 from kvmlab.errors import SnapshotRefusedError
-from kvmlab.runtime.rebase import concrete_machine, machine_of, pin_machine, rebase_paths
+from kvmlab.runtime.rebase import concrete_machine, machine_of, moved, pin_machine
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.capabilities import QemuCapabilities
 from kvmlab.spec.layout import StateLayout
@@ -73,5 +73,4 @@ def restore_runtime(
             f"cannot load the state of {name}: QEMU {caps.version_string} has no machine"
             f" type {effective!r}"
         )
-    argv = (binary, *(rebase_paths(word, source.root, target.root) for word in pinned.argv[1:]))
-    return pinned.model_copy(update={"argv": argv})
+    return moved(pinned, source=source, target=target, binary=binary)
