@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kvmlab import files
 from kvmlab.errors import LockedError, OperationError, RuntimeFormatError
@@ -24,6 +25,7 @@ R = TypeVar("R")
 __all__ = [
     "RAW_LIMIT",
     "atomic_write",
+    "atomic_write_json",
     "instance_lock",
     "load_record",
     "load_runtime",
@@ -45,6 +47,16 @@ def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
         files.atomic_write(path, data, mode)
     except OSError as err:
         raise OperationError(f"cannot write {path}: {err.strerror}") from err
+
+
+def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write one JSON object with sorted keys and a final newline, atomically: the form
+    of every record kvmlab keeps beside a runtime (journals, state records), so two
+    writes of the same record are the same bytes.
+
+    :raise OperationError: the directory is read-only, full, or missing.
+    """
+    atomic_write(path, json.dumps(data, sort_keys=True) + "\n")
 
 
 def remove_stale_writes(path: Path) -> None:

@@ -73,6 +73,7 @@ from kvmlab.guest.build import GuestImage, boot_hvparams
 from kvmlab.host.backends import Backend, FakeBackend
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.stopping import stop as stop_process
+from kvmlab.host.store import atomic_write_json
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.locking import locked
 from kvmlab.lifecycle.snapshots.load import finish_load, load_state, start_incoming
@@ -315,7 +316,7 @@ def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend)
         raise
     atomic_write(template.directory / _CONSOLE, console)
     marker = {"key": template.key, "name": name, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    atomic_write(template.directory / _MARKER, json.dumps(marker, sort_keys=True) + "\n")
+    atomic_write_json(template.directory / _MARKER, marker)
 
 
 @contextlib.contextmanager

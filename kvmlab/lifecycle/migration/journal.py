@@ -14,7 +14,6 @@ says that a migration died, so it loads as a :class:`DamagedJournal` instead of 
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from kvmlab.errors import RuntimeFormatError
-from kvmlab.host.store import atomic_write, load_record
+from kvmlab.host.store import atomic_write_json, load_record
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.layout import StateLayout
 
@@ -108,7 +107,7 @@ class MigrationJournal(BaseModel):
         :raise OperationError: the directory is read-only, full, or missing.
         """
         data = self.model_dump(mode="json", exclude_none=True)
-        atomic_write(path, json.dumps(data, sort_keys=True) + "\n")
+        atomic_write_json(path, data)
 
     def record(self) -> dict[str, Any]:
         """What ``info`` shows (``migration_pending``): the keys the file has, without the

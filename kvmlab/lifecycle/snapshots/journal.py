@@ -9,7 +9,6 @@ file that is no journal at all still says that an operation died (:class:`Damage
 
 from __future__ import annotations
 
-import json
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from kvmlab.host.store import atomic_write, load_record
+from kvmlab.host.store import atomic_write_json, load_record
 from kvmlab.spec.layout import StateLayout
 
 __all__ = [
@@ -104,7 +103,7 @@ class SnapshotJournal(BaseModel):
         :raise OperationError: the directory is read-only, full, or missing.
         """
         data = self.model_dump(mode="json", exclude_none=True)
-        atomic_write(path, json.dumps(data, sort_keys=True) + "\n")
+        atomic_write_json(path, data)
 
     def at(self, step: SnapshotStep, path: Path) -> SnapshotJournal:
         """Record that the operation reached ``step``; the journal now on disk."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kvmlab.errors import SnapshotRefusedError
-from kvmlab.host.store import atomic_write
+from kvmlab.host.store import atomic_write_json
 from kvmlab.spec.layout import StateLayout
 
 __all__ = [
@@ -111,7 +110,7 @@ class SnapshotRecord(BaseModel):
 
         :raise OperationError: the directory is read-only or full.
         """
-        atomic_write(path, json.dumps(self.model_dump(mode="json"), sort_keys=True) + "\n")
+        atomic_write_json(path, self.model_dump(mode="json"))
 
     @property
     def recorded_version(self) -> tuple[int, int, int]:
