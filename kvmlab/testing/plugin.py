@@ -71,6 +71,7 @@ raises :class:`~kvmlab.errors.GuestDownError` at once, with the console's last l
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
     from kvmlab.spec.instance import Instance
     from kvmlab.testing.templates import BootedVM
 
-__all__ = ["REPORT_LINES", "in_ci", "require_qemu", "stop_all"]
+__all__ = ["REPORT_LINES", "in_ci", "require_qemu", "stop_all", "vm_processes"]
 
 _FAILED = pytest.StashKey[bool]()
 #: What ``--kvmlab-clear-templates`` removed, for the report header.
@@ -222,6 +223,28 @@ def stop_all(lab: Hypervisor) -> None:
                 lab.stop(info.name, force=True)
             except Exception:
                 os.kill(info.pid, 9)
+
+
+def vm_processes(*labs: Hypervisor, name: str = "vm1") -> list[tuple[int, Hypervisor]]:
+    """Every live process (not a zombie) started with the pidfile of ``name`` in one of
+    ``labs``, with its lab: what "one VM per instance, never two" is checked against, as
+    the pidfile alone cannot show a second VM that lost the race for it."""
+    from kvmlab.host.process import read_cmdline  # noqa: PLC0415
+
+    by_pidfile = {str(lab.layout.pidfile(name)): lab for lab in labs}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        for option, value in itertools.pairwise(read_cmdline(int(entry)) or ()):
+            if option == "-pidfile" and value in by_pidfile:
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # it exited since
+                    continue
+                if stat[0] not in ("Z", "X"):
+                    found.append((int(entry), by_pidfile[value]))
+    return found
 
 
 def _make_lab(request: pytest.FixtureRequest, backend: str) -> Iterator[Hypervisor]:

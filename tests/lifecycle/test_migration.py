@@ -24,12 +24,13 @@ from helpers_lifecycle import BOOT_TIMEOUT, mac
 from kvmlab.errors import MigrationError, MigrationRefusedError
 from kvmlab.golden.diff import diff_runtimes
 from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
-from kvmlab.host.process import read_cmdline, read_pidfile
+from kvmlab.host.process import read_pidfile
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.migration import transfer as migration
 from kvmlab.runtime.rebase import machine_of, pin_machine
 from kvmlab.spec.instance import Disk, Nic
 from kvmlab.testing.plugin import stop_all
+from kvmlab.testing.plugin import vm_processes as processes_of
 
 QEMU_7_2 = "/usr/bin/qemu-system-x86_64"
 QEMU_10_0 = "/opt/kvmlab/qemu-10.0/bin/qemu-system-x86_64"
@@ -74,16 +75,7 @@ def target(make_lab: Callable[..., Hypervisor]) -> Hypervisor:
 
 def vm_processes(*labs: Hypervisor, name: str = "vm1") -> list[int]:
     """Live processes started with one of the labs' pidfiles for ``name``."""
-    pidfiles = {str(lab.layout.pidfile(name)) for lab in labs}
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            argv = read_cmdline(int(entry)) or ()
-            if any(a == "-pidfile" and b in pidfiles for a, b in itertools.pairwise(argv)):
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    found.append(int(entry))
-    return found
+    return [pid for pid, _lab in processes_of(*labs, name=name)]
 
 
 def write_token(lab: Hypervisor, name: str = "vm1") -> tuple[str, str]:

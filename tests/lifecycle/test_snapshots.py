@@ -10,7 +10,6 @@ directory as it was.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -32,28 +31,19 @@ from kvmlab.errors import (
     SnapshotRefusedError,
 )
 from kvmlab.host.backends import Backend, FakeBackend, QemuBackend
-from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.lifecycle.snapshots.record import STATE_MAGIC, SnapshotInfo
 from kvmlab.runtime.rebase import machine_of
 from kvmlab.spec.instance import Instance
 from kvmlab.testing.plugin import stop_all
+from kvmlab.testing.plugin import vm_processes as processes_of
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-def vm_processes(lab: Hypervisor, name: str = "vm1") -> list[int]:
-    """Live processes started with the lab's pidfile for ``name``."""
-    pidfile = str(lab.layout.pidfile(name))
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            argv = read_cmdline(int(entry)) or ()
-            if any(a == "-pidfile" and b == pidfile for a, b in itertools.pairwise(argv)):
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state not in ("Z", "X"):
-                    found.append(int(entry))
-    return found
+def vm_processes(*labs: Hypervisor, name: str = "vm1") -> list[int]:
+    """Live processes started with one of the labs' pidfiles for ``name``."""
+    return [pid for pid, _lab in processes_of(*labs, name=name)]
 
 
 def guest_run(lab: Hypervisor, command: str, name: str = "vm1") -> str:

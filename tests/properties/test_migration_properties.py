@@ -14,12 +14,9 @@ across two fake labs; after every step:
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,10 +24,10 @@ from hypothesis import strategies as st
 
 from kvmlab.errors import MigrationRefusedError, NotRunningError
 from kvmlab.host.backends import FakeBackend
-from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.testing import strategies as kst
+from kvmlab.testing.plugin import vm_processes
 
 steps = st.lists(
     st.one_of(
@@ -61,20 +58,6 @@ def two_labs() -> Iterator[tuple[Hypervisor, Hypervisor]]:
                         lab.stop(info.name, force=True)
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def vm_processes(*labs: Hypervisor) -> list[tuple[int, Hypervisor]]:
-    by_pidfile = {str(lab.layout.pidfile("vm1")): lab for lab in labs}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        for option, value in itertools.pairwise(read_cmdline(int(entry)) or ()):
-            if option == "-pidfile" and value in by_pidfile:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if stat[0] not in ("Z", "X"):
-                    found.append((int(entry), by_pidfile[value]))
-    return found
 
 
 def check(home: Hypervisor, away: Hypervisor, running: bool) -> None:

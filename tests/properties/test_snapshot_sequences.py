@@ -17,11 +17,8 @@ step:
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import event, settings
@@ -31,10 +28,10 @@ from test_lifecycle_properties import START_TIME_OPTIONS
 
 from kvmlab.errors import NotRunningError, SavedError, SnapshotRefusedError
 from kvmlab.host.backends import FakeBackend
-from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
+from kvmlab.testing.plugin import vm_processes
 
 TAGS = ("a", "b")
 #: The hotplug pool: the instance's own NIC is MACS[0].
@@ -48,22 +45,6 @@ INSTANCE = Instance(
     # The pc machine: its hotplugged NICs go on the root bus (as on real QEMU today).
     hvparams=HvParams(kernel_path="", vnc_bind_address="", machine_version="pc"),
 )
-
-
-def vm_pids(*labs: Hypervisor) -> list[tuple[int, Hypervisor]]:
-    """Live processes started with one of the labs' pidfiles (never a zombie)."""
-    by_pidfile = {str(lab.layout.pidfile("vm1")): lab for lab in labs}
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        for option, value in itertools.pairwise(read_cmdline(int(entry)) or ()):
-            if option == "-pidfile" and value in by_pidfile:
-                with contextlib.suppress(OSError):
-                    stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                    if stat[0] not in ("Z", "X"):
-                        found.append((int(entry), by_pidfile[value]))
-    return found
 
 
 def tail_problems(live: tuple[str, ...], saved: tuple[str, ...]) -> list[str]:
@@ -220,7 +201,7 @@ class SnapshotSequences(RuleBasedStateMachine):
 
     @invariant()
     def one_vm_per_running_instance(self) -> None:
-        vms = vm_pids(self.home, self.away)
+        vms = vm_processes(self.home, self.away)
         assert [lab for _, lab in vms] == ([self.home] if self.running else []), vms
         assert not self.away.layout.runtime_file("vm1").exists()
 
