@@ -172,6 +172,17 @@ def vm_processes_of(
     }
 
 
+def run_instance(lab: Any, instance: Any, booted_vm_factory: Callable[[Any], Any]) -> None:
+    """Have ``instance`` running in ``lab`` for a kill matrix. On QEMU a copy restored
+    from its template: what those tests kill is kvmlab operating on a running guest, not
+    its boot, and a TCG boot each was most of their time. The fake kvm boots in no time,
+    so there the matrix runs on a started VM, and the two backends cover both kinds."""
+    if lab.backend.name == "qemu":
+        booted_vm_factory(instance)
+    else:
+        lab.start(instance)
+
+
 def kill_all_under(root: Path) -> None:
     """SIGKILL every process whose command line names something under ``root``."""
     for _ in range(3):

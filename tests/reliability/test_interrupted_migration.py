@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers_reliability import KVMLAB, PYTHON
+from helpers_reliability import KVMLAB, PYTHON, run_instance
 
 from kvmlab.guest.build import boot_hvparams
 from kvmlab.host.backends import FakeBackend, QemuBackend
@@ -112,15 +112,8 @@ def source(
     booted_vm_factory: Callable[[Instance], BootedVM],
 ) -> Hypervisor:
     """The plugin's ``lab`` (a failure report shows its guest's console and logs) with
-    ``vm1`` running. On QEMU a copy restored from its template: what is killed here is
-    kvmlab migrating a running guest, not its boot, and a TCG boot each was most of these
-    tests' time. The fake kvm boots in no time, so there the matrix runs on a started VM,
-    and the two backends cover both kinds."""
-    instance = _instance(request, lab.backend.name)
-    if lab.backend.name == "qemu":
-        booted_vm_factory(instance)
-    else:
-        lab.start(instance)
+    ``vm1`` running (:func:`helpers_reliability.run_instance`)."""
+    run_instance(lab, _instance(request, lab.backend.name), booted_vm_factory)
     return lab
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers_reliability import KVMLAB, PYTHON, vm_processes
+from helpers_reliability import KVMLAB, PYTHON, run_instance, vm_processes
 
 from kvmlab.channels.qmp import qmp_execute
 from kvmlab.errors import QmpError
@@ -150,15 +150,8 @@ def running_lab(
     booted_vm_factory: Callable[[Instance], BootedVM],
 ) -> Hypervisor:
     """The plugin's ``lab`` (a failure report shows its guest's console and logs) with
-    ``vm1`` running. On QEMU a copy restored from its template: what is killed here is
-    kvmlab taking or loading a state, not the boot, and a TCG boot each was most of these
-    tests' time. The fake kvm boots in no time, so there the matrix runs on a started VM,
-    and the two backends cover both kinds."""
-    instance = _instance(request, lab.backend.name)
-    if lab.backend.name == "qemu":
-        booted_vm_factory(instance)
-    else:
-        lab.start(instance)
+    ``vm1`` running (:func:`helpers_reliability.run_instance`)."""
+    run_instance(lab, _instance(request, lab.backend.name), booted_vm_factory)
     return lab
 
 
