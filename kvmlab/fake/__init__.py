@@ -66,6 +66,9 @@ Environment (read once at start; a fault sticks to the process it was given to):
     target), leaving its files behind.
 ``KVMLAB_FAKE_MIGRATE_TIME=SECONDS``
     (migration source) how long the ``active`` phase of a migration lasts.
+``KVMLAB_FAKE_FINALIZE_DELAY=SECONDS``
+    (migration source) the run state stays ``finish-migrate`` that long after
+    ``completed``, refusing ``cont``, as QEMU 7.2 does on a loaded machine.
 
 Modules and sub-packages, in the order a start goes through them
 (``docs/fake-kvm.md`` has the map):

@@ -53,6 +53,7 @@ class Faults:
         "boot_delay",
         "crash_after",
         "fail_start",
+        "finalize_delay",
         "hang_start",
         "ignore_powerdown",
         "migrate_die",
@@ -79,6 +80,9 @@ class Faults:
         self.migrate_stall = False
         self.migrate_die = False
         self.migrate_time: float | None = None
+        #: After ``completed``, the run state stays ``finish-migrate`` this long (QEMU 7.2's
+        #: migration thread ends after it reports ``completed``).
+        self.finalize_delay = 0.0
         #: A migration into a descriptor or file (a state) fails after this many bytes.
         self.state_truncate: int | None = None
         #: The guest's first boot panics this long after it began (0: before its facts).
@@ -102,6 +106,7 @@ class Faults:
         faults.migrate_stall = _env_flag("KVMLAB_FAKE_MIGRATE_STALL")
         faults.migrate_die = _env_flag("KVMLAB_FAKE_MIGRATE_DIE")
         faults.migrate_time = _env_float("KVMLAB_FAKE_MIGRATE_TIME", None)
+        faults.finalize_delay = _env_float("KVMLAB_FAKE_FINALIZE_DELAY", 0.0) or 0.0
         faults.state_truncate = _env_bytes("KVMLAB_FAKE_STATE_TRUNCATE")
         faults.panic_after = _env_float("KVMLAB_FAKE_PANIC_AFTER", None)
         return faults

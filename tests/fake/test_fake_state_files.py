@@ -266,6 +266,18 @@ def test_a_stalled_write_stays_active_until_cancelled(lab: Any) -> None:
     assert vm.status() == "prelaunch"
 
 
+def test_a_slow_finalization_refuses_cont_until_the_run_state_moves_on(lab: Any) -> None:
+    vm = lab("src", KVMLAB_FAKE_FINALIZE_DELAY="1")
+    booted(vm)
+    assert vm.write_state(lab.folder / "vm.state")["status"] == "completed"
+    assert vm.status() == "finish-migrate"  # QEMU 7.2's migration thread has not ended
+    refused = vm.cmd("cont")["error"]
+    assert refused == {"class": "GenericError", "desc": "Migration is not finalized yet"}
+    assert wait_until(lambda: vm.status() == "postmigrate")
+    vm.ok("cont")
+    assert vm.status() == "running"
+
+
 @pytest.mark.parametrize("keep", [8, 100, 1_000_000])
 def test_a_truncated_state_fails_the_load_and_the_process_exits(lab: Any, keep: int) -> None:
     source = lab("src", "-S")

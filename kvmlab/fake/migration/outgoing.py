@@ -191,9 +191,16 @@ class Outgoing:
         self._close_socket()
         self.ended_at = time.monotonic()
         self.status = "completed"
-        self.m.status = "postmigrate"
         self.m.log("migrate", uri=self.uri, status="completed", ms=self._ms(self.ended_at))
         self._event("completed")
+        delay = self.m.faults.finalize_delay
+        if delay:  # QEMU 7.2: ``completed`` shows before the migration thread ends
+            self.m.loop.after(delay, self._finalized)
+        else:
+            self._finalized()
+
+    def _finalized(self) -> None:
+        self.m.status = "postmigrate"
 
     def fail(self, desc: str | None) -> None:
         """End as ``failed`` (``desc``: QEMU's ``error-desc``, if it gives one); the VM runs on."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from kvmlab.fake.errors import QmpCommandError
 from kvmlab.fake.monitor.hmp import run_command
 
 TYPE_CHECKING = False
@@ -106,6 +107,12 @@ def _query_memory_size_summary(m: MachineView, arguments: dict[str, object]) -> 
 
 def _query_commands(m: MachineView, arguments: dict[str, object]) -> object:
     return [{"name": name} for name in sorted(COMMANDS)]
+
+
+def _cont(m: MachineView, arguments: dict[str, object]) -> object:
+    if m.status == "finish-migrate":  # QEMU 7.2 says ``completed`` before this ends
+        raise QmpCommandError("Migration is not finalized yet")
+    return {}
 
 
 def _stop(m: MachineView, arguments: dict[str, object]) -> object:
@@ -287,7 +294,7 @@ COMMANDS: dict[str, QmpCommand] = {
     "query-commands": QmpCommand(_query_commands),
     "query-pci": QmpCommand(_query_pci),
     "stop": QmpCommand(_stop),
-    "cont": QmpCommand(_empty, after=_resume),
+    "cont": QmpCommand(_cont, after=_resume),
     "system_powerdown": QmpCommand(_system_powerdown),
     "system_reset": QmpCommand(_empty, after=_reset),
     "quit": QmpCommand(_quit, after=_exit),
