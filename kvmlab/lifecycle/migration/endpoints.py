@@ -36,6 +36,7 @@ __all__ = [
     "quit_source",
     "resume",
     "run_state",
+    "wait_finalized",
     "wait_run_state",
 ]
 
@@ -133,9 +134,26 @@ def resume(layout: StateLayout, name: str) -> None:
     if status in RESUMABLE:
         try:
             with qmp_session(layout, name) as qmp:
+                wait_finalized(qmp)
                 qmp.execute("cont")
         except QmpError as err:
             log.warning("cannot resume %s in %s: %s", name, layout.root, err)
+
+
+def wait_finalized(qmp: QmpSession, timeout: float = TARGET_TIMEOUT) -> None:
+    """Wait until QEMU has ended an outgoing migration that it says is over.
+
+    QEMU 7.2 says ``completed`` (or ``failed``) before its migration thread ends, and the
+    run state stays ``finish-migrate`` until it has: meanwhile ``cont`` is refused
+    ("Migration is not finalized yet"). The moment is short, but on a loaded machine a
+    snapshot resumed in it was left paused. After ``timeout`` the caller goes on, and
+    QEMU's own refusal names the problem.
+    """
+    deadline = time.monotonic() + timeout
+    while str(qmp.execute("query-status").get("status")) == QemuRunState.FINISH_MIGRATE:
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(POLL_INTERVAL)
 
 
 def quit_source(source: StateLayout, name: str) -> None:
