@@ -132,8 +132,12 @@ BOOT_KERNEL_ARGS = "panic=-1 quiet cryptomgr.notests"
 #: i440FX machine (20 ms against 240 ms for virtio_pci here), and its ACPI init is shorter.
 BOOT_MACHINE = "q35"
 #: Only the devices the instance asks for: no VGA, no default CD-ROM, floppy or parallel
-#: port (kvmlab gives the serial port, monitor and NICs explicitly).
-BOOT_KVM_EXTRA = "-nodefaults"
+#: port (kvmlab gives the serial port, monitor and NICs explicitly). And qboot, the
+#: minimal firmware every QEMU ships (found in its data directory by name), instead of
+#: SeaBIOS: it loads the kernel without walking the 24 PCIe root ports of a Q35 VM
+#: (2.13 s against 2.39 s to the marker on 7.2; hotplug, reboot and ACPI power-off work
+#: the same, on Q35 and i440FX, 7.2 and 10.0).
+BOOT_KVM_EXTRA = "-nodefaults -bios qboot.rom"
 
 
 def boot_hvparams(image: GuestImage | None = None, **overrides: object) -> dict[str, object]:
