@@ -4,7 +4,7 @@ Two sides boot the test guest (kernel and initramfs) and the clock stops at the 
 ``KVMLAB-BOOT-OK`` on the serial line:
 
 - **cli**: what README.md tells a new user to type, in a shell: the instance file is written
-  once from ``kvmlab guest build --json`` (its ``hvparams``: Q35, ``-nodefaults``, a quiet
+  once from ``kvmlab guest build --json`` (its ``hvparams``: Q35, ``-nodefaults``, qboot, a quiet
   kernel), then each run times ``kvmlab start vm1.json && kvmlab console vm1 --expect
   KVMLAB-BOOT-OK``, two Python processes included, on a fresh state directory;
 - **verbose**: ``qemu-system-x86_64 -m 256 -nographic -kernel K -initrd I -append
