@@ -22,6 +22,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: pytest-xdist, one worker per core; later options win, so ``nox -s tests -- -n 0`` runs
 #: the suite in one process and ``-- -n 4`` with four workers.
 XDIST = ["-n", "auto"]
+#: In CI, short tracebacks: a CI log is read by its beginning and its end, and a long
+#: traceback pushed a failure's cause out of that view (the report sections kvmlab's
+#: plugin adds, console and QEMU log, stay whole).
+TRACEBACKS = ["--tb=short"] if IN_CI else []
 
 
 @nox.session(python=PYTHON)
@@ -31,7 +35,7 @@ def tests(session: nox.Session) -> None:
     # The skip summary in every run, so a drop in coverage shows. "-ra" is "-rs" plus
     # failures, errors and xfails: a bare "-rs" would replace pyproject's "-ra" and drop
     # the FAILED lines from the summary (a later -r wins).
-    session.run("pytest", "-ra", *XDIST, *session.posargs)
+    session.run("pytest", "-ra", *XDIST, *TRACEBACKS, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -44,7 +48,9 @@ def qemu10(session: nox.Session) -> None:
             session.error(message)
         session.skip(message)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "qemu", *XDIST, *session.posargs, env={"KVMLAB_QEMU": binary})
+    session.run(
+        "pytest", "-m", "qemu", *XDIST, *TRACEBACKS, *session.posargs, env={"KVMLAB_QEMU": binary}
+    )
 
 
 @nox.session(python=PYTHON)
