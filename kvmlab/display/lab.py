@@ -120,8 +120,9 @@ def info_html(info: InstanceInfo) -> str:
 
 def info_text(info: InstanceInfo) -> str:
     """Plain-text counterpart of :func:`info_html`."""
+    process = "no process" if info.pid is None else f"pid {info.pid}"
     head = (
-        f"{info.name}: {info.state}, pid {info.pid}, {info.memory} MiB, {info.vcpus} vCPU(s),"
+        f"{info.name}: {info.state}, {process}, {info.memory} MiB, {info.vcpus} vCPU(s),"
         f" {len(info.nics)} NIC(s)"
     )
     lines = [head]

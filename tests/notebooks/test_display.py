@@ -270,6 +270,7 @@ def test_info_shows_snapshots_and_a_saved_state_as_a_table(tmp_path: Path) -> No
 
     text = display.info_text(info)
     assert "[{" not in text and "{'" not in text
+    assert text.startswith("vm1: stopped, no process,"), text.splitlines()[0]
     assert "saved state waits: `kvmlab restore vm1` continues it" in text
     (line,) = [line for line in text.splitlines() if line.startswith("base ")]
     assert size in line and taken.machine in line and line.endswith("running")
