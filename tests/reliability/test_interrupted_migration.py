@@ -67,9 +67,9 @@ elif point == "after-migrate-sent":
 elif point == "after-completed":
     m.roll_forward = die
 elif point == "after-target-saved":
-    e.quit_source = die
+    e.quit_qemu = die
 elif point == "after-source-quit":
-    after(e, "quit_source")
+    after(e, "quit_qemu")
 elif point == "during-rollback":
     m.BANDWIDTH = 1 << 20
     e.resume = die

@@ -16,7 +16,7 @@ from kvmlab.host.store import save_runtime
 from kvmlab.lifecycle.migration.endpoints import (
     TARGET_TIMEOUT,
     kill_target,
-    quit_source,
+    quit_qemu,
     resume,
     wait_run_state,
 )
@@ -62,7 +62,7 @@ def roll_forward(
         resume(target, name)
     if not target.runtime_file(name).exists():
         save_runtime(target.runtime_file(name), planned)
-    quit_source(source, name)
+    quit_qemu(source, name)
     clear_stale_files(source, name)
     shutil.rmtree(source.nic_dir(name), ignore_errors=True)
     remove_quietly(source.runtime_file(name))

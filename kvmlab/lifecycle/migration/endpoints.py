@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kvmlab.channels.qemu_state import RESUMABLE, QemuRunState
+from kvmlab.channels.qemu_state import ACTIVE_MIGRATION, RESUMABLE, MigrationStatus, QemuRunState
 from kvmlab.errors import QmpError
 from kvmlab.host.executor import clear_stale_files
 from kvmlab.host.inventory import running_pid
@@ -30,10 +30,12 @@ __all__ = [
     "POLL_INTERVAL",
     "QMP_TIMEOUT",
     "TARGET_TIMEOUT",
+    "cancel_migration",
     "completion_is_ours",
     "kill_target",
+    "migration_status",
     "qmp_session",
-    "quit_source",
+    "quit_qemu",
     "resume",
     "run_state",
     "wait_finalized",
@@ -87,6 +89,25 @@ def wait_run_state(
         if running_pid(layout, name) is None or time.monotonic() >= deadline:
             return status
         time.sleep(POLL_INTERVAL)
+
+
+def migration_status(info: Mapping[str, Any]) -> str:
+    """A ``query-migrate`` reply's status, as QEMU words it (a :class:`MigrationStatus`
+    value, or one this kvmlab does not know)."""
+    return str(info.get("status", MigrationStatus.NONE))
+
+
+def cancel_migration(qmp: QmpSession) -> Mapping[str, Any]:
+    """``migrate_cancel``, then the last ``query-migrate`` reply once the migration has
+    left the active states (``cancelled``, or how it ended meanwhile), or after
+    :data:`TARGET_TIMEOUT`."""
+    qmp.execute("migrate_cancel")
+    deadline = time.monotonic() + TARGET_TIMEOUT
+    info: Mapping[str, Any] = qmp.execute("query-migrate")
+    while migration_status(info) in ACTIVE_MIGRATION and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        info = qmp.execute("query-migrate")
+    return info
 
 
 def completion_is_ours(qmp: QmpSession, info: Mapping[str, Any], seen_active: bool) -> bool:
@@ -156,18 +177,19 @@ def wait_finalized(qmp: QmpSession, timeout: float = TARGET_TIMEOUT) -> None:
         time.sleep(POLL_INTERVAL)
 
 
-def quit_source(source: StateLayout, name: str) -> None:
-    """``quit`` the source's QEMU (SIGKILL after 10 s) and reap it."""
-    pid = running_pid(source, name)
+def quit_qemu(layout: StateLayout, name: str, timeout: float = 10.0) -> None:
+    """``quit`` the instance's QEMU (SIGKILL after ``timeout``) and reap it: a migration's
+    source once the target runs, a saved VM once its state is recorded."""
+    pid = running_pid(layout, name)
     if pid is None:
         return
     adopt(pid)
     try:
-        with qmp_session(source, name) as qmp:
+        with qmp_session(layout, name) as qmp:
             qmp.execute("quit")
     except QmpError as err:
-        log.debug("quit of the source %s: %s", name, err)
-    if not wait_for_exit(pid, 10.0):
+        log.debug("quit of %s in %s: %s", name, layout.root, err)
+    if not wait_for_exit(pid, timeout):
         signal_process(pid, signal.SIGKILL)
         wait_for_exit(pid, 5.0)
     reap_adopted()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from kvmlab.host.process import remove_quietly
 from kvmlab.host.store import instance_lock
 from kvmlab.lifecycle.migration.endings import roll_back, roll_forward
 from kvmlab.lifecycle.migration.endpoints import (
-    POLL_INTERVAL,
     TARGET_TIMEOUT,
+    cancel_migration,
     completion_is_ours,
     kill_target,
+    migration_status,
     qmp_session,
     run_state,
     wait_run_state,
@@ -58,15 +58,11 @@ def _source_outcome(source: StateLayout, name: str) -> str | None:
     try:
         with qmp_session(source, name) as qmp:
             info = qmp.execute("query-migrate")
-            status = str(info.get("status", MigrationStatus.NONE))
+            status = migration_status(info)
             seen_active = status in ACTIVE_MIGRATION
             if status in ACTIVE_MIGRATION:
-                qmp.execute("migrate_cancel")
-                deadline = time.monotonic() + TARGET_TIMEOUT
-                while status in ACTIVE_MIGRATION and time.monotonic() < deadline:
-                    time.sleep(POLL_INTERVAL)
-                    info = qmp.execute("query-migrate")
-                    status = str(info.get("status", MigrationStatus.NONE))
+                info = cancel_migration(qmp)
+                status = migration_status(info)
             if status == MigrationStatus.COMPLETED and not completion_is_ours(
                 qmp, info, seen_active
             ):

@@ -42,7 +42,9 @@ from kvmlab.lifecycle.migration.endings import roll_back, roll_forward
 from kvmlab.lifecycle.migration.endpoints import (
     POLL_INTERVAL,
     TARGET_TIMEOUT,
+    cancel_migration,
     completion_is_ours,
+    migration_status,
     qmp_session,
     run_state,
     wait_run_state,
@@ -82,12 +84,6 @@ def _wait_incoming(target: StateLayout, name: str, timeout: float) -> None:
         raise MigrationError(f"the target of {name} {why} instead of waiting for the migration")
 
 
-def _status_of(info: Mapping[str, Any]) -> str:
-    """A ``query-migrate`` reply's status, as QEMU words it (a :class:`MigrationStatus`
-    value, or one this kvmlab does not know)."""
-    return str(info.get("status", MigrationStatus.NONE))
-
-
 def _transfer(
     qmp: QmpSession,
     target: StateLayout,
@@ -113,7 +109,7 @@ def _transfer(
     seen_active = False
     while True:
         info: Mapping[str, Any] = qmp.execute("query-migrate")
-        status = _status_of(info)
+        status = migration_status(info)
         if progress is not None:
             progress(info)
         seen_active = seen_active or status in ACTIVE_MIGRATION
@@ -125,12 +121,8 @@ def _transfer(
             return info
         if time.monotonic() >= deadline or running_pid(target, name) is None:
             timed_out = time.monotonic() >= deadline
-            qmp.execute("migrate_cancel")
-            cancel_deadline = time.monotonic() + TARGET_TIMEOUT
-            while status in ACTIVE_MIGRATION and time.monotonic() < cancel_deadline:
-                time.sleep(POLL_INTERVAL)
-                info = qmp.execute("query-migrate")
-                status = _status_of(info)
+            info = cancel_migration(qmp)
+            status = migration_status(info)
             if status == MigrationStatus.COMPLETED and completion_is_ours(qmp, info, seen_active):
                 return info  # it finished while being cancelled
             return {**info, "status": TIMED_OUT if timed_out else status}
@@ -219,7 +211,7 @@ def migrate(
         resolve(source, target, name)
         raise
     else:
-        final = _status_of(info)
+        final = migration_status(info)
         if final != MigrationStatus.COMPLETED:
             roll_back(source, target, name, resume)
             detail = info.get("error-desc")

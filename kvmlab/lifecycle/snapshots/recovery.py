@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from enum import StrEnum
 
-from kvmlab.channels.qemu_state import ACTIVE_MIGRATION, MigrationStatus, QemuRunState
+from kvmlab.channels.qemu_state import ACTIVE_MIGRATION, QemuRunState
 from kvmlab.errors import KvmlabError, QmpError, SnapshotRefusedError
 from kvmlab.host.backends import Backend
 from kvmlab.host.inventory import running_pid
 from kvmlab.host.process import remove_quietly
 from kvmlab.host.store import remove_stale_writes, save_runtime
 from kvmlab.lifecycle.migration.endpoints import (
-    POLL_INTERVAL,
-    TARGET_TIMEOUT,
+    cancel_migration,
     kill_target,
+    migration_status,
     qmp_session,
     resume,
     run_state,
@@ -72,14 +71,8 @@ def _cancel_write(layout: StateLayout, name: str) -> None:
         return
     try:
         with qmp_session(layout, name) as qmp:
-            status = str(qmp.execute("query-migrate").get("status", MigrationStatus.NONE))
-            if status in ACTIVE_MIGRATION:
-                qmp.execute("migrate_cancel")
-                deadline = time.monotonic() + TARGET_TIMEOUT
-                while status in ACTIVE_MIGRATION and time.monotonic() < deadline:
-                    time.sleep(POLL_INTERVAL)
-                    info = qmp.execute("query-migrate")
-                    status = str(info.get("status", MigrationStatus.NONE))
+            if migration_status(qmp.execute("query-migrate")) in ACTIVE_MIGRATION:
+                cancel_migration(qmp)
     except (QmpError, AttributeError) as err:
         log.debug("cancelling the write of %s: %s", name, err)
 

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 from kvmlab.channels.qemu_state import ACTIVE_MIGRATION, MigrationStatus, QemuRunState
 from kvmlab.errors import QmpError, SnapshotError
 from kvmlab.host.executor import clear_stale_files
-from kvmlab.host.inventory import running_pid
-from kvmlab.host.process import adopt, reap_adopted, signal_process, wait_for_exit
 from kvmlab.host.stopping import release_nics
 from kvmlab.lifecycle.migration.endpoints import (
     POLL_INTERVAL,
-    TARGET_TIMEOUT,
+    cancel_migration,
     completion_is_ours,
+    migration_status,
     qmp_session,
+    quit_qemu,
     resume,
 )
 from kvmlab.lifecycle.snapshots.journal import now
@@ -97,10 +96,6 @@ def open_temp(temp: Path) -> int:
     return fd
 
 
-def _status_of(info: Mapping[str, Any]) -> str:
-    return str(info.get("status", MigrationStatus.NONE))
-
-
 def write_state(
     layout: StateLayout, name: str, fd: int, timeout: float, *, path: Path | None = None
 ) -> Mapping[str, Any]:
@@ -123,7 +118,7 @@ def write_state(
         seen_active = False
         while True:
             info: Mapping[str, Any] = qmp.execute("query-migrate")
-            status = _status_of(info)
+            status = migration_status(info)
             seen_active = seen_active or status in ACTIVE_MIGRATION
             if status == MigrationStatus.COMPLETED and completion_is_ours(qmp, info, seen_active):
                 return info
@@ -132,11 +127,7 @@ def write_state(
             if status not in ACTIVE_MIGRATION:
                 return info
             if time.monotonic() >= deadline:
-                qmp.execute("migrate_cancel")
-                cancel_deadline = time.monotonic() + TARGET_TIMEOUT
-                while status in ACTIVE_MIGRATION and time.monotonic() < cancel_deadline:
-                    time.sleep(POLL_INTERVAL)
-                    status = _status_of(qmp.execute("query-migrate"))
+                cancel_migration(qmp)
                 return {**info, "status": TIMED_OUT}
             time.sleep(POLL_INTERVAL)
 
@@ -202,18 +193,7 @@ def resume_vm(layout: StateLayout, name: str, running: bool) -> None:
 
 def quit_vm(layout: StateLayout, name: str, timeout: float) -> None:
     """``quit`` the instance's QEMU (SIGKILL after ``timeout``), and remove its sockets."""
-    pid = running_pid(layout, name)
-    if pid is not None:
-        adopt(pid)
-        try:
-            with qmp_session(layout, name) as qmp:
-                qmp.execute("quit")
-        except QmpError as err:
-            log.debug("quit of %s: %s", name, err)
-        if not wait_for_exit(pid, timeout):
-            signal_process(pid, signal.SIGKILL)
-            wait_for_exit(pid, 5.0)
-        reap_adopted()
+    quit_qemu(layout, name, timeout)
     with contextlib.suppress(OSError):
         release_nics(layout, name)
     clear_stale_files(layout, name)
