@@ -273,6 +273,8 @@ def test_a_slow_finalization_refuses_cont_until_the_run_state_moves_on(lab: Any)
     assert vm.status() == "finish-migrate"  # QEMU 7.2's migration thread has not ended
     refused = vm.cmd("cont")["error"]
     assert refused == {"class": "GenericError", "desc": "Migration is not finalized yet"}
+    hmp = vm.ok("human-monitor-command", **{"command-line": "cont"})
+    assert hmp == "Error: Migration is not finalized yet\r\n"
     assert wait_until(lambda: vm.status() == "postmigrate")
     vm.ok("cont")
     assert vm.status() == "running"

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from kvmlab.fake.chardevs import Chardev
     from kvmlab.fake.machine_view import MachineView
 
-__all__ = ["COMMANDS", "INFO", "HumanMonitor", "run_command"]
+__all__ = ["COMMANDS", "INFO", "HumanMonitor", "cont_refusal", "run_command"]
 
 _HMP_STATUS = {
     "running": "running",
@@ -94,7 +94,18 @@ def _stop(m: MachineView, args: list[str]) -> str | None:
     return ""
 
 
+def cont_refusal(m: MachineView) -> str | None:
+    """Why QEMU refuses ``cont`` now, for both monitors (``None``: it does not): 7.2 says
+    a migration ``completed`` before its thread ends, in run state ``finish-migrate``."""
+    if m.status == "finish-migrate":
+        return "Migration is not finalized yet"
+    return None
+
+
 def _cont(m: MachineView, args: list[str]) -> str | None:
+    refusal = cont_refusal(m)
+    if refusal is not None:
+        return f"Error: {refusal}\r\n"
     m.resume()
     if m.pending_unplug:  # the guest runs again and ejects what device_del asked for
         from kvmlab.fake.hotplug import devices  # noqa: PLC0415 - only after a device_del

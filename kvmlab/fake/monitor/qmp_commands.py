@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from kvmlab.fake.errors import QmpCommandError
-from kvmlab.fake.monitor.hmp import run_command
+from kvmlab.fake.monitor.hmp import cont_refusal, run_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -110,8 +110,9 @@ def _query_commands(m: MachineView, arguments: dict[str, object]) -> object:
 
 
 def _cont(m: MachineView, arguments: dict[str, object]) -> object:
-    if m.status == "finish-migrate":  # QEMU 7.2 says ``completed`` before this ends
-        raise QmpCommandError("Migration is not finalized yet")
+    refusal = cont_refusal(m)
+    if refusal is not None:
+        raise QmpCommandError(refusal)
     return {}
 
 
