@@ -7,11 +7,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers_reliability import kill_all_under, unmount_all_under
+from helpers_reliability import kill_all_under, matrix_instance, run_instance, unmount_all_under
+
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import Instance
+from kvmlab.testing.templates import BootedVM
 
 
 @pytest.fixture
@@ -50,3 +54,16 @@ def marker() -> Iterator[Path]:
         existed = path.exists()
         path.unlink(missing_ok=True)
         assert not existed, f"an injected command ran: {path} exists"
+
+
+@pytest.fixture
+def running_lab(
+    request: pytest.FixtureRequest,
+    lab: Hypervisor,
+    booted_vm_factory: Callable[[Instance], BootedVM],
+) -> Hypervisor:
+    """The plugin's ``lab`` (a failure report shows its guest's console and logs) with a
+    kill matrix's ``vm1`` running (:func:`helpers_reliability.run_instance`)."""
+    guest = request.getfixturevalue("test_guest") if lab.backend.name == "qemu" else None
+    run_instance(lab, matrix_instance(guest), booted_vm_factory)
+    return lab

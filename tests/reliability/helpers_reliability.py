@@ -19,6 +19,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kvmlab.channels.qmp import qmp_execute
+from kvmlab.errors import QmpError
+from kvmlab.guest.build import boot_hvparams
+from kvmlab.host.backends import FakeBackend, QemuBackend
+from kvmlab.lifecycle.hypervisor import Hypervisor
+from kvmlab.spec.instance import HvParams, Instance, Nic
+
 PYTHON = sys.executable
 KVMLAB = str(Path(sys.executable).with_name("kvmlab"))
 MAC1 = "52:54:00:6b:09:01"
@@ -170,6 +177,32 @@ def vm_processes_of(
         )
         for pidfile, procs in naming.items()
     }
+
+
+def matrix_instance(guest: Any) -> Instance:
+    """The instance the kill matrices run (``guest``: the test guest on QEMU, ``None`` on
+    the fake kvm): one for both, so both restore copies of one template."""
+    return Instance(
+        name="vm1",
+        memory=192,
+        vcpus=1,
+        nics=(Nic(mac=MAC1, mode="user"),),
+        hvparams=HvParams.model_validate(boot_hvparams(guest)),
+    )
+
+
+def matrix_lab(root: Path, kind: str) -> Hypervisor:
+    """A lab of a kill matrix on ``kind`` (``fake`` or ``qemu``), quick to stop."""
+    backend = FakeBackend() if kind == "fake" else QemuBackend()
+    return Hypervisor(root, backend=backend, stop_timeout=5)
+
+
+def run_status(lab: Hypervisor, name: str = "vm1") -> str | None:
+    """QEMU's run state of ``name`` in ``lab`` (``query-status``), ``None`` when QMP is silent."""
+    try:
+        return str(qmp_execute(lab.layout.qmp_socket(name), "query-status")["status"])
+    except QmpError:
+        return None
 
 
 def run_instance(lab: Any, instance: Any, booted_vm_factory: Callable[[Any], Any]) -> None:

@@ -18,18 +18,13 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers_reliability import KVMLAB, PYTHON, run_instance
+from helpers_reliability import KVMLAB, PYTHON, matrix_lab, run_status
 
-from kvmlab.guest.build import boot_hvparams
-from kvmlab.host.backends import FakeBackend, QemuBackend
 from kvmlab.host.process import read_cmdline
 from kvmlab.lifecycle.hypervisor import Hypervisor
-from kvmlab.spec.instance import HvParams, Instance, Nic
-from kvmlab.testing.templates import BootedVM
 
 DRIVER = r"""
 import os, signal, sys
@@ -94,34 +89,6 @@ POINTS = {
 BACKENDS = ["fake", pytest.param("qemu", marks=pytest.mark.qemu)]
 
 
-def _instance(request: pytest.FixtureRequest, kind: str) -> Instance:
-    guest = request.getfixturevalue("test_guest") if kind == "qemu" else None
-    return Instance(
-        name="vm1",
-        memory=192,
-        vcpus=1,
-        nics=(Nic(mac="52:54:00:6b:09:01", mode="user"),),
-        hvparams=HvParams.model_validate(boot_hvparams(guest)),
-    )
-
-
-@pytest.fixture
-def source(
-    request: pytest.FixtureRequest,
-    lab: Hypervisor,
-    booted_vm_factory: Callable[[Instance], BootedVM],
-) -> Hypervisor:
-    """The plugin's ``lab`` (a failure report shows its guest's console and logs) with
-    ``vm1`` running (:func:`helpers_reliability.run_instance`)."""
-    run_instance(lab, _instance(request, lab.backend.name), booted_vm_factory)
-    return lab
-
-
-def _lab(root: Path, kind: str) -> Hypervisor:
-    backend = FakeBackend() if kind == "fake" else QemuBackend()
-    return Hypervisor(root, backend=backend, stop_timeout=5)
-
-
 def _vms(*labs: Hypervisor) -> dict[int, Hypervisor]:
     """Live processes started with one of the labs' pidfiles, and their lab."""
     by_pidfile = {str(lab.layout.pidfile("vm1")): lab for lab in labs}
@@ -138,16 +105,6 @@ def _vms(*labs: Hypervisor) -> dict[int, Hypervisor]:
     return found
 
 
-def _status(lab: Hypervisor) -> str | None:
-    from kvmlab.channels.qmp import qmp_execute  # noqa: PLC0415
-    from kvmlab.errors import QmpError  # noqa: PLC0415
-
-    try:
-        return str(qmp_execute(lab.layout.qmp_socket("vm1"), "query-status")["status"])
-    except QmpError:
-        return None
-
-
 #: The second hop: a VM that arrived by migration answers query-migrate with that incoming
 #: one (completed) until its own shows, which the recovery must not take for its own.
 SECOND_HOP = ("after-target-start", "after-migrate-sent", "after-completed")
@@ -159,10 +116,10 @@ SECOND_HOP = ("after-target-start", "after-migrate-sent", "after-completed")
 )
 @pytest.mark.parametrize("kvmlab_backend", BACKENDS, indirect=True)
 def test_a_kill_at_each_step_is_recovered_with_one_vm(
-    workdir: Path, source: Hypervisor, point: str, hop: int
+    workdir: Path, running_lab: Hypervisor, point: str, hop: int
 ) -> None:
-    backend_kind = source.backend.name
-    target = _lab(workdir / "b", backend_kind)
+    source, backend_kind = running_lab, running_lab.backend.name
+    target = matrix_lab(workdir / "b", backend_kind)
     token = os.urandom(6).hex()
     assert source.guest("vm1").run(f"echo {token} > /tmp/t", ready_timeout=120).exit_code == 0
     if hop == 2:
@@ -181,7 +138,7 @@ def test_a_kill_at_each_step_is_recovered_with_one_vm(
     # the transfer is not), and they only move one way (the source running -> paused, the
     # target inmigrate -> running), so an overlap is proven only by one VM running at two
     # samples around one where the other runs.
-    samples = [_status(lab) == "running" for lab in (source, target, source, target)]
+    samples = [run_status(lab) == "running" for lab in (source, target, source, target)]
     assert not (samples[0] and samples[1] and samples[2]), "two guests executing"
     assert not (samples[1] and samples[2] and samples[3]), "two guests executing"
     pending = source.info("vm1", query_guest=False).extra.get("migration_pending")
@@ -214,6 +171,6 @@ def test_a_kill_at_each_step_is_recovered_with_one_vm(
         assert "migration_pending" not in (
             lab.info("vm1", query_guest=False).extra if lab is owner else {}
         )
-    assert _status(owner) == "running"
+    assert run_status(owner) == "running"
     assert owner.guest("vm1").run(["cat", "/tmp/t"], ready_timeout=30).stdout.strip() == token
     owner.stop("vm1", force=True)

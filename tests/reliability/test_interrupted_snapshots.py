@@ -21,19 +21,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers_reliability import KVMLAB, PYTHON, run_instance, vm_processes
+from helpers_reliability import (
+    KVMLAB,
+    PYTHON,
+    matrix_instance,
+    matrix_lab,
+    run_status,
+    vm_processes,
+)
 
-from kvmlab.channels.qmp import qmp_execute
-from kvmlab.errors import QmpError
-from kvmlab.guest.build import boot_hvparams
-from kvmlab.host.backends import FakeBackend, QemuBackend
 from kvmlab.lifecycle.hypervisor import Hypervisor
-from kvmlab.spec.instance import HvParams, Instance, Nic
-from kvmlab.testing.templates import BootedVM
 
 DRIVER = r"""
 import importlib, os, pkgutil, signal, sys
@@ -91,22 +91,6 @@ TOKEN_AFTER = "/tmp/after"
 BACKENDS = ["fake", pytest.param("qemu", marks=pytest.mark.qemu)]
 
 
-def _instance(request: pytest.FixtureRequest, kind: str) -> Instance:
-    guest = request.getfixturevalue("test_guest") if kind == "qemu" else None
-    return Instance(
-        name="vm1",
-        memory=192,
-        vcpus=1,
-        nics=(Nic(mac="52:54:00:6b:0a:01", mode="user"),),
-        hvparams=HvParams.model_validate(boot_hvparams(guest)),
-    )
-
-
-def _lab(root: Path, kind: str) -> Hypervisor:
-    backend = FakeBackend() if kind == "fake" else QemuBackend()
-    return Hypervisor(root, backend=backend, stop_timeout=5)
-
-
 def _kvmlab(lab: Hypervisor, kind: str, *args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [KVMLAB, "--state-dir", str(lab.layout.root), "--backend", kind, *args],
@@ -116,13 +100,6 @@ def _kvmlab(lab: Hypervisor, kind: str, *args: str, tmp: Path) -> subprocess.Com
         check=False,
         env={**os.environ, "TMPDIR": str(tmp)},
     )
-
-
-def _status(lab: Hypervisor) -> str | None:
-    try:
-        return str(qmp_execute(lab.layout.qmp_socket("vm1"), "query-status")["status"])
-    except QmpError:
-        return None
 
 
 def _read(lab: Hypervisor, path: str) -> str:
@@ -141,18 +118,6 @@ def _temp_files(lab: Hypervisor) -> list[str]:
                 if p.is_file() and p.suffix not in (".state", ".json")
             ]
     return found
-
-
-@pytest.fixture
-def running_lab(
-    request: pytest.FixtureRequest,
-    lab: Hypervisor,
-    booted_vm_factory: Callable[[Instance], BootedVM],
-) -> Hypervisor:
-    """The plugin's ``lab`` (a failure report shows its guest's console and logs) with
-    ``vm1`` running (:func:`helpers_reliability.run_instance`)."""
-    run_instance(lab, _instance(request, lab.backend.name), booted_vm_factory)
-    return lab
 
 
 def _prepare(lab: Hypervisor, op: str, token: str) -> None:
@@ -180,11 +145,11 @@ def _check_every_state_loads(lab: Hypervisor, token: str) -> None:
     """Each recorded state loads and holds the guest as it was when taken."""
     for snap in lab.snapshots("vm1"):
         lab.revert("vm1", str(snap.tag), timeout=120)
-        assert _status(lab) == "running"
+        assert run_status(lab) == "running"
         assert _read(lab, TOKEN_BEFORE) == token
     if lab.saved_state("vm1") is not None:
         lab.restore("vm1", timeout=120)
-        assert _status(lab) == "running"
+        assert run_status(lab) == "running"
         assert _read(lab, TOKEN_BEFORE) == token
 
 
@@ -235,7 +200,7 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
     saved = lab.saved_state("vm1")
     if op == "snapshot":
         # The VM runs as before; the snapshot is there, complete, or not at all.
-        assert len(vms) == 1 and _status(lab) == "running"
+        assert len(vms) == 1 and run_status(lab) == "running"
         assert tags == ([] if outcome == "rolled back" else ["s1"])
         assert saved is None
     elif op == "save":
@@ -244,7 +209,7 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
             (1, False) if outcome == "rolled back" else (0, True)
         )
         if saved is None:
-            assert _status(lab) == "running"
+            assert run_status(lab) == "running"
     elif op == "restore":
         # Restored (a VM, the saved state consumed) or still saved (no VM).
         assert (len(vms), saved is not None) == (
@@ -253,7 +218,7 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
     else:
         # Before the old VM is stopped, it runs on untouched (the file written after the
         # snapshot is still there); after that there is no way back: always finished.
-        assert len(vms) == 1 and _status(lab) == "running"
+        assert len(vms) == 1 and run_status(lab) == "running"
         assert tags == before_snapshots == ["s1"]
         after = "later" if outcome == "rolled back" else "missing"
         assert _read(lab, TOKEN_AFTER) == after
@@ -267,14 +232,12 @@ def test_a_kill_at_each_step_is_resolved_by_one_command(
 
 
 @pytest.mark.parametrize("point", POINTS["snapshot"])
-def test_a_locked_command_resolves_a_killed_snapshot_first(
-    request: pytest.FixtureRequest, workdir: Path, point: str
-) -> None:
+def test_a_locked_command_resolves_a_killed_snapshot_first(workdir: Path, point: str) -> None:
     """Not only ``recover``: a soft reboot (locked) resolves the journal, then reboots."""
-    lab = _lab(workdir / "sd", "fake")
+    lab = matrix_lab(workdir / "sd", "fake")
     tmp = workdir / "tmp"
     tmp.mkdir(mode=0o700)
-    lab.start(_instance(request, "fake"))
+    lab.start(matrix_instance(None))
     argv = [PYTHON, "-c", DRIVER, point, "--state-dir", str(lab.layout.root)]
     argv += ["--backend", "fake", *_command("snapshot")]
     killed = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -284,9 +247,9 @@ def test_a_locked_command_resolves_a_killed_snapshot_first(
     assert rebooted.returncode == 0, rebooted.stderr
     assert not lab.layout.snapshot_journal("vm1").exists()
     assert len(vm_processes(lab.layout.pidfile("vm1"))) == 1
-    assert _status(lab) == "running"
+    assert run_status(lab) == "running"
     assert _temp_files(lab) == []
     for snap in lab.snapshots("vm1"):
         lab.revert("vm1", str(snap.tag))
-        assert _status(lab) == "running"
+        assert run_status(lab) == "running"
     lab.stop("vm1", force=True)
