@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["bzimage_version", "elf_section", "is_static_x86_64"]
+__all__ = ["bzimage_version", "elf_section", "has_pvh_entry", "is_static_x86_64"]
 
 _ELF_MAGIC = b"\x7fELF"
 _EM_X86_64 = 62
 _PT_INTERP = 3
+_PT_NOTE = 4
+#: ``XEN_ELFNOTE_PHYS32_ENTRY``: the 32-bit entry point of the PVH boot protocol, which QEMU's
+#: ``-kernel`` loader uses to start an ELF ``vmlinux`` directly.
+_XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
 def _elf_header(data: bytes) -> tuple[int, int, int, int, int, int, int] | None:
@@ -42,6 +46,32 @@ def is_static_x86_64(data: bytes) -> bool:
         if p_type == _PT_INTERP:
             return False
     return phnum > 0
+
+
+def has_pvh_entry(data: bytes) -> bool:
+    """Tell whether an ELF kernel can be booted by QEMU's ``-kernel`` as it is.
+
+    QEMU starts an uncompressed ``vmlinux`` only through the PVH entry point that the kernel
+    declares in a ``Xen`` ELF note (``CONFIG_PVH``); without that note it needs the bzImage.
+    """
+    header = _elf_header(data)
+    if header is None or header[0] != _EM_X86_64:
+        return False
+    _, phoff, phentsize, phnum, *_ = header
+    for i in range(phnum):
+        base = phoff + i * phentsize
+        (p_type,) = struct.unpack_from("<I", data, base)
+        if p_type != _PT_NOTE:
+            continue
+        offset, _, _, size = struct.unpack_from("<QQQQ", data, base + 8)
+        pos, end = offset, min(offset + size, len(data))
+        while pos + 12 <= end:
+            namesz, descsz, kind = struct.unpack_from("<III", data, pos)
+            name = data[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and kind == _XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
 
 
 def elf_section(data: bytes, wanted: str) -> bytes | None:

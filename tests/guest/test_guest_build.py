@@ -37,7 +37,7 @@ from kvmlab.guest import sources
 from kvmlab.guest.archives import read_ar
 from kvmlab.guest.build import GuestBuildError, GuestImage, build_guest, default_cache_dir
 from kvmlab.guest.cpio import CpioEntry, read_newc, write_newc
-from kvmlab.guest.elf import bzimage_version, is_static_x86_64
+from kvmlab.guest.elf import bzimage_version, has_pvh_entry, is_static_x86_64
 from kvmlab.guest.init import render_init_script
 from kvmlab.guest.modules import module_deps
 
@@ -533,6 +533,9 @@ def test_real_guest_boots_and_powers_down(
     qemu: str, real_guest: GuestImage, tmp_path: Path
 ) -> None:
     binary = _need_binary(qemu)
+    # Debian's kernel has the PVH entry: the guest boots its unpacked vmlinux, not the bzImage.
+    assert real_guest.kernel.name.startswith("vmlinux-")
+    assert has_pvh_entry(real_guest.kernel.read_bytes())
     sock_path = tmp_path / "qmp.sock"
     argv = [binary, "-accel", "tcg", "-m", "256", "-smp", "2"]
     argv += ["-kernel", str(real_guest.kernel), "-initrd", str(real_guest.initrd)]
