@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kvmlab.errors import InvalidInputError, KvmlabError, ProbeError
+from kvmlab.host.qemu_help import cached_capabilities
 from kvmlab.spec.capabilities import QemuCapabilities, load_profile, profile_kind
 from kvmlab.spec.instance import Accel, HvParams
 
@@ -109,7 +110,7 @@ class QemuBackend(Backend):
         return found
 
     def capabilities(self, binary: str) -> QemuCapabilities:
-        return QemuCapabilities.probe(binary)
+        return cached_capabilities(binary)
 
     def accelerator(self, binary: str, hv: HvParams) -> tuple[Accel | None, str]:
         cached = self._accel_cache.get(binary)
@@ -198,7 +199,7 @@ def resolve_backend(spec: str | Backend) -> Backend:
         binary = find_qemu()
         if binary is not None:
             try:
-                QemuCapabilities.probe(binary)
+                cached_capabilities(binary)
             except KvmlabError:
                 return FakeBackend()
             return QemuBackend()

@@ -43,6 +43,7 @@ __all__ = [
     "QemuCapabilities",
     "available_profiles",
     "facts_json",
+    "help_texts",
     "load_profile",
     "parse_facts",
     "profile_dirs",
@@ -213,10 +214,7 @@ class QemuCapabilities:
         key = (str(real), st.st_mtime_ns, st.st_size)
         cached = _PROBE_CACHE.get(key)
         if cached is None:
-            help_text = _run_help(path, ["-help"])
-            machine_text = _run_help(path, ["-machine", "help"])
-            device_text = _run_help(path, ["-device", "help"])
-            cached = cls.from_help(help_text, machine_text, device_text, profile=str(path))
+            cached = cls.from_help(*help_texts(path), profile=str(path))
             _PROBE_CACHE[key] = cached
         return cached
 
@@ -335,6 +333,19 @@ def _parse_machines(machine_help: str | None) -> tuple[tuple[str, ...], str | No
         if "(default)" in line:
             default = name
     return tuple(machines), default
+
+
+def help_texts(binary: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """Run ``binary`` three times: ``-help``, ``-machine help``, ``-device help``.
+
+    :raise ProbeError: when the binary is missing, hangs or fails.
+    """
+    path = Path(binary)
+    return (
+        _run_help(path, ["-help"]),
+        _run_help(path, ["-machine", "help"]),
+        _run_help(path, ["-device", "help"]),
+    )
 
 
 def _run_help(binary: Path, args: list[str]) -> str:
