@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,24 @@ def ganeti_fixtures() -> Path:
             " (optional; the facts profiles derived from them are committed)"
         )
     return GANETI_FIXTURES
+
+
+@pytest.fixture
+def host_taps() -> Iterator[None]:
+    """Hold the host's taps for this test, across pytest-xdist workers (an ``flock``).
+
+    Every test that creates tap interfaces, and every test that counts them, uses it: the
+    kernel names a tap ``tapN`` with the lowest free N, so a tap another worker made at the
+    same moment would look like one this test left behind, or take the name of one it just
+    removed.
+    """
+    path = Path(tempfile.gettempdir()) / "kvmlab-tests-host-taps.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def require_binary(path: str) -> str:

@@ -73,6 +73,7 @@ def test_attach_then_detach_rewrite_the_saved_runtime(
     assert shown.stdout == f"{NEW}\n"
 
 
+@pytest.mark.usefixtures("host_taps")  # as root, a bridged attach makes a tap
 def test_refusals_are_exit_2_in_one_line_and_change_nothing(
     run: Callable[..., CompletedProcess[str]], write_instance: Callable[..., Path], state_dir: Path
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_failed_up_script_gives_its_own_reason(output: str, reason: str) -> No
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root")
+@pytest.mark.usefixtures("host_taps")  # creates a tap: tests/conftest.py
 def test_a_missing_bridge_fails_with_ips_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -948,6 +948,7 @@ def test_tap_fd_must_be_open(vm: FakeVM) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="KVMLAB_FAKE_TAP=run needs root")
+@pytest.mark.usefixtures("host_taps")  # creates a tap: tests/conftest.py
 def test_tap_script_runs_with_the_tap_name_as_root(vm: FakeVM) -> None:
     script = make_script(vm.dir / "up-0", f'echo "$1" > {vm.dir}/ran')
     nics = ("-netdev", f"tap,id=net0,script={script},downscript=no", *NIC1[2:])

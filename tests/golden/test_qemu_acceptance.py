@@ -138,6 +138,8 @@ def test_qemu_accepts_case(slot: str, case: GoldenCase, request: pytest.FixtureR
     instance = case.loaded
     assert isinstance(instance, Instance)
     guest: GuestImage = request.getfixturevalue("test_guest")
+    if any(nic.mode != "user" for nic in instance.nics):
+        request.getfixturevalue("host_taps")  # QEMU makes a tap (as root): tests/conftest.py
     with scratch_dir() as root:
         try:
             argv, qmp = acceptance_argv(instance, qemu.caps, qemu.binary, root, guest)

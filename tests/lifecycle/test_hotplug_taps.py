@@ -24,7 +24,12 @@ from kvmlab.errors import OperationError
 from kvmlab.lifecycle.hotplug import nic as hotplug
 from kvmlab.spec.instance import Nic
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root")
+# These tests count the host's taps: each holds the host_taps lock (tests/conftest.py), as
+# every test that creates taps does, so no other worker's tap shows up in the count.
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root"),
+    pytest.mark.usefixtures("host_taps"),
+]
 
 SYS_NET = Path("/sys/class/net")
 NEW = "52:54:00:6b:07:01"

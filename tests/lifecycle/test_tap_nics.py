@@ -33,7 +33,11 @@ from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.runtime.generator import generate_runtime
 from kvmlab.spec.instance import HvParams, Instance, Nic, NicMode
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root")
+# Creates and counts host taps: under the host_taps lock (tests/conftest.py).
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="tap NICs need root"),
+    pytest.mark.usefixtures("host_taps"),
+]
 
 SYS_NET = Path("/sys/class/net")
 IFF_UP = 0x1

@@ -284,11 +284,13 @@ def _property(world_factory: Callable[[], World], examples: int) -> Callable[[],
     return prop
 
 
+@pytest.mark.usefixtures("host_taps")  # as root, a bridged attach-nic makes a tap
 def test_bad_input_property_on_the_fake(workdir: Path) -> None:
     _property(lambda: make_world(workdir, "fake", boot_hvparams()), examples=60)()
 
 
 @pytest.mark.qemu
+@pytest.mark.usefixtures("host_taps")  # as root, a bridged attach-nic makes a tap
 def test_bad_input_property_on_qemu(workdir: Path, request: pytest.FixtureRequest) -> None:
     from kvmlab.testing.plugin import require_qemu  # noqa: PLC0415
 

@@ -29,6 +29,9 @@ from kvmlab.spec.instance import HvParams, Instance, Nic, NicMode
 from kvmlab.spec.layout import StateLayout
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the up-script runs for real only as root")
+#: As root these create host taps: under the host_taps lock (tests/conftest.py), so the
+#: tests that count taps do not see them.
+HOST_TAPS = pytest.mark.usefixtures("host_taps")
 
 PAYLOADS = [
     "br0; touch {m}",
@@ -60,6 +63,7 @@ def tap_lab(state_dir: Path) -> tuple[Hypervisor, FakeBackend]:
 
 
 @as_root
+@HOST_TAPS
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_bypassed_routed_link_is_only_data_in_an_up_script_that_runs(
     state_dir: Path, marker: Path, payload: str
@@ -79,6 +83,7 @@ def test_bypassed_routed_link_is_only_data_in_an_up_script_that_runs(
 
 
 @as_root
+@HOST_TAPS
 def test_bypassed_mac_never_runs(state_dir: Path, marker: Path) -> None:
     lab, backend = tap_lab(state_dir)
     evil = Nic.model_construct(
@@ -164,6 +169,7 @@ def test_kernel_args_with_shell_syntax_are_one_append_argument(
 
 
 @as_root
+@HOST_TAPS
 def test_state_dir_and_tmpdir_with_shell_syntax_are_quoted_in_the_up_script(
     workdir: Path, marker: Path
 ) -> None:

@@ -61,8 +61,12 @@ def routed_instance(workdir: Path) -> Path:
 
 
 TAP_RUN = {"KVMLAB_FAKE_TAP": "run"}
+#: As root the tests with TAP_RUN create host taps: under the host_taps lock
+#: (tests/conftest.py), so the tests that count taps do not see them.
+HOST_TAPS = pytest.mark.usefixtures("host_taps")
 
 
+@HOST_TAPS
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077], ids=lambda m: f"umask{m:03o}")
 def test_fake_cycle_creates_nothing_others_can_read(
     workdir: Path, state_dir: Path, private_tmp: Path, umask: int
@@ -80,6 +84,7 @@ def test_fake_cycle_creates_nothing_others_can_read(
     assert list(private_tmp.iterdir()) == []
 
 
+@HOST_TAPS
 def test_files_the_fake_binary_creates_are_not_group_readable(
     workdir: Path, state_dir: Path, private_tmp: Path
 ) -> None:
@@ -89,6 +94,7 @@ def test_files_the_fake_binary_creates_are_not_group_readable(
     assert check_modes(state_dir, binary_files_strict=True) == []
 
 
+@HOST_TAPS
 @as_root
 def test_up_script_is_0700_in_a_0700_folder_while_it_exists_and_then_removed(
     workdir: Path, state_dir: Path, private_tmp: Path
