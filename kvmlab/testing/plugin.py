@@ -299,7 +299,8 @@ def test_guest() -> GuestImage:
 def booted_vm_factory(lab: Hypervisor) -> Callable[[Instance], BootedVM]:
     """``booted_vm_factory(instance)``: ``instance`` running in ``lab``, restored from its
     template (built on first use of its key) instead of booted; the guest's clock is set
-    from the host. An instance with disks is refused (copies would share them)."""
+    from the host. An instance with disks opens its own images, which must hold what the
+    template booted from (their content is in the key)."""
     from kvmlab.testing.templates import boot_copy  # noqa: PLC0415
 
     return lambda instance: boot_copy(lab, instance)

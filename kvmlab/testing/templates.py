@@ -13,6 +13,8 @@ read it. A template is kept under a key made of:
 - the QEMU binary's identity: the backend, the resolved path, its size and mtime, and the
   version it reports (for the fake kvm, its program and sources);
 - the SHA-256 of the guest's kernel and initramfs;
+- the size and SHA-256 of each of the instance's disk images, in order (the images' paths
+  do not matter: a copy opens its own);
 - the runtime the instance is generated into, in a fixed placeholder lab, so that lab paths
   do not matter. That is the guest-visible part (what kvmlab's semantic diff,
   :mod:`kvmlab.golden.diff`, classifies so: memory, CPUs, machine, devices, MACs, kernel
@@ -20,6 +22,12 @@ read it. A template is kept under a key made of:
   one its instance would be given in that lab (checked after each restore).
 
 A change to any of them makes a new template, never a wrong restore.
+
+**Disks.** A template of an instance with disks boots from copies of its images, kept in
+the template's directory (``disks/disk-N.img``). A restored copy opens the test's own
+images, whose content the key says is what the template booted from; when the template's
+guest wrote to a disk before its snapshot, that image is first copied over the test's, so
+the disk matches the memory the copy resumes with. Each copy writes only its own images.
 
 **Sharing.** Templates live next to the guest cache (``$XDG_CACHE_HOME/kvmlab/templates/
 KEY/``, or ``/tmp/kvmlab-templates-UID/KEY/`` when that path is too long for the unix
@@ -118,8 +126,12 @@ BOOT_TIMEOUT = 90.0
 #: Seconds a copy's state may take to load.
 LOAD_TIMEOUT = 60.0
 _MARKER = "template.json"
+_DISKS = "disks"
+#: Where the key's runtime puts disk ``N`` (never created): the key holds each image's
+#: content, not its path.
+_KEY_DISKS = Path("/kvmlab-template-disks")
 _CONSOLE = "boot-console.log"
-_FORMAT = 1
+_FORMAT = 2  # 2: disk images in the key, copies of them in the template
 _FAULTS = "KVMLAB_FAKE_"
 #: The fixed lab a runtime is generated into for its key (never created).
 _KEY_LAB = Path("/kvmlab-template-lab")
@@ -139,6 +151,31 @@ def default_instance(image: GuestImage | None) -> Instance:
 
 
 # --- the key -------------------------------------------------------------------------------
+
+
+def _with_disks(instance: Instance, paths: list[str]) -> Instance:
+    """``instance`` with disk ``i`` at ``paths[i]`` (its mode kept)."""
+    disks = tuple(
+        disk.model_copy(update={"path": path})
+        for disk, path in zip(instance.disks, paths, strict=True)
+    )
+    return instance.model_copy(update={"disks": disks})
+
+
+def _disk_identity(instance: Instance) -> list[dict[str, object]]:
+    """Size and SHA-256 of each of ``instance``'s disk images.
+
+    :raise InvalidInputError: an image cannot be read.
+    """
+    identity: list[dict[str, object]] = []
+    for disk in instance.disks:
+        try:
+            identity.append({"size": os.stat(disk.path).st_size, "sha256": _digest(disk.path)})
+        except OSError as err:
+            raise InvalidInputError(
+                f"disk {disk.path!r} of instance {instance.name}: {err.strerror}"
+            ) from None
+    return identity
 
 
 @functools.cache
@@ -180,16 +217,12 @@ def _binary_identity(backend: Backend, binary: str) -> dict[str, object]:
 def template_key(instance: Instance, backend: Backend) -> str:
     """The key of ``instance``'s template on ``backend`` (hex SHA-256; see the module doc).
 
-    :raise InvalidInputError: ``instance`` has disks (a template's copies would share them).
+    :raise InvalidInputError: a disk image of ``instance`` cannot be read.
     """
-    if instance.disks:
-        paths = ", ".join(disk.path for disk in instance.disks)
-        raise InvalidInputError(
-            f"instance {instance.name} has disks ({paths}): the copies of a template would"
-            " share them; attach disks after the restore (Hypervisor.attach_disk) or start"
-            " the instance"
-        )
-    runtime = Hypervisor(_KEY_LAB, backend=backend).generate(instance)
+    disks = _disk_identity(instance)
+    placeholders = [str(_KEY_DISKS / f"disk-{i}") for i in range(len(instance.disks))]
+    keyed = _with_disks(instance, placeholders)
+    runtime = Hypervisor(_KEY_LAB, backend=backend).generate(keyed)
     hv = instance.hvparams
     material = {
         "format": _FORMAT,
@@ -198,6 +231,7 @@ def template_key(instance: Instance, backend: Backend) -> str:
             "kernel": _digest(hv.kernel_path) if hv.kernel_path else "",
             "initrd": _digest(hv.initrd_path) if hv.initrd_path else "",
         },
+        "disks": disks,
         "runtime": json.loads(runtime.to_json()) | {"argv": list(runtime.argv[1:])},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -230,6 +264,16 @@ class Template:
     def state_path(self) -> Path:
         return self.layout.snapshot_state(self.name, TEMPLATE_TAG)
 
+    def disk_path(self, index: int) -> Path:
+        """The template's copy of disk ``index`` (what its guest booted from)."""
+        return self.directory / _DISKS / f"disk-{index}.img"
+
+    def written_disks(self) -> dict[int, str]:
+        """The disks the template's guest wrote before its snapshot: index -> SHA-256 of
+        the image as the snapshot left it (from the marker; empty without disks)."""
+        marker = json.loads((self.directory / _MARKER).read_text(encoding="utf-8"))
+        return {int(i): str(sha) for i, sha in marker.get("written_disks", {}).items()}
+
     @property
     def boot_console(self) -> str:
         """The template's console output of its boot (its guest facts among it)."""
@@ -240,14 +284,16 @@ class Template:
         return load_record(self.record_path, f"the template of {self.name}")
 
     def complete(self) -> bool:
-        """Cheap check: marker, console, record, and a state of the recorded size (the
-        SHA-256 is checked by every load: a mismatch there rebuilds it too)."""
+        """Cheap check: marker, console, record, disk copies, and a state of the recorded
+        size (the SHA-256 is checked by every load: a mismatch there rebuilds it too)."""
         try:
             marker = json.loads((self.directory / _MARKER).read_text(encoding="utf-8"))
             record = self.record()
             size = self.state_path.stat().st_size
             (self.directory / _CONSOLE).stat()
-        except (OSError, ValueError, SnapshotRefusedError):
+            for index in range(int(marker.get("disks", 0))):
+                self.disk_path(index).stat()
+        except (OSError, ValueError, TypeError, SnapshotRefusedError):
             return False
         return bool(marker.get("key") == self.key and size == record.size)
 
@@ -297,10 +343,17 @@ def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend)
     if running_pid(template.layout, instance.name) is not None:  # a builder killed mid-way
         stop_process(template.layout, instance.name, press=None, timeout=20.0)
     shutil.rmtree(template.lab_root, ignore_errors=True)
+    shutil.rmtree(template.directory / _DISKS, ignore_errors=True)
+    copies = [template.disk_path(i) for i in range(len(instance.disks))]
+    if copies:
+        _private_dir(template.directory / _DISKS)
+    for disk, copy in zip(instance.disks, copies, strict=True):
+        shutil.copyfile(disk.path, copy)
+    booted = _with_disks(instance, [str(copy) for copy in copies])
     lab = Hypervisor(template.lab_root, backend=backend, stop_timeout=20.0)
     name = instance.name
     try:
-        lab.start(instance)
+        lab.start(booted)
         answer = lab.guest(name).run(["true"], ready_timeout=BOOT_TIMEOUT)
         if answer.exit_code != 0:
             raise OperationError(f"the template of {name} answers `true` with {answer}")
@@ -315,7 +368,18 @@ def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend)
         shutil.rmtree(template.lab_root, ignore_errors=True)
         raise
     atomic_write(template.directory / _CONSOLE, console)
-    marker = {"key": template.key, "name": name, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    written = {}
+    for index, (disk, copy) in enumerate(zip(instance.disks, copies, strict=True)):
+        after = _digest(str(copy))
+        if after != _digest(disk.path):
+            written[str(index)] = after
+    marker = {
+        "key": template.key,
+        "name": name,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "disks": len(copies),
+        "written_disks": written,
+    }
     atomic_write_json(template.directory / _MARKER, marker)
 
 
@@ -332,7 +396,7 @@ def template_lease(
     refused before a guest boots.
 
     :param root: the templates directory (:func:`templates_root` when omitted).
-    :raise InvalidInputError: an instance a template cannot be made of (disks).
+    :raise InvalidInputError: a disk image of ``instance`` cannot be read.
     :raise OptionValueError: ``$KVMLAB_TEMPLATE_MAX_AGE_DAYS`` or
         ``$KVMLAB_TEMPLATE_BUDGET_MIB`` is not a limit (when a build is needed).
     """
@@ -379,7 +443,31 @@ def rebuild_if_damaged(template: Template) -> None:
 # --- a copy in the test's lab --------------------------------------------------------------
 
 
-def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIMEOUT) -> KVMRuntime:
+def _disks_moved(runtime: KVMRuntime, paths: list[str]) -> KVMRuntime:
+    """``runtime`` opening disk ``i`` at ``paths[i]`` instead of the template's copy: in
+    the ``-drive file=`` words (commas doubled, as the generator writes them) and the
+    disks kept as data."""
+    argv = list(runtime.argv)
+    for old_disk, new in zip(runtime.disks, paths, strict=True):
+        old = "file=" + old_disk.path.replace(",", ",,")
+        repl = "file=" + new.replace(",", ",,")
+        for index, word in enumerate(argv):
+            if word == old or word.startswith(old + ","):
+                argv[index] = repl + word[len(old) :]
+    disks = tuple(
+        disk.model_copy(update={"path": path})
+        for disk, path in zip(runtime.disks, paths, strict=True)
+    )
+    return runtime.model_copy(update={"argv": tuple(argv), "disks": disks})
+
+
+def restore_copy(
+    lab: Hypervisor,
+    template: Template,
+    timeout: float = LOAD_TIMEOUT,
+    *,
+    disks: tuple[str, ...] = (),
+) -> KVMRuntime:
     """Load the template's state as instance ``template.name`` of ``lab`` (another lab):
         the snapshot core's load, fed a record of another lab; the runtime that runs.
 
@@ -387,6 +475,10 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
         ``lab`` (and checks the state against the record, and the guest-visible diff); the load
         is the core's three steps. A failure leaves no process behind, and the instance's saved
     runtime as it was (none when it had none).
+
+        :param disks: the images the copy opens, one per disk of the template (their
+            content is the template's: the key says so, and a disk the template's guest
+            wrote is copied over first).
 
         :raise SnapshotRefusedError: the state does not match its record, or cannot be loaded
             by this binary.
@@ -396,6 +488,7 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
     layout, name = lab.layout, template.name
     record = template.record()
     plan = plan_load(layout, lab.backend, record, template.state_path)
+    runtime = _disks_moved(plan.runtime, list(disks))
     with locked(layout, name):
         pid = running_pid(layout, name)
         if pid is not None:
@@ -405,10 +498,13 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
                 state=InstanceState.RUNNING,
             )
         known = layout.runtime_file(name).exists()  # a stopped instance: replaced, as a start
+        for index, sha in template.written_disks().items():
+            if _digest(disks[index]) != sha:
+                shutil.copyfile(template.disk_path(index), disks[index])
         try:
-            start_incoming(layout, lab.backend, plan.runtime, plan.caps, lab.start_timeout)
+            start_incoming(layout, lab.backend, runtime, plan.caps, lab.start_timeout)
             load_state(layout, name, plan.state, timeout)
-            finish_load(layout, plan.runtime, record.running)
+            finish_load(layout, runtime, record.running)
         except BaseException:
             if running_pid(layout, name) is not None:
                 stop_process(layout, name, press=None, timeout=lab.stop_timeout)
@@ -416,7 +512,7 @@ def restore_copy(lab: Hypervisor, template: Template, timeout: float = LOAD_TIME
                 with contextlib.suppress(FileNotFoundError):
                     layout.runtime_file(name).unlink()
             raise
-    return plan.runtime
+    return runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,13 +561,15 @@ def boot_copy(lab: Hypervisor, instance: Instance, root: Path | None = None) -> 
     After the restore the guest's clock is set from the host's, and its saved runtime is
     checked against the one ``lab`` would generate for ``instance`` (no difference at all).
 
-    :raise InvalidInputError: ``instance`` has disks.
+    :raise InvalidInputError: a disk image of ``instance`` cannot be read.
     :raise OperationError: the template cannot be built or the copy does not answer.
     """
     for attempt in range(2):
         with template_lease(instance, lab.backend, root) as (template, built):
             try:
-                runtime = restore_copy(lab, template)
+                runtime = restore_copy(
+                    lab, template, disks=tuple(disk.path for disk in instance.disks)
+                )
             except SnapshotRefusedError:
                 if attempt:
                     raise

@@ -126,13 +126,84 @@ def test_the_key_follows_the_runtime_and_not_the_lab(lab, instance, tmp_path: Pa
     assert first != second, "the image's content is in the key"
 
 
+def sparse(path: Path, mib: int, content: bytes = b"") -> str:
+    """A raw image of ``mib`` MiB (its size names it in the guest), ``content`` at its start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        file.write(content)
+        file.truncate(mib << 20)
+    return str(path)
+
+
+def with_disks(instance, *paths: str, mode: str = "rw"):
+    return instance.model_copy(update={"disks": tuple(Disk(path=p, mode=mode) for p in paths)})
+
+
 @FAKE_ONLY
-def test_an_instance_with_disks_is_refused_naming_them(lab, instance, tmp_path: Path) -> None:
-    image = tmp_path / "d.img"
-    image.write_bytes(b"")
-    with pytest.raises(InvalidInputError, match=rf"instance vm1 has disks \({image}\)"):
-        boot_copy(lab, instance.model_copy(update={"disks": (Disk(path=str(image)),)}))
-    assert lab.list_instances() == []
+def test_the_key_holds_the_disks_content_and_not_their_paths(lab, instance, tmp_path) -> None:
+    one = sparse(tmp_path / "a" / "disk.img", 4, b"same")
+    two = sparse(tmp_path / "b" / "other-name.img", 4, b"same")
+
+    def key_of(*paths: str, mode: str = "rw") -> str:
+        return template_key(with_disks(instance, *paths, mode=mode), lab.backend)
+
+    key = key_of(one)
+    assert key_of(two) == key, "paths do not matter"
+    assert template_key(instance, lab.backend) != key
+    assert key_of(one, mode="ro") != key
+    assert key_of(sparse(tmp_path / "c", 4, b"diff")) != key, "content matters"
+    assert key_of(sparse(tmp_path / "d", 8, b"same")) != key, "size matters"
+    assert key_of(one, two) != key
+    missing = str(tmp_path / "missing.img")
+    with pytest.raises(InvalidInputError, match=rf"disk '{missing}' of instance vm1: No such file"):
+        template_key(with_disks(instance, missing), lab.backend)
+
+
+@ON_BOTH
+def test_copies_of_an_instance_with_disks_each_open_their_own_images(
+    lab, instance, root, tmp_path: Path
+) -> None:
+    first_images = [sparse(tmp_path / "1" / "big.img", 8), sparse(tmp_path / "1" / "small.img", 4)]
+    first = boot_copy(lab, with_disks(instance, *first_images), root)
+    runtime = lab.load_runtime(first.name)
+    assert [disk.path for disk in runtime.disks] == first_images
+    assert not any(str(first.template.directory) in word for word in runtime.argv)
+    with other_lab(lab) as second_lab:
+        second_images = [sparse(tmp_path / "2,x" / "b.img", 8), sparse(tmp_path / "2,x" / "s", 4)]
+        second = boot_copy(second_lab, with_disks(instance, *second_images), root)
+        assert not second.built and second.template == first.template
+        assert [d.path for d in second_lab.load_runtime(second.name).disks] == second_images
+        if lab.backend.name == "qemu":
+            shell = lab.guest(first.name)
+            sizes = shell.run("for d in /sys/block/vd*; do cat $d/size; done").stdout.split()
+            assert sorted(int(n) // 2048 for n in sizes) == [4, 8], "the guest sees both disks"
+            # A write in one copy lands in its own image, not the other's or the template's.
+            wrote = shell.run("printf MINE > /tmp/m && dd if=/tmp/m of=/dev/vda conv=fsync")
+            assert wrote.exit_code == 0, wrote
+            opened = second_lab.guest(second.name).run("head -c 4 /dev/vda").stdout
+            assert opened == "\0\0\0\0"
+            images = [Path(path).read_bytes()[:4] for path in (*first_images, *second_images)]
+            assert b"MINE" in images[:2] and images[2:] == [b"\0" * 4] * 2
+            assert first.template.disk_path(0).read_bytes()[:4] == b"\0" * 4
+
+
+@FAKE_ONLY
+def test_a_disk_the_templates_guest_wrote_is_copied_over_the_tests(
+    lab, instance, root, tmp_path: Path
+) -> None:
+    """The copy resumes with the template's memory: its disk must be the template's too."""
+    image = sparse(tmp_path / "1" / "d.img", 4, b"before")
+    first = boot_copy(lab, with_disks(instance, image), root)
+    lab.stop(first.name, force=True)
+    template = first.template
+    # As if the template's guest had written to its disk before the snapshot.
+    written = sparse(template.disk_path(0), 4, b"written by the template")
+    marker = json.loads((template.directory / "template.json").read_text())
+    marker["written_disks"] = {"0": templates._digest(written)}
+    (template.directory / "template.json").write_text(json.dumps(marker))
+    second = sparse(tmp_path / "2" / "d.img", 4, b"before")
+    boot_copy(lab, with_disks(instance, second), root)
+    assert Path(second).read_bytes() == Path(written).read_bytes()
 
 
 def _damage_state(template: Template) -> None:
