@@ -109,10 +109,10 @@ def disk_device(slot: int, machine: str) -> str:
 
 
 def test_attach_shows_in_the_guest_and_survives_a_soft_reboot(
-    lab, make_instance, image, machine: str
+    lab, make_instance, image, machine: str, booted_vm_factory
 ) -> None:
     first, new = image(8), image(4)
-    lab.start(with_disks(make_instance(), first))
+    booted_vm_factory(with_disks(make_instance(), first))
     assert sizes(lab) == [8]
     saved = lab.attach_disk("vm1", Disk(path=new))
     assert saved.disk_slots == (0x08, 0x09)
@@ -167,9 +167,11 @@ def test_a_hard_restart_applies_the_instance_file(lab, make_instance, image) -> 
     assert sizes(lab) == [8]
 
 
-def test_refusals_are_exit_2_and_change_nothing(lab, make_instance, image, tmp_path) -> None:
+def test_refusals_are_exit_2_and_change_nothing(
+    lab, make_instance, image, tmp_path, booted_vm_factory
+) -> None:
     first = image(8)
-    lab.start(with_disks(make_instance(), first))
+    booted_vm_factory(with_disks(make_instance(), first))
     before = lab.layout.runtime_file("vm1").read_bytes()
     with pytest.raises(HotplugRefusedError, match="already has disk"):
         lab.attach_disk("vm1", Disk(path=first))
@@ -216,9 +218,11 @@ def test_machines_and_disk_types_without_disk_hotplug_are_refused(
 
 
 @pytest.mark.parametrize("machine", ["q35"])
-def test_a_q35_runtime_without_root_ports_is_refused(lab, make_instance, image) -> None:
+def test_a_q35_runtime_without_root_ports_is_refused(
+    lab, make_instance, image, booted_vm_factory
+) -> None:
     """A q35 runtime an older kvmlab saved (no root ports) is refused until a restart."""
-    lab.start(with_disks(make_instance(), image(8)))
+    booted_vm_factory(with_disks(make_instance(), image(8)))
     save_runtime(lab.layout.runtime_file("vm1"), without_root_ports(lab.load_runtime("vm1")))
     before = lab.layout.runtime_file("vm1").read_bytes()
     with pytest.raises(HotplugRefusedError, match=r"q35.*without PCIe root ports"):
@@ -229,9 +233,9 @@ def test_a_q35_runtime_without_root_ports_is_refused(lab, make_instance, image) 
 
 
 def test_a_failed_device_add_leaves_the_runtime_untouched(
-    lab, make_instance, image, monkeypatch
+    lab, make_instance, image, monkeypatch, booted_vm_factory
 ) -> None:
-    lab.start(with_disks(make_instance(), image(8)))
+    booted_vm_factory(with_disks(make_instance(), image(8)))
     new = image(4)
     before = lab.layout.runtime_file("vm1").read_bytes()
     # A slot QEMU has given away: blockdev-add succeeds, device_add fails.
@@ -251,9 +255,9 @@ def test_a_failed_device_add_leaves_the_runtime_untouched(
 
 
 def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
-    lab, make_instance, image, monkeypatch
+    lab, make_instance, image, monkeypatch, booted_vm_factory
 ) -> None:
-    lab.start(with_disks(make_instance(), image(8)))
+    booted_vm_factory(with_disks(make_instance(), image(8)))
     new = image(4)
     before = lab.layout.runtime_file("vm1").read_bytes()
 
@@ -273,9 +277,9 @@ def test_a_crash_between_device_add_and_the_save_is_reported_by_info(
 
 
 def test_a_qemu_without_the_commands_is_refused_naming_its_version(
-    lab, make_instance, image, monkeypatch
+    lab, make_instance, image, monkeypatch, booted_vm_factory
 ) -> None:
-    lab.start(with_disks(make_instance(), image(8)))
+    booted_vm_factory(with_disks(make_instance(), image(8)))
     before = lab.layout.runtime_file("vm1").read_bytes()
     monkeypatch.setattr(
         hotplug_disk, "DISK_COMMANDS", (*hotplug_disk.DISK_COMMANDS, "x-no-such-command")
@@ -293,11 +297,11 @@ def test_a_qemu_without_the_commands_is_refused_naming_its_version(
 
 
 def test_a_runtime_from_an_older_kvmlab_refuses_disk_hotplug_until_restarted(
-    lab, make_instance, image
+    lab, make_instance, image, booted_vm_factory
 ) -> None:
     """A format 2 runtime's disks are ``if=virtio`` (QEMU chose their slots): no slot of
     their own to keep, so disk hotplug waits for a hard restart."""
-    lab.start(with_disks(make_instance(), image(8)))
+    booted_vm_factory(with_disks(make_instance(), image(8)))
     path = lab.layout.runtime_file("vm1")
     document = json.loads(path.read_text())
     document["format"] = 2
@@ -315,12 +319,12 @@ def block_node_files(lab, name: str = "vm1") -> list[str]:
         return [entry["file"] for entry in qmp.execute("query-named-block-nodes")]
 
 
-def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image) -> None:
+def test_a_detach_leaves_no_block_node_behind(lab, make_instance, image, booted_vm_factory) -> None:
     """QEMU deletes a ``-drive`` drive with its device; a ``blockdev-add`` node needs the
     ``blockdev-del`` kvmlab sends after ``DEVICE_DELETED``. Either way, nothing of the
     image stays open."""
     started, hotplugged = image(8), image(4)
-    lab.start(with_disks(make_instance(), started))
+    booted_vm_factory(with_disks(make_instance(), started))
     assert sizes(lab) == [8]  # the guest is up: it ejects the disk through ACPI
     assert started in block_node_files(lab)
     lab.detach_disk("vm1", started)
