@@ -7,8 +7,9 @@ sides give it the default test guest (:func:`kvmlab.testing.templates.default_in
 - **boot**: ``lab.start(instance)``, then ``lab.guest(name).run(["true"])`` until it answers
   (what the suite did before the fixtures);
 - **booted_vm**: :func:`kvmlab.testing.templates.boot_copy` from a template built before the
-  timed runs: the state is checked against its record (size, SHA-256), loaded into a new
-  QEMU (``-incoming defer``), resumed, and the guest's clock set through the channel.
+  timed runs: the state is checked against its record (size; the SHA-256 at the first
+  load in the process), loaded into a new QEMU (``-incoming defer``), resumed, and the
+  guest's clock set through the channel.
 
 Runs alternate between the sides so that a change in the machine's load hits both alike;
 each run ends with the VM killed and its lab removed. Goal: booted_vm at most 0.2x boot

@@ -134,7 +134,12 @@ def refuse_pending(layout: StateLayout, name: str, what: str) -> None:
 
 
 def plan_load(
-    layout: StateLayout, backend: Backend, record: SnapshotRecord, state: Path
+    layout: StateLayout,
+    backend: Backend,
+    record: SnapshotRecord,
+    state: Path,
+    *,
+    verify: bool = True,
 ) -> LoadPlan:
     """Check a state against its record and compute the runtime that loads it.
 
@@ -143,11 +148,14 @@ def plan_load(
     see a difference (kvmlab's semantic diff, against the recorded runtime with its
     machine pinned as the restore pinned it: ``q35`` *is* ``pc-q35-7.2`` on QEMU 7.2).
 
+    :param verify: ``False`` only when the caller has checked this very file against the
+        record already (a template's state, at its first use in the process).
     :raise SnapshotRefusedError: the state does not match its record, its runtime is
         damaged or of another instance, the QEMU cannot load it, a guest-visible change.
     """
     what = snapshot_label(record.name, record.tag)
-    verify_state(state, record, what)
+    if verify:
+        verify_state(state, record, what)
     try:
         runtime = KVMRuntime.from_json(record.runtime)
         source = StateLayout(Path(record.lab))
