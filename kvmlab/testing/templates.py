@@ -58,8 +58,6 @@ the guest sees of the template's identity:
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import os
 import shutil
@@ -71,7 +69,6 @@ from pathlib import Path
 from kvmlab.channels.console import GuestFacts, parse_guest_facts
 from kvmlab.errors import (
     AlreadyRunningError,
-    InvalidInputError,
     LayoutError,
     OperationError,
     SnapshotRefusedError,
@@ -102,6 +99,11 @@ from kvmlab.testing.pruning import (
     prune,
     templates_root,
 )
+from kvmlab.testing.template_key import (
+    file_digest,
+    template_key,
+    with_disk_paths,
+)
 
 __all__ = [
     "DEFAULT_MAC",
@@ -128,14 +130,8 @@ BOOT_TIMEOUT = 90.0
 LOAD_TIMEOUT = 60.0
 _MARKER = "template.json"
 _DISKS = "disks"
-#: Where the key's runtime puts disk ``N`` (never created): the key holds each image's
-#: content, not its path.
-_KEY_DISKS = Path("/kvmlab-template-disks")
 _CONSOLE = "boot-console.log"
-_FORMAT = 2  # 2: disk images in the key, copies of them in the template
 _FAULTS = "KVMLAB_FAKE_"
-#: The fixed lab a runtime is generated into for its key (never created).
-_KEY_LAB = Path("/kvmlab-template-lab")
 
 
 def default_instance(image: GuestImage | None) -> Instance:
@@ -149,93 +145,6 @@ def default_instance(image: GuestImage | None) -> Instance:
         nics=(Nic(mac=DEFAULT_MAC, mode="user"),),
         hvparams=HvParams.model_validate(boot_hvparams(image)),
     )
-
-
-# --- the key -------------------------------------------------------------------------------
-
-
-def _with_disks(instance: Instance, paths: list[str]) -> Instance:
-    """``instance`` with disk ``i`` at ``paths[i]`` (its mode kept)."""
-    disks = tuple(
-        disk.model_copy(update={"path": path})
-        for disk, path in zip(instance.disks, paths, strict=True)
-    )
-    return instance.model_copy(update={"disks": disks})
-
-
-def _disk_identity(instance: Instance) -> list[dict[str, object]]:
-    """Size and SHA-256 of each of ``instance``'s disk images.
-
-    :raise InvalidInputError: an image cannot be read.
-    """
-    identity: list[dict[str, object]] = []
-    for disk in instance.disks:
-        try:
-            identity.append({"size": os.stat(disk.path).st_size, "sha256": _digest(disk.path)})
-        except OSError as err:
-            raise InvalidInputError(
-                f"disk {disk.path!r} of instance {instance.name}: {err.strerror}"
-            ) from None
-    return identity
-
-
-@functools.cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of one file, once per process for one (size, mtime)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _digest(path: str) -> str:
-    stat = os.stat(path)
-    return _file_digest(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-
-
-def _binary_identity(backend: Backend, binary: str) -> dict[str, object]:
-    """What tells one QEMU binary from another: path, size, mtime and version (for the
-    fake kvm, also its sources: the program is a small entry point)."""
-    resolved = os.path.realpath(binary)
-    stat = os.stat(resolved)
-    identity: dict[str, object] = {
-        "backend": backend.describe(),
-        "path": resolved,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "version": backend.capabilities(binary).version_string,
-    }
-    if backend.name == "fake":
-        sources = Path(__file__).resolve().parents[1] / "fake"
-        identity["sources"] = sorted(
-            (str(path.relative_to(sources)), path.stat().st_size, path.stat().st_mtime_ns)
-            for path in sources.rglob("*.py")
-        )
-    return identity
-
-
-def template_key(instance: Instance, backend: Backend) -> str:
-    """The key of ``instance``'s template on ``backend`` (hex SHA-256; see the module doc).
-
-    :raise InvalidInputError: a disk image of ``instance`` cannot be read.
-    """
-    disks = _disk_identity(instance)
-    placeholders = [str(_KEY_DISKS / f"disk-{i}") for i in range(len(instance.disks))]
-    keyed = _with_disks(instance, placeholders)
-    runtime = Hypervisor(_KEY_LAB, backend=backend).generate(keyed)
-    hv = instance.hvparams
-    material = {
-        "format": _FORMAT,
-        "qemu": _binary_identity(backend, runtime.binary),
-        "image": {
-            "kernel": _digest(hv.kernel_path) if hv.kernel_path else "",
-            "initrd": _digest(hv.initrd_path) if hv.initrd_path else "",
-        },
-        "disks": disks,
-        "runtime": json.loads(runtime.to_json()) | {"argv": list(runtime.argv[1:])},
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 # --- the template on disk ------------------------------------------------------------------
@@ -350,7 +259,7 @@ def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend)
         _private_dir(template.directory / _DISKS)
     for disk, copy in zip(instance.disks, copies, strict=True):
         shutil.copyfile(disk.path, copy)
-    booted = _with_disks(instance, [str(copy) for copy in copies])
+    booted = with_disk_paths(instance, [str(copy) for copy in copies])
     lab = Hypervisor(template.lab_root, backend=backend, stop_timeout=20.0)
     name = instance.name
     try:
@@ -371,8 +280,8 @@ def _boot_and_snapshot(template: Template, instance: Instance, backend: Backend)
     atomic_write(template.directory / _CONSOLE, console)
     written = {}
     for index, (disk, copy) in enumerate(zip(instance.disks, copies, strict=True)):
-        after = _digest(str(copy))
-        if after != _digest(disk.path):
+        after = file_digest(str(copy))
+        if after != file_digest(disk.path):
             written[str(index)] = after
     marker = {
         "key": template.key,
@@ -518,7 +427,7 @@ def restore_copy(
             )
         known = layout.runtime_file(name).exists()  # a stopped instance: replaced, as a start
         for index, sha in template.written_disks().items():
-            if _digest(disks[index]) != sha:
+            if file_digest(disks[index]) != sha:
                 shutil.copyfile(template.disk_path(index), disks[index])
         try:
             start_incoming(layout, lab.backend, runtime, plan.caps, lab.start_timeout)

@@ -27,6 +27,7 @@ from kvmlab.host.process import is_alive
 from kvmlab.lifecycle.hypervisor import Hypervisor
 from kvmlab.spec.instance import Disk
 from kvmlab.testing import templates
+from kvmlab.testing.template_key import file_digest
 from kvmlab.testing.templates import (
     TEMPLATE_TAG,
     Template,
@@ -199,7 +200,7 @@ def test_a_disk_the_templates_guest_wrote_is_copied_over_the_tests(
     # As if the template's guest had written to its disk before the snapshot.
     written = sparse(template.disk_path(0), 4, b"written by the template")
     marker = json.loads((template.directory / "template.json").read_text())
-    marker["written_disks"] = {"0": templates._digest(written)}
+    marker["written_disks"] = {"0": file_digest(written)}
     (template.directory / "template.json").write_text(json.dumps(marker))
     second = sparse(tmp_path / "2" / "d.img", 4, b"before")
     boot_copy(lab, with_disks(instance, second), root)
