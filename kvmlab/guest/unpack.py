@@ -51,11 +51,11 @@ def bzimage_payload(vmlinuz: bytes) -> bytes | None:
     return vmlinuz[start : start + length]
 
 
-def _lz4_legacy(data: bytes, size: int) -> bytes:
+def _lz4_legacy(data: bytes) -> bytes:
     """Unpack the kernel's legacy LZ4 frame (python-lz4 reads blocks, not this framing)."""
     out = bytearray()
     pos = 4
-    while pos + 4 <= len(data) and len(out) < size:
+    while pos + 4 <= len(data):
         (block,) = struct.unpack_from("<I", data, pos)
         if block == _LZ4_LEGACY_MAGIC:  # concatenated frames
             pos += 4
@@ -67,34 +67,19 @@ def _lz4_legacy(data: bytes, size: int) -> bytes:
     return bytes(out)
 
 
-def _gzip(data: bytes, size: int) -> bytes:
-    return zlib.decompressobj(wbits=31).decompress(data)  # stops at the member's end
-
-
-def _xz(data: bytes, size: int) -> bytes:
-    return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(data)
-
-
-def _lzma(data: bytes, size: int) -> bytes:
-    return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(data)
-
-
-def _bzip2(data: bytes, size: int) -> bytes:
-    return bz2.BZ2Decompressor().decompress(data)
-
-
-def _zstd(data: bytes, size: int) -> bytes:
-    return zstd_decompress(data, "the kernel")
-
-
-#: The payload's first bytes and how to unpack it; LZO has no reader in Python here.
-_UNPACKERS: tuple[tuple[bytes, str, Callable[[bytes, int], bytes]], ...] = (
+#: The payload's first bytes and how to unpack it (the payload without its size word); LZO
+#: has no reader in Python here.
+_UNPACKERS: tuple[tuple[bytes, str, Callable[[bytes], bytes]], ...] = (
     (struct.pack("<I", _LZ4_LEGACY_MAGIC), "lz4", _lz4_legacy),
-    (b"\x1f\x8b", "gzip", _gzip),
-    (b"\xfd7zXZ\x00", "xz", _xz),
-    (b"\x5d\x00\x00", "lzma", _lzma),
-    (b"BZh", "bzip2", _bzip2),
-    (b"\x28\xb5\x2f\xfd", "zstd", _zstd),
+    (b"\x1f\x8b", "gzip", lambda data: zlib.decompressobj(wbits=31).decompress(data)),
+    (b"\xfd7zXZ\x00", "xz", lambda data: lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(data)),
+    (
+        b"\x5d\x00\x00",
+        "lzma",
+        lambda data: lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(data),
+    ),
+    (b"BZh", "bzip2", lambda data: bz2.BZ2Decompressor().decompress(data)),
+    (b"\x28\xb5\x2f\xfd", "zstd", lambda data: zstd_decompress(data, "the kernel")),
 )
 
 
@@ -107,14 +92,17 @@ def unpack_vmlinux(vmlinuz: bytes, progress: Callable[[str], None]) -> bytes | N
     if payload is None:
         progress("kernel: not a bzImage this builder can open; booting it as it is")
         return None
-    (size,) = struct.unpack_from("<I", payload, len(payload) - 4)
-    found = next((entry for entry in _UNPACKERS if payload.startswith(entry[0])), None)
+    compressed, size_word = payload[:-4], payload[-4:]
+    (size,) = struct.unpack("<I", size_word)
+    found = next((entry for entry in _UNPACKERS if compressed.startswith(entry[0])), None)
     if found is None:
-        progress(f"kernel: compressed as {payload[:4].hex()}, not read here; booting the bzImage")
+        progress(
+            f"kernel: compressed as {compressed[:4].hex()}, not read here; booting the bzImage"
+        )
         return None
     _, name, unpack = found
     try:
-        vmlinux = unpack(payload, size)
+        vmlinux = unpack(compressed)
     except (GuestBuildError, lz4.block.LZ4BlockError, lzma.LZMAError, zlib.error, OSError) as err:
         progress(f"kernel: cannot unpack its {name} payload ({err}); booting the bzImage")
         return None
