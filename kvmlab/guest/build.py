@@ -221,12 +221,6 @@ def _build_lock(cache: Path, progress: Callable[[str], None]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            yield chunk
-
-
 def build_guest(
     cache_dir: Path | None = None,
     kernel: Path | None = None,
@@ -289,10 +283,7 @@ def _build_locked(cache: Path, kernel: Path | None, report: Callable[[str], None
     report(f"writing initramfs ({len(entries)} files, kernel {kern.release})")
     archive = gzip.compress(write_newc(entries), compresslevel=6, mtime=0)
     atomic_write(image.initrd, archive, _IMAGE_MODE, fsync=False)
-    if vmlinux is None:
-        atomic_write(image.kernel, _file_chunks(kern.vmlinuz), _IMAGE_MODE, fsync=False)
-    else:
-        atomic_write(image.kernel, vmlinux, _IMAGE_MODE, fsync=False)
+    atomic_write(image.kernel, vmlinuz if vmlinux is None else vmlinux, _IMAGE_MODE, fsync=False)
     manifest = {
         "kernel_source": kern.origin,
         "kernel_release": kern.release,
