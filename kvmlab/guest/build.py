@@ -69,6 +69,7 @@ from kvmlab.guest.init import POWER_HANDLER, initramfs_entries, render_init_scri
 from kvmlab.guest.modules import GUEST_MODULES
 from kvmlab.guest.sources import find_busybox, find_kernel
 from kvmlab.guest.unpack import unpack_vmlinux
+from kvmlab.spec.layout import kvmlab_cache_dir
 
 __all__ = [
     "BOOT_KERNEL_ARGS",
@@ -179,8 +180,7 @@ def default_cache_dir() -> Path:
     ``$XDG_CACHE_HOME/kvmlab/guest``, or ``~/.cache/kvmlab/guest`` when the variable is unset
     or empty (the XDG base directory rule).
     """
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kvmlab" / "guest"
+    return kvmlab_cache_dir() / "guest"
 
 
 # --------------------------------------------------------------------------- build

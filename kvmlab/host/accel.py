@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from kvmlab.errors import OperationError
 from kvmlab.host.store import atomic_write
+from kvmlab.spec.layout import kvmlab_cache_dir
 
 if TYPE_CHECKING:
     from kvmlab.spec.instance import Accel
@@ -55,8 +56,7 @@ _MEMORY: dict[str, tuple[Accel | None, str]] = {}
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kvmlab" / "accel.json"
+    return kvmlab_cache_dir() / "accel.json"
 
 
 def _boot_id() -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from kvmlab.errors import OperationError, ProbeError
 from kvmlab.files import atomic_write
 from kvmlab.spec.capabilities import QemuCapabilities, help_texts
+from kvmlab.spec.layout import kvmlab_cache_dir
 
 __all__ = ["cached_capabilities", "help_cache_dir"]
 
@@ -33,8 +33,7 @@ _MEMORY: dict[str, QemuCapabilities] = {}
 
 def help_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/kvmlab/qemu-help`` (``~/.cache`` when the variable is unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kvmlab" / "qemu-help"
+    return kvmlab_cache_dir() / "qemu-help"
 
 
 def _identity(real: Path) -> dict[str, object]:

@@ -24,6 +24,7 @@ __all__ = [
     "InstancePaths",
     "StateLayout",
     "default_state_dir",
+    "kvmlab_cache_dir",
 ]
 
 #: ``sun_path`` holds 108 bytes including the terminating NUL.
@@ -41,6 +42,14 @@ def default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "kvmlab"
+
+
+def kvmlab_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/kvmlab``, or ``~/.cache/kvmlab`` when the variable is unset or empty
+    (the XDG base directory rule): the root of what kvmlab keeps only to be faster (the
+    test guest, templates, accelerator verdicts, QEMU's help texts), all of it rebuildable."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kvmlab"
 
 
 class InstancePaths(NamedTuple):
