@@ -21,10 +21,10 @@ from typing import Any
 
 from kvmlab.channels.qmp import qmp_execute
 from kvmlab.errors import QmpError
-from kvmlab.guest.build import boot_hvparams
 from kvmlab.host.backends import FakeBackend, QemuBackend
 from kvmlab.lifecycle.hypervisor import Hypervisor
-from kvmlab.spec.instance import HvParams, Instance, Nic
+from kvmlab.spec.instance import Instance, Nic
+from kvmlab.testing.templates import default_instance
 
 PYTHON = sys.executable
 KVMLAB = str(Path(sys.executable).with_name("kvmlab"))
@@ -181,13 +181,10 @@ def vm_processes_of(
 
 def matrix_instance(guest: Any) -> Instance:
     """The instance the kill matrices run (``guest``: the test guest on QEMU, ``None`` on
-    the fake kvm): one for both, so both restore copies of one template."""
-    return Instance(
-        name="vm1",
-        memory=192,
-        vcpus=1,
-        nics=(Nic(mac=MAC1, mode="user"),),
-        hvparams=HvParams.model_validate(boot_hvparams(guest)),
+    the fake kvm): one for both, so both restore copies of one template. The default test
+    guest with one vCPU and this module's MAC."""
+    return default_instance(guest).model_copy(
+        update={"vcpus": 1, "nics": (Nic(mac=MAC1, mode="user"),)}
     )
 
 
