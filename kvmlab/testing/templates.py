@@ -195,7 +195,8 @@ class Template:
 
     def complete(self) -> bool:
         """Cheap check: marker, console, record, disk copies, and a state of the recorded
-        size (the SHA-256 is checked by every load: a mismatch there rebuilds it too)."""
+        size (the SHA-256 is checked at the first load in each process: a mismatch there
+        rebuilds it too)."""
         try:
             marker = json.loads((self.directory / _MARKER).read_text(encoding="utf-8"))
             record = self.record()
