@@ -1,7 +1,8 @@
 """Wall time of each nox session, serial and with pytest-xdist: what CI and a developer wait for.
 
-The ``tests`` and ``qemu10`` sessions run ``pytest -n auto`` by default; each of them is run
-twice here, side by side: ``nox -s NAME -- -n 0`` (one process) and ``nox -s NAME`` (xdist).
+The ``tests`` and ``qemu10`` sessions run pytest-xdist by default (a worker more than the
+machine has cores); each of them is run twice here, side by side: ``nox -s NAME -- -n 0``
+(one process) and ``nox -s NAME`` (xdist).
 The other sessions have no pytest to spread and run once. Virtualenvs are reused (nox's
 default here), so the figures are the sessions' own work plus a no-op install.
 
