@@ -85,6 +85,7 @@ from kvmlab.lifecycle.locking import locked
 from kvmlab.lifecycle.snapshots.load import finish_load, load_state, start_incoming
 from kvmlab.lifecycle.snapshots.plan import plan_load
 from kvmlab.lifecycle.snapshots.record import SnapshotRecord, load_record, verify_state
+from kvmlab.runtime.generator import qemu_opt
 from kvmlab.runtime.saved import KVMRuntime
 from kvmlab.spec.instance import HvParams, Instance, Nic
 from kvmlab.spec.layout import StateLayout
@@ -371,12 +372,12 @@ def _state_identity(template: Template) -> tuple[str, int, int, int]:
 
 def _disks_moved(runtime: KVMRuntime, paths: list[str]) -> KVMRuntime:
     """``runtime`` opening disk ``i`` at ``paths[i]`` instead of the template's copy: in
-    the ``-drive file=`` words (commas doubled, as the generator writes them) and the
-    disks kept as data."""
+    the ``-drive file=`` words (escaped as the generator writes them) and the disks kept
+    as data."""
     argv = list(runtime.argv)
     for old_disk, new in zip(runtime.disks, paths, strict=True):
-        old = "file=" + old_disk.path.replace(",", ",,")
-        repl = "file=" + new.replace(",", ",,")
+        old = "file=" + qemu_opt(old_disk.path)
+        repl = "file=" + qemu_opt(new)
         for index, word in enumerate(argv):
             if word == old or word.startswith(old + ","):
                 argv[index] = repl + word[len(old) :]
