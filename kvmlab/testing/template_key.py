@@ -17,9 +17,9 @@ from pathlib import Path
 from kvmlab.errors import InvalidInputError
 from kvmlab.host.backends import Backend
 from kvmlab.lifecycle.hypervisor import Hypervisor
-from kvmlab.spec.instance import Instance
+from kvmlab.spec.instance import Disk, Instance
 
-__all__ = ["KEY_FORMAT", "file_digest", "template_key", "with_disk_paths"]
+__all__ = ["KEY_FORMAT", "disks_at", "file_digest", "template_key", "with_disk_paths"]
 
 #: Bumped when what a template holds changes in a way the key's inputs do not show
 #: (2: disk images in the key, copies of them in the template).
@@ -31,13 +31,16 @@ _KEY_LAB = Path("/kvmlab-template-lab")
 _KEY_DISKS = Path("/kvmlab-template-disks")
 
 
+def disks_at(disks: tuple[Disk, ...], paths: list[str]) -> tuple[Disk, ...]:
+    """``disks`` with disk ``i`` at ``paths[i]`` (its mode kept)."""
+    return tuple(
+        disk.model_copy(update={"path": path}) for disk, path in zip(disks, paths, strict=True)
+    )
+
+
 def with_disk_paths(instance: Instance, paths: list[str]) -> Instance:
     """``instance`` with disk ``i`` at ``paths[i]`` (its mode kept)."""
-    disks = tuple(
-        disk.model_copy(update={"path": path})
-        for disk, path in zip(instance.disks, paths, strict=True)
-    )
-    return instance.model_copy(update={"disks": disks})
+    return instance.model_copy(update={"disks": disks_at(instance.disks, paths)})
 
 
 def _disk_identity(instance: Instance) -> list[dict[str, object]]:

@@ -101,6 +101,7 @@ from kvmlab.testing.pruning import (
     templates_root,
 )
 from kvmlab.testing.template_key import (
+    disks_at,
     file_digest,
     template_key,
     with_disk_paths,
@@ -381,11 +382,7 @@ def _disks_moved(runtime: KVMRuntime, paths: list[str]) -> KVMRuntime:
         for index, word in enumerate(argv):
             if word == old or word.startswith(old + ","):
                 argv[index] = repl + word[len(old) :]
-    disks = tuple(
-        disk.model_copy(update={"path": path})
-        for disk, path in zip(runtime.disks, paths, strict=True)
-    )
-    return runtime.model_copy(update={"argv": tuple(argv), "disks": disks})
+    return runtime.model_copy(update={"argv": tuple(argv), "disks": disks_at(runtime.disks, paths)})
 
 
 def restore_copy(
