@@ -54,7 +54,7 @@ nics:
   - mac: "52:54:00:12:34:56"
     mode: user
 hvparams:
-  kernel_path: /root/.cache/kvmlab/guest/vmlinuz-<hash>
+  kernel_path: /root/.cache/kvmlab/guest/vmlinux-<hash>
   initrd_path: /root/.cache/kvmlab/guest/initrd-<hash>.cpio.gz
   kernel_args: panic=-1 quiet
   serial_speed: 115200
@@ -70,7 +70,7 @@ memory = 256
 nics = [{mac = "52:54:00:12:34:56", mode = "user"}]
 
 [hvparams]
-kernel_path = "/root/.cache/kvmlab/guest/vmlinuz-<hash>"
+kernel_path = "/root/.cache/kvmlab/guest/vmlinux-<hash>"
 initrd_path = "/root/.cache/kvmlab/guest/initrd-<hash>.cpio.gz"
 kernel_args = "panic=-1 quiet"
 serial_speed = 115200

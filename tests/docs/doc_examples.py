@@ -12,7 +12,7 @@ line before a fence says how to run it:
 - nothing: run (``python`` in one namespace per page, ``sh`` with bash, in order).
 
 Before running, ``/tmp/`` becomes the test's own temporary directory, and the test
-guest's placeholder paths (``vmlinuz-<hash>``, ``initrd-<hash>.cpio.gz`` under
+guest's placeholder paths (``vmlinux-<hash>``, ``initrd-<hash>.cpio.gz`` under
 ``/root/.cache/kvmlab/guest/``) become the built guest's files.
 """
 
@@ -27,7 +27,7 @@ LANGUAGES = frozenset({"python", "sh", "yaml", "toml", "json"})
 _MARKER = re.compile(r"<!--\s*(?P<kind>example|not-run):\s*(?P<text>.*?)\s*-->")
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\s*$")
 GUEST_PLACEHOLDER_DIR = "/root/.cache/kvmlab/guest/"
-KERNEL_PLACEHOLDER = GUEST_PLACEHOLDER_DIR + "vmlinuz-<hash>"
+KERNEL_PLACEHOLDER = GUEST_PLACEHOLDER_DIR + "vmlinux-<hash>"
 INITRD_PLACEHOLDER = GUEST_PLACEHOLDER_DIR + "initrd-<hash>.cpio.gz"
 
 
