@@ -25,14 +25,14 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 QUICK_START = ["./dev kvmlab demo", "./dev nox"]
 
 
-def run_dev(venv: Path, *command: str) -> subprocess.CompletedProcess[str]:
+def run_dev(venv: Path, *command: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {
         key: value
         for key, value in os.environ.items()
         # Whatever environment runs this test is not the one ./dev makes.
         if key not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
     }
-    env.update(KVMLAB_VENV=str(venv), KVMLAB_PYTHON=str(DEBIAN_PYTHON))
+    env.update(KVMLAB_VENV=str(venv), KVMLAB_PYTHON=str(DEBIAN_PYTHON), **extra_env)
     return subprocess.run(
         [str(DEV), *command],
         cwd=PROJECT,
@@ -57,6 +57,8 @@ def test_dev_makes_a_venv_with_debians_python3_and_runs_kvmlab(tmp_path: Path) -
     assert first.returncode == 0, first.stderr
     assert "usage: kvmlab" in first.stdout
     assert "installing kvmlab" in first.stderr
+    assert "pip installs instead" not in first.stderr  # uv installed it
+    assert (venv / "bin" / "uv").exists()
     config = (venv / "pyvenv.cfg").read_text(encoding="utf-8")
     assert re.search(r"^home = /usr/bin$", config, re.MULTILINE), config
 
@@ -66,6 +68,16 @@ def test_dev_makes_a_venv_with_debians_python3_and_runs_kvmlab(tmp_path: Path) -
     assert again.returncode == 0, again.stderr
     assert "installing" not in again.stderr
     assert again.stdout.split() == [str(venv / "bin" / "nox"), str(venv / "bin" / "python3.11")]
+
+    # When uv cannot install (offline here, with an empty cache; elsewhere an index only
+    # pip is configured for), pip installs instead. The packages are already there, so
+    # pip only installs kvmlab again.
+    (venv / ".kvmlab-pyproject").unlink()
+    empty_cache = tmp_path / "empty-uv-cache"
+    fallback = run_dev(venv, "kvmlab", "--help", UV_OFFLINE="1", UV_CACHE_DIR=str(empty_cache))
+    assert fallback.returncode == 0, fallback.stderr
+    assert "dev: uv did not install; pip installs instead" in fallback.stderr
+    assert "usage: kvmlab" in fallback.stdout
 
 
 def shell_commands(text: str) -> list[list[str]]:
@@ -87,10 +99,17 @@ def code_blocks(markdown: str) -> list[str]:
 
 def pip_installers(words: list[str]) -> list[str]:
     """The program of each ``pip install`` in a command: ``pip``, ``.venv/bin/pip``,
-    ``/usr/bin/python3`` (for ``-m pip install``)..."""
+    ``/usr/bin/python3`` (for ``-m pip install``), ``.venv/bin/uv`` (for ``uv pip install``)..."""
     found = []
     for i, word in enumerate(words[:-1]):
         if word == "-m" and words[i + 1 : i + 3] == ["pip", "install"] and i > 0:
+            found.append(words[i - 1])
+        elif (
+            word == "pip"
+            and words[i + 1] == "install"
+            and i > 0
+            and Path(words[i - 1]).name == "uv"
+        ):
             found.append(words[i - 1])
         elif (
             Path(word).name in {"pip", "pip3"}
@@ -107,6 +126,7 @@ def pip_installers(words: list[str]) -> list[str]:
         ["pip", "install", "-e", "."],
         ["python3", "-m", "pip", "install", "nox"],
         ["sudo", "/usr/bin/python3", "-m", "pip", "install", "nox"],
+        ["uv", "pip", "install", "--system", "nox"],
     ],
 )
 def test_a_bare_pip_install_is_seen(words: list[str]) -> None:
