@@ -102,20 +102,12 @@ def pip_installers(words: list[str]) -> list[str]:
     ``/usr/bin/python3`` (for ``-m pip install``), ``.venv/bin/uv`` (for ``uv pip install``)..."""
     found = []
     for i, word in enumerate(words[:-1]):
-        if word == "-m" and words[i + 1 : i + 3] == ["pip", "install"] and i > 0:
-            found.append(words[i - 1])
-        elif (
-            word == "pip"
-            and words[i + 1] == "install"
-            and i > 0
-            and Path(words[i - 1]).name == "uv"
-        ):
-            found.append(words[i - 1])
-        elif (
-            Path(word).name in {"pip", "pip3"}
-            and words[i + 1] == "install"
-            and (i == 0 or words[i - 1] != "-m")
-        ):
+        before = words[i - 1] if i > 0 else ""
+        python_m_pip = word == "-m" and words[i + 1 : i + 3] == ["pip", "install"]
+        uv_pip = word == "pip" and words[i + 1] == "install" and Path(before).name == "uv"
+        if before and (python_m_pip or uv_pip):
+            found.append(before)
+        elif Path(word).name in {"pip", "pip3"} and words[i + 1] == "install" and before != "-m":
             found.append(word)
     return found
 
