@@ -286,6 +286,7 @@ def _random_capabilities(draw: st.DrawFn) -> QemuCapabilities:
     return dataclasses.replace(QemuCapabilities(version=version, default_machine=machine), **flags)
 
 
+@functools.cache  # it reads every bundled profile: once a process
 def capabilities() -> st.SearchStrategy[QemuCapabilities]:
     """The bundled profiles that can express every instance drawn, the built-in
     default, and random feature sets.
@@ -314,6 +315,7 @@ def _recorded(name: str) -> bool:
     return profile_kind(name) == "recorded"
 
 
+@functools.cache
 def layouts() -> st.SearchStrategy[StateLayout]:
     """State directories outside any temp directory."""
     roots = ["/var/lib/kvmlab", "/srv/lab", "/run/kvmlab-ci"]

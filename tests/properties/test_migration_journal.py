@@ -27,9 +27,12 @@ from kvmlab.testing import strategies as kst
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 
 
+_RUNTIME_INPUTS = st.tuples(kst.instances(), kst.capabilities(), kst.layouts())
+
+
 @st.composite
 def runtimes_json(draw: st.DrawFn) -> str:
-    instance, caps, layout = draw(st.tuples(kst.instances(), kst.capabilities(), kst.layouts()))
+    instance, caps, layout = draw(_RUNTIME_INPUTS)
     return generate_runtime(instance, caps, layout=layout).to_json()
 
 
