@@ -123,7 +123,7 @@ def _choice(*values: Any) -> st.SearchStrategy[Any]:
 
 
 _BOOLEANS = st.booleans()
-#: One strategy per drawn hvparam, in drawing order (which the examples depend on).
+#: The strategy of each hvparam drawn (hvparams() says in which order, and when).
 _HV = {
     "boot_order": _choice("disk", "disk", "cdrom", "network", "floppy"),
     "cdrom_image_path": _paths(("/srv/iso",)),
