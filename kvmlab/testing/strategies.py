@@ -123,6 +123,8 @@ def _choice(*values: Any) -> st.SearchStrategy[Any]:
 
 
 _BOOLEANS = st.booleans()
+#: ``disk_aio`` when ``disk_cache`` is ``none``: native AIO needs the page cache bypassed.
+_UNCACHED_AIO = _choice("threads", "native")
 #: The strategy of each hvparam drawn (hvparams() says in which order, and when).
 _HV = {
     "boot_order": _choice("disk", "disk", "cdrom", "network", "floppy"),
@@ -139,7 +141,6 @@ _HV = {
     "nic_type": _choice("paravirtual", "e1000", "rtl8139", "ne2k_pci"),
     "disk_type": _choice("paravirtual", "ide", "scsi"),
     "disk_cache": _choice("default", "none", "writethrough", "writeback"),
-    "disk_aio_uncached": _choice("threads", "native"),
     "disk_aio": _choice("threads"),
     "vnc_bind_address": _choice("", "0.0.0.0", "127.0.0.1", "/run/kvmlab-vnc"),
     "vnc_password_file": _choice("", "/etc/kvmlab/vnc-pass"),
@@ -175,7 +176,7 @@ def hvparams(draw: st.DrawFn) -> HvParams:
         values[name] = draw(_HV[name])
     cache = draw(_HV["disk_cache"])
     values["disk_cache"] = cache
-    values["disk_aio"] = draw(_HV["disk_aio_uncached" if cache == "none" else "disk_aio"])
+    values["disk_aio"] = draw(_UNCACHED_AIO if cache == "none" else _HV["disk_aio"])
     vnc = draw(_HV["vnc_bind_address"])
     values["vnc_bind_address"] = vnc
     if vnc and draw(_BOOLEANS):
