@@ -80,7 +80,9 @@ def notebooks(session: nox.Session) -> None:
     # The display tests again, now with matplotlib, pandas and ipywidgets: the charts, the
     # DataFrames and the explorer's widget.
     session.run("pytest", "-q", "-n", "auto", "tests/notebooks")
-    executed = Path(session.create_tmp()) / "executed-notebooks"
+    # Not session.create_tmp(): it also sets TMPDIR, and the notebooks' state directories
+    # (with QEMU's unix sockets, 107 bytes at most) would then sit as deep as the checkout.
+    executed = Path(session.virtualenv.location) / "executed-notebooks"
     shutil.rmtree(executed, ignore_errors=True)
     keep = ("--keep-outputs", str(executed))
     session.run("python", "tools/run_notebooks.py", *keep, *session.posargs)

@@ -106,7 +106,8 @@ def run_one(path: Path, timeout: int, keep: Path | None) -> tuple[bool, float, s
     leaves), and what a failed one left running is found and stopped.
     """
     nb = nbformat.read(path, as_version=4)
-    with tempfile.TemporaryDirectory(prefix="kvmlab-notebook-run-") as name:
+    # A short name: the notebooks' unix sockets live below it, and those take 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="nb-") as name:
         folder = Path(name)
         shutil.copy2(path, folder / path.name)
         outer = os.environ.get("TMPDIR")
