@@ -32,6 +32,7 @@ from typing import Any
 
 import nbformat
 
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WIDTH = 1280
@@ -75,12 +76,17 @@ return problems;
 """
 
 
-def temp_dir_pattern() -> str:
+def temp_dir_pattern(project: Path = ROOT) -> str:
     """A directory made in the temporary folder (a JavaScript regular expression): a path
     goes on inside it, or its name ends in the eight random characters of ``mkdtemp``. A
-    file such as ``/tmp/up`` in an example is not a state directory and passes."""
-    root = re.escape(tempfile.gettempdir().rstrip("/"))
-    return rf"{root}/(?:[^/\s,'\"<>]+/|[^/\s,'\"<>]*[-_.][a-z0-9_]{{8}}\b)\S*"
+    file such as ``/tmp/up`` in an example is not a state directory and passes, and neither
+    does the project's own checkout when it sits there (the fake kvm in its virtualenv)."""
+    temp = Path(tempfile.gettempdir().rstrip("/") or "/")
+    exempt = ""
+    if project.is_relative_to(temp) and project != temp:
+        exempt = rf"(?!{re.escape(str(project.relative_to(temp)))}/)"
+    root = re.escape(str(temp).rstrip("/"))
+    return rf"{root}/{exempt}(?:[^/\s,'\"<>]+/|[^/\s,'\"<>]*[-_.][a-z0-9_]{{8}}\b)\S*"
 
 
 def notebook_problems(nb: Any) -> list[str]:
