@@ -14,6 +14,7 @@ trailing newline comes back exactly; a marker line with another nonce is output.
 Before each command the client sends no-op pings (``:``) until the latest one is
 answered, which waits out a guest still booting or still busy with a command a
 previous call gave up on (its leftovers are read and dropped with the ping's reply).
+A connection QEMU drops before any ping is answered is made again while the VM runs.
 A connection lasts one call: QEMU serves one client at a time, so concurrent calls
 on one VM take turns::
 
@@ -30,6 +31,7 @@ VM process exited, ends the call at once with :class:`~kvmlab.errors.GuestDownEr
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
@@ -48,12 +50,15 @@ __all__ = [
     "DEFAULT_READY_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MARKER",
+    "READY_RECONNECTS",
     "GuestChannel",
     "GuestResult",
     "ReplyReader",
     "command_line",
     "encode_request",
 ]
+
+log = logging.getLogger("kvmlab")
 
 MARKER = "KVMLAB-EXIT"
 #: Seconds a command may take.
@@ -63,6 +68,8 @@ DEFAULT_READY_TIMEOUT = 60.0
 #: A request line's longest length: far below anything a tty or busybox ``read`` minds.
 MAX_LINE = 3000
 _PING_INTERVALS = (0.1, 0.2, 0.5, 1.0)
+#: Times a connection dropped before the guest answered a ping is made again.
+READY_RECONNECTS = 2
 #: Seconds between two looks at the guest's console and process while a call waits.
 WATCH_INTERVAL = 0.25
 
@@ -205,10 +212,10 @@ class GuestChannel:
             self._check()
         watch = GuestWatch.for_path(self.name, self.socket_path, "cmd_socket")
         try:
-            with self._connect(time.monotonic() + ready_timeout) as sock:
-                leftover = self._wait_ready(
-                    sock, time.monotonic() + ready_timeout, ready_timeout, watch
-                )
+            sock, leftover = self._ready_connection(
+                time.monotonic() + ready_timeout, ready_timeout, watch
+            )
+            with sock:
                 nonce = secrets.token_hex(8)
                 reader = ReplyReader(nonce)
                 reader.feed(leftover)
@@ -223,6 +230,38 @@ class GuestChannel:
         finally:
             if watch is not None:
                 watch.close()
+
+    def _ready_connection(
+        self, deadline: float, ready_timeout: float, watch: GuestWatch | None
+    ) -> tuple[socket.socket, bytes]:
+        """A connection whose latest ping was answered, and the bytes after that answer.
+
+        QEMU may drop a client it has not served yet while the guest brings up its serial
+        ports (seen, rarely, as a reset right after a start). Nothing but pings has been
+        sent then, so a VM process that is still there gets a new connection, up to
+        :data:`READY_RECONNECTS` times within the same deadline.
+        """
+        dropped: GuestChannelError | None = None
+        for _ in range(READY_RECONNECTS + 1):
+            try:
+                sock = self._connect(deadline)
+            except GuestChannelError as err:
+                if dropped is None:
+                    raise
+                raise GuestChannelError(f"{dropped}, and {err}") from err
+            try:
+                return sock, self._wait_ready(sock, deadline, ready_timeout, watch)
+            except BaseException as err:
+                sock.close()
+                # A reset or a close is the connection's end; a timeout is the wait's.
+                if isinstance(err, GuestTimeoutError) or not isinstance(err, GuestChannelError):
+                    raise
+                if watch is not None:
+                    watch.check()  # a VM that went away says so, with its console
+                dropped = err
+                log.warning("%s: connecting again", err)
+        assert dropped is not None
+        raise dropped
 
     def _connect(self, deadline: float) -> socket.socket:
         """Connect, waiting for a turn until ``deadline``.

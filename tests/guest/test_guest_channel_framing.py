@@ -194,3 +194,57 @@ def test_concurrent_callers_wait_for_their_turn_at_a_full_backlog(tmp_path: Path
     for caller in callers:
         caller.join(30)
     assert results == {index: GuestResult(0, f"{index}\n") for index in range(6)}
+
+
+def serve_connections(path: Path, handlers: list) -> list[int]:  # type: ignore[type-arg]
+    """Serve one connection with each handler in turn; the list returned counts them."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    served: list[int] = []
+
+    def accept() -> None:
+        with listener:
+            for handler in handlers:
+                conn, _ = listener.accept()
+                served.append(1)
+                with conn:
+                    handler(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return served
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with the client's ping unread: the client's next read fails with ECONNRESET."""
+    conn.recv(1, socket.MSG_PEEK)
+
+
+def answer(conn: socket.socket) -> None:
+    line = ":"
+    while line == ":":
+        nonce, _seconds, line = read_line(conn).rstrip("\n").split(" ", 2)
+        reply = "" if line == ":" else line.removeprefix("echo ") + "\n"
+        conn.sendall(f"{reply}\nKVMLAB-EXIT {nonce} 0\n".encode())
+
+
+def test_a_connection_reset_before_the_guest_answers_is_made_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only pings were sent on it, so nothing is lost or run twice."""
+    path = tmp_path / "c"
+    served = serve_connections(path, [reset, reset, answer])
+    assert GuestChannel("vm1", path).run("echo up", ready_timeout=5) == GuestResult(0, "up\n")
+    assert len(served) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert all("vm1 failed: Connection reset by peer: connecting again" in w for w in warnings)
+
+
+def test_a_channel_that_keeps_dropping_its_clients_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    served = serve_connections(path, [reset] * 3 + [answer])
+    with pytest.raises(GuestChannelError, match="Connection reset by peer") as caught:
+        GuestChannel("vm1", path).run("echo up", ready_timeout=5)
+    assert not isinstance(caught.value, GuestTimeoutError)
+    assert len(served) == 3, "the first connection and two more"
