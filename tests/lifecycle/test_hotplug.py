@@ -1,4 +1,4 @@
-"""NIC hotplug kept by the saved runtime (issue 11, docs/hotplug.md): the same bodies on the
+"""NIC hotplug kept by the saved runtime (docs/hotplug.md): the same bodies on the
 fake kvm and on real QEMU with the test guest, which sees each change in its own sysfs."""
 
 from __future__ import annotations

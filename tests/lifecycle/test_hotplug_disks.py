@@ -1,4 +1,4 @@
-"""Disk hotplug kept by the saved runtime (issue 11, docs/hotplug.md): the same bodies on the
+"""Disk hotplug kept by the saved runtime (docs/hotplug.md): the same bodies on the
 fake kvm and on real QEMU with the test guest, which sees each change in its own /sys/block,
 /proc/partitions and under /sys/bus/pci/devices.
 

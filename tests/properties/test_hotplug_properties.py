@@ -1,4 +1,4 @@
-"""Hotplug invariants (issue 11, docs/hotplug.md) as hypothesis properties on the fake kvm.
+"""Hotplug invariants (docs/hotplug.md) as hypothesis properties on the fake kvm.
 
 Random sequences of attach, detach, soft reboot and hard restart; after every step:
 
