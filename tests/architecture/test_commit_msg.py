@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers_tools import load_tool
 
 PROJECT = Path(__file__).resolve().parents[2]
 SCRIPT = PROJECT / "tools" / "check_commit_msg.py"
 
 
-def load_hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_commit_msg", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hook = load_hook()
+hook = load_tool("check_commit_msg")
 
 
 @pytest.mark.parametrize(

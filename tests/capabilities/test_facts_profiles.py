@@ -9,7 +9,6 @@ tool's output and a round trip through them are checked too.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 import subprocess
@@ -19,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers_tools import load_tool
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,12 +48,8 @@ def committed_text(name: str) -> str:
     return (PROFILES / name / FACTS_FILE).read_text(encoding="utf-8")
 
 
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("derive_profiles", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_derive_tool() -> ModuleType:
+    return load_tool("derive_profiles")
 
 
 # --- the committed files, on every machine ------------------------------------------------
@@ -237,7 +233,7 @@ def test_derive_tool_check_passes_on_the_recordings(
     ganeti_fixtures: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The committed profiles are exactly what tools/derive_profiles.py writes."""
-    code = load_tool().main(["--check", str(ganeti_fixtures)])
+    code = load_derive_tool().main(["--check", str(ganeti_fixtures)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"{len(GANETI_VERSIONS)} facts profiles up to date" in out
@@ -255,7 +251,7 @@ usage: qemu [options] [disk_image]
 
 
 def test_derive_tool_writes_then_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tool = load_tool()
+    tool = load_derive_tool()
     recordings, profiles = tmp_path / "recordings", tmp_path / "profiles"
     recordings.mkdir()
     (recordings / "kvm_9.9.1_help.txt").write_text(HELP)
@@ -287,7 +283,7 @@ def test_derive_tool_writes_then_checks(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_derive_tool_without_recordings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tool = load_tool()
+    tool = load_derive_tool()
     assert tool.main(["--check", str(tmp_path / "absent")]) == 2
     assert "no recordings folder" in capsys.readouterr().err
     assert tool.main(["--check", str(tmp_path)]) == 2

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
 
 import pytest
 from doc_examples import PROJECT
+from helpers_tools import load_tool
 
 from kvmlab.cli.app import build_parser, main
 from kvmlab.errors import InstanceError, LaunchError
@@ -67,20 +67,10 @@ def test_notebooks_page_counts_the_notebooks() -> None:
         assert re.search(rf"Notebook(s [\d, and]*)? {number}\b|Notebooks {number},", page)
 
 
-def _load_derive_tool() -> object:
-    spec = importlib.util.spec_from_file_location(
-        "derive_profiles", PROJECT / "tools" / "derive_profiles.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_derive_profiles_check_skips_without_the_optional_recordings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tool: object = _load_derive_tool()
+    tool: object = load_tool("derive_profiles")
     monkeypatch.setattr(tool, "DEFAULT_RECORDINGS", tmp_path / "absent")
     assert tool.main(["--check"]) == 0  # type: ignore[attr-defined]
     assert capsys.readouterr().out.startswith("skipped: no recordings folder")

@@ -8,25 +8,19 @@ The pattern is a JavaScript regular expression; these cases mean the same in Pyt
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers_tools import load_tool
 
 pytest.importorskip("nbformat", reason="the browser check needs nbformat (notebooks extra)")
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "check_notebooks_browser.py"
-
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_notebooks_browser", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("check_notebooks_browser")
 
 
 TEMP = tempfile.gettempdir().rstrip("/")
