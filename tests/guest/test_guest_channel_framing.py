@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -104,19 +106,27 @@ def test_a_missing_socket_is_a_channel_error(tmp_path: Path) -> None:
         GuestChannel("vm1", tmp_path / "none.cmd").run(["true"])
 
 
-def serve(path: Path, handler) -> threading.Thread:  # type: ignore[no-untyped-def]
+Handler = Callable[[socket.socket], object]
+
+
+def serve(path: Path, *handlers: Handler) -> list[str]:
+    """Listen at ``path`` as QEMU does (a backlog of one) and serve one connection with
+    each handler in turn; the list returned names the handlers that got one."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
+    served: list[str] = []
 
     def accept() -> None:
-        conn, _ = listener.accept()
-        with conn, listener:
-            handler(conn)
+        with listener:
+            for handler in handlers:
+                conn, _ = listener.accept()
+                served.append(getattr(handler, "__name__", "handler"))
+                with conn:
+                    handler(conn)
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=accept, daemon=True).start()
+    return served
 
 
 def read_line(conn: socket.socket) -> str:
@@ -127,6 +137,21 @@ def read_line(conn: socket.socket) -> str:
             break
         data += chunk
     return data.decode()
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with the client's ping unread: the client's next read fails with ECONNRESET."""
+    conn.recv(1, socket.MSG_PEEK)
+
+
+def answer(conn: socket.socket, hold: float = 0.0) -> None:
+    """A guest that answers pings, then runs ``echo WORDS`` (``hold`` s before each reply)."""
+    line = ":"
+    while line == ":":  # pings, then the command
+        nonce, _seconds, line = read_line(conn).rstrip("\n").split(" ", 2)
+        reply = "" if line == ":" else line.removeprefix("echo ") + "\n"
+        threading.Event().wait(hold)
+        conn.sendall(f"{reply}\nKVMLAB-EXIT {nonce} 0\n".encode())
 
 
 def test_stale_ping_replies_and_leftovers_are_dropped(tmp_path: Path) -> None:
@@ -143,9 +168,9 @@ def test_stale_ping_replies_and_leftovers_are_dropped(tmp_path: Path) -> None:
         for byte in f"a b\n\nKVMLAB-EXIT {nonce} 4\n".encode():
             conn.sendall(bytes([byte]))
 
-    thread = serve(path, guest)
+    served = serve(path, guest)
     assert GuestChannel("vm1", path).run(["echo", "a b"], timeout=5) == GuestResult(4, "a b\n")
-    thread.join(5)
+    assert served == ["guest"]
 
 
 def test_no_answer_is_a_timeout_and_a_closed_channel_an_error(tmp_path: Path) -> None:
@@ -163,23 +188,8 @@ def test_concurrent_callers_wait_for_their_turn_at_a_full_backlog(tmp_path: Path
     """QEMU serves one client at a time with a backlog of one: a connect beyond that
     fails at once with EAGAIN on a unix socket, and the caller must wait its turn."""
     path = tmp_path / "busy"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1)
-
-    def guest() -> None:
-        with listener:
-            for _ in range(6):
-                conn, _ = listener.accept()
-                with conn:
-                    line = ":"
-                    while line == ":":  # pings, then the command
-                        nonce, _seconds, line = read_line(conn).rstrip("\n").split(" ", 2)
-                        reply = "" if line == ":" else line.removeprefix("echo ") + "\n"
-                        threading.Event().wait(0.05)  # each client holds the channel a while
-                        conn.sendall(f"{reply}\nKVMLAB-EXIT {nonce} 0\n".encode())
-
-    threading.Thread(target=guest, daemon=True).start()
+    # Each client holds the channel a while.
+    serve(path, *[functools.partial(answer, hold=0.05)] * 6)
     results: dict[int, object] = {}
 
     def call(index: int) -> None:
@@ -196,46 +206,14 @@ def test_concurrent_callers_wait_for_their_turn_at_a_full_backlog(tmp_path: Path
     assert results == {index: GuestResult(0, f"{index}\n") for index in range(6)}
 
 
-def serve_connections(path: Path, handlers: list) -> list[int]:  # type: ignore[type-arg]
-    """Serve one connection with each handler in turn; the list returned counts them."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1)
-    served: list[int] = []
-
-    def accept() -> None:
-        with listener:
-            for handler in handlers:
-                conn, _ = listener.accept()
-                served.append(1)
-                with conn:
-                    handler(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    return served
-
-
-def reset(conn: socket.socket) -> None:
-    """Close with the client's ping unread: the client's next read fails with ECONNRESET."""
-    conn.recv(1, socket.MSG_PEEK)
-
-
-def answer(conn: socket.socket) -> None:
-    line = ":"
-    while line == ":":
-        nonce, _seconds, line = read_line(conn).rstrip("\n").split(" ", 2)
-        reply = "" if line == ":" else line.removeprefix("echo ") + "\n"
-        conn.sendall(f"{reply}\nKVMLAB-EXIT {nonce} 0\n".encode())
-
-
 def test_a_connection_reset_before_the_guest_answers_is_made_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only pings were sent on it, so nothing is lost or run twice."""
     path = tmp_path / "c"
-    served = serve_connections(path, [reset, reset, answer])
+    served = serve(path, reset, reset, answer)
     assert GuestChannel("vm1", path).run("echo up", ready_timeout=5) == GuestResult(0, "up\n")
-    assert len(served) == 3
+    assert served == ["reset", "reset", "answer"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2
     assert all("vm1 failed: Connection reset by peer: connecting again" in w for w in warnings)
@@ -243,8 +221,8 @@ def test_a_connection_reset_before_the_guest_answers_is_made_again(
 
 def test_a_channel_that_keeps_dropping_its_clients_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "c"
-    served = serve_connections(path, [reset] * 3 + [answer])
+    served = serve(path, reset, reset, reset, answer)
     with pytest.raises(GuestChannelError, match="Connection reset by peer") as caught:
         GuestChannel("vm1", path).run("echo up", ready_timeout=5)
     assert not isinstance(caught.value, GuestTimeoutError)
-    assert len(served) == 3, "the first connection and two more"
+    assert served == ["reset"] * 3, "the first connection and two more"
