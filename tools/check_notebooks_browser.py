@@ -81,7 +81,7 @@ def temp_dir_pattern(project: Path = ROOT) -> str:
     goes on inside it, or its name ends in the eight random characters of ``mkdtemp``. A
     file such as ``/tmp/up`` in an example is not a state directory and passes, and neither
     does the project's own checkout when it sits there (the fake kvm in its virtualenv)."""
-    temp = Path(tempfile.gettempdir().rstrip("/") or "/")
+    temp = Path(tempfile.gettempdir())
     exempt = ""
     if project.is_relative_to(temp) and project != temp:
         exempt = rf"(?!{re.escape(str(project.relative_to(temp)))}/)"

@@ -11,17 +11,12 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from helpers_tools import load_tool
 
 pytest.importorskip("nbformat", reason="the browser check needs nbformat (notebooks extra)")
-
-
-def _tool() -> ModuleType:
-    return load_tool("check_notebooks_browser")
-
+TOOL = load_tool("check_notebooks_browser")
 
 TEMP = tempfile.gettempdir().rstrip("/")
 INSIDE = Path(TEMP) / "kvmlab-ci-check" / "work" / "main"
@@ -42,12 +37,12 @@ OUTSIDE = Path("/check/work/main")
 def test_state_directories_are_flagged_wherever_the_checkout_is(
     project: Path, shown: str, flagged: bool
 ) -> None:
-    pattern = _tool().temp_dir_pattern(project)
+    pattern = TOOL.temp_dir_pattern(project)
     assert bool(re.search(pattern, f"state in {shown}")) is flagged
 
 
 def test_the_checkout_in_the_temporary_folder_is_not_a_state_directory() -> None:
     fake_kvm = f"{INSIDE}/.nox/notebooks/bin/kvmlab-fake-kvm"
-    assert not re.search(_tool().temp_dir_pattern(INSIDE), fake_kvm)
+    assert not re.search(TOOL.temp_dir_pattern(INSIDE), fake_kvm)
     # The same path is a temporary one to a project that lives elsewhere.
-    assert re.search(_tool().temp_dir_pattern(OUTSIDE), fake_kvm)
+    assert re.search(TOOL.temp_dir_pattern(OUTSIDE), fake_kvm)
